@@ -1,0 +1,290 @@
+//! The dispatcher: one bounded queue per pool; hands work only to idle workers.
+//!
+//! Workers pull: a worker is given a job only after it said it is idle (by registering
+//! or by reporting `Ready`), so no job waits behind a busy worker while another sits
+//! idle. The dispatcher remembers what each worker holds until the worker reports
+//! `Ready` (acks-late): if the worker is lost first, the supervisor reports it and the
+//! jobs are re-queued as `RETRY` or failed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::WorkerId;
+use super::worker::{Inbox, WorkerMessage};
+use crate::pool::{Job, PoolShared, StartedJob};
+use crate::store::{Requeue, TaskStore};
+
+/// The dispatcher actor.
+pub struct Dispatcher;
+
+/// What the dispatcher starts with.
+pub struct DispatcherArgs {
+    /// Every pool, by index.
+    pub pools: Vec<Arc<PoolShared>>,
+    /// Task records.
+    pub store: Arc<TaskStore>,
+    /// How often running jobs are checked against their pool's time limit.
+    pub time_limit_check: Duration,
+}
+
+/// Messages to the dispatcher.
+pub enum DispatcherMessage {
+    /// New jobs, already recorded `PENDING` and counted in the pool's `queued`.
+    Submit {
+        /// Pool index.
+        pool: usize,
+        /// The jobs, in submit order.
+        jobs: Vec<Job>,
+    },
+    /// A worker started and is idle.
+    Register {
+        /// Its id.
+        worker: WorkerId,
+        /// Its pool.
+        pool: usize,
+        /// Where its jobs go.
+        inbox: Inbox,
+        /// The actor, to stop it when its job runs past the time limit.
+        actor: ActorRef<WorkerMessage>,
+    },
+    /// A worker finished what it held and wants more.
+    Ready {
+        /// Its id.
+        worker: WorkerId,
+    },
+    /// The supervisor saw a worker exit: re-queue or fail what it held.
+    WorkerLost {
+        /// Its id.
+        worker: WorkerId,
+        /// Why, for the error message of tasks that run out of retries.
+        why: String,
+    },
+    /// Every worker slot of a pool is parked: fail its queued jobs.
+    PoolDead {
+        /// Pool index.
+        pool: usize,
+    },
+    /// Periodic: enforce time limits.
+    Tick,
+}
+
+struct Running {
+    jobs: Vec<StartedJob>,
+    since: Instant,
+}
+
+struct WorkerEntry {
+    pool: usize,
+    inbox: Inbox,
+    actor: ActorRef<WorkerMessage>,
+    running: Option<Running>,
+}
+
+struct PoolQueue {
+    shared: Arc<PoolShared>,
+    queue: VecDeque<Job>,
+    /// Idle workers; the most recently idle is used first (warm caches).
+    idle: Vec<WorkerId>,
+    time_limit: Duration,
+}
+
+/// The dispatcher's state.
+pub struct DispatcherState {
+    pools: Vec<PoolQueue>,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    store: Arc<TaskStore>,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMessage;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        myself.send_interval(args.time_limit_check, || DispatcherMessage::Tick);
+        Ok(DispatcherState {
+            pools: args
+                .pools
+                .into_iter()
+                .map(|shared| PoolQueue {
+                    time_limit: crate::config::secs(shared.config.time_limit_seconds),
+                    shared,
+                    queue: VecDeque::new(),
+                    idle: Vec::new(),
+                })
+                .collect(),
+            workers: HashMap::new(),
+            store: args.store,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: DispatcherMessage,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DispatcherMessage::Submit { pool, jobs } => {
+                state.pools[pool].queue.extend(jobs);
+                if state.pools[pool].shared.is_dead() {
+                    state.fail_queued(pool);
+                }
+                state.dispatch(pool);
+            }
+            DispatcherMessage::Register {
+                worker,
+                pool,
+                inbox,
+                actor,
+            } => {
+                state.workers.insert(
+                    worker,
+                    WorkerEntry {
+                        pool,
+                        inbox,
+                        actor,
+                        running: None,
+                    },
+                );
+                state.pools[pool].shared.live.fetch_add(1, Ordering::AcqRel);
+                state.pools[pool].idle.push(worker);
+                state.dispatch(pool);
+            }
+            DispatcherMessage::Ready { worker } => {
+                // Unknown ids are workers already written off (time limit): ignore.
+                if let Some(entry) = state.workers.get_mut(&worker)
+                    && entry.running.take().is_some()
+                {
+                    let pool = entry.pool;
+                    state.pools[pool].shared.busy.fetch_sub(1, Ordering::AcqRel);
+                    state.pools[pool].idle.push(worker);
+                    state.dispatch(pool);
+                }
+            }
+            DispatcherMessage::WorkerLost { worker, why } => {
+                if let Some(pool) = state.remove_worker(worker, &why) {
+                    state.dispatch(pool);
+                }
+            }
+            DispatcherMessage::PoolDead { pool } => {
+                if state.pools[pool].shared.is_dead() {
+                    state.fail_queued(pool);
+                }
+            }
+            DispatcherMessage::Tick => state.enforce_time_limits(),
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    /// Hands queued jobs to idle workers of `pool` until one side runs out.
+    fn dispatch(&mut self, pool: usize) {
+        let p = &mut self.pools[pool];
+        while !p.queue.is_empty() {
+            let Some(&worker) = p.idle.last() else { break };
+            let mut batch = Vec::with_capacity(1);
+            while let Some(job) = p.queue.pop_front() {
+                p.shared.release(1);
+                // Revoked (or expired) while queued: skip it.
+                if let Some((attempt, _waited)) = self.store.start(&job.id) {
+                    batch.push(StartedJob { job, attempt });
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            p.idle.pop();
+            let entry = self
+                .workers
+                .get_mut(&worker)
+                .expect("idle workers are registered. This is a bug.");
+            p.shared.busy.fetch_add(1, Ordering::AcqRel);
+            entry.running = Some(Running {
+                jobs: batch.clone(),
+                since: Instant::now(),
+            });
+            if entry.inbox.send(batch).is_err() {
+                // Its thread is gone; the supervisor will report the loss too, but the
+                // jobs need not wait for that.
+                self.remove_worker(worker, "worker thread exited");
+                return self.dispatch(pool);
+            }
+        }
+    }
+
+    /// Forgets a worker; re-queues (front, in order) or fails the jobs it held.
+    fn remove_worker(&mut self, worker: WorkerId, why: &str) -> Option<usize> {
+        let entry = self.workers.remove(&worker)?;
+        let p = &mut self.pools[entry.pool];
+        p.idle.retain(|w| *w != worker);
+        p.shared.live.fetch_sub(1, Ordering::AcqRel);
+        if let Some(running) = entry.running {
+            p.shared.busy.fetch_sub(1, Ordering::AcqRel);
+            let max_retries = p.shared.config.max_retries;
+            for started in running.jobs.into_iter().rev() {
+                let (outcome, _) =
+                    self.store
+                        .requeue_or_fail(&started.job.id, started.attempt, max_retries, why);
+                if outcome == Requeue::Retry {
+                    p.shared.queued.fetch_add(1, Ordering::AcqRel);
+                    p.queue.push_front(started.job);
+                }
+            }
+        }
+        Some(entry.pool)
+    }
+
+    fn fail_queued(&mut self, pool: usize) {
+        let p = &mut self.pools[pool];
+        let why = format!(
+            "no live worker in pool `{}`: its restart budget is spent",
+            p.shared.name
+        );
+        for job in p.queue.drain(..) {
+            p.shared.release(1);
+            self.store.fail(&job.id, None, why.clone());
+        }
+    }
+
+    fn enforce_time_limits(&mut self) {
+        let now = Instant::now();
+        let over: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, e)| {
+                e.running
+                    .as_ref()
+                    .is_some_and(|r| now - r.since > self.pools[e.pool].time_limit)
+            })
+            .map(|(w, _)| *w)
+            .collect();
+        for worker in over {
+            let mut entry = self.workers.remove(&worker).expect("listed above");
+            let p = &self.pools[entry.pool];
+            let running = entry.running.take().expect("filtered on running");
+            p.shared.live.fetch_sub(1, Ordering::AcqRel);
+            p.shared.busy.fetch_sub(1, Ordering::AcqRel);
+            let why = format!(
+                "time limit exceeded: ran longer than {:?} (pools.{}.time_limit_seconds)",
+                p.time_limit, p.shared.name
+            );
+            for started in &running.jobs {
+                self.store
+                    .fail(&started.job.id, Some(started.attempt), why.clone());
+            }
+            tracing::warn!(pool = %p.shared.name, worker, "{why}; replacing the worker");
+            entry.actor.stop(Some("time limit exceeded".into()));
+        }
+    }
+}

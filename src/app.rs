@@ -1,0 +1,172 @@
+//! Wiring: builds the registry, the store and the actor tree from a [`Config`], serves
+//! HTTP on a bound listener, and drains on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::{Actor, ActorRef};
+use tokio::net::TcpListener;
+
+use crate::actors::dispatcher::DispatcherMessage;
+use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};
+use crate::config::{Config, secs};
+use crate::pool::PoolShared;
+use crate::store::TaskStore;
+use crate::task::Registry;
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Task records.
+    pub store: Arc<TaskStore>,
+    /// Registered tasks.
+    pub registry: Arc<Registry>,
+    /// Every pool, by index (config order).
+    pub pools: Vec<Arc<PoolShared>>,
+    /// Where submits go.
+    pub dispatcher: ActorRef<DispatcherMessage>,
+    /// Cleared when shutdown starts: submits then get 503.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    /// Whether every queued and running task has finished.
+    pub fn drained(&self) -> bool {
+        self.pools.iter().all(|p| p.is_drained())
+    }
+}
+
+/// A started celeriac: the actor tree is up and every worker has loaded its tasks.
+pub struct App {
+    state: Arc<AppState>,
+    supervisor: ActorRef<SupervisorMessage>,
+}
+
+impl App {
+    /// Validates the config, loads every task and starts the actor tree. Loading
+    /// errors name the task and the model or setting.
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        config.validate()?;
+        let pools: Vec<Arc<PoolShared>> = config
+            .pools
+            .iter()
+            .map(|(name, p)| PoolShared::new(name.clone(), p.clone()))
+            .collect();
+        let index = |name: &str| {
+            pools
+                .iter()
+                .position(|p| p.name == name)
+                .expect("validate() checked every route. This is a bug.")
+        };
+        let registry = Arc::new(Registry::from_config(&config, index)?);
+        let store = Arc::new(TaskStore::new(secs(config.results.ttl_seconds)));
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                config: config.supervisor.clone(),
+                pools: pools.clone(),
+                registry: registry.clone(),
+                store: store.clone(),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("starting the worker pools")?;
+        let dispatcher = ractor::call_t!(supervisor, SupervisorMessage::Dispatcher, 5_000)
+            .map_err(|e| anyhow::anyhow!("supervisor did not answer: {e}"))?;
+        for p in &pools {
+            tracing::info!(pool = %p.name, kind = p.config.kind.as_str(), workers = p.config.size(), "pool started");
+        }
+        let state = Arc::new(AppState {
+            config,
+            store,
+            registry,
+            pools,
+            dispatcher,
+            accepting: AtomicBool::new(true),
+        });
+        Ok(App { state, supervisor })
+    }
+
+    /// The shared state (tests read pool counters through it).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, then drains: new submits
+    /// get 503, queued and running tasks get up to `server.drain_timeout_seconds` to
+    /// finish, then the server and the actor tree stop.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let sweeper = {
+            let store = state.store.clone();
+            let every = secs(state.config.results.sweep_interval_seconds);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    store.sweep();
+                }
+            })
+        };
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(crate::http::routes(state.clone()))
+            .incoming(listener)
+            .graceful(async {
+                let _ = http_stopped.await;
+            })
+            .run();
+        let server = tokio::spawn(server);
+
+        shutdown.await;
+        state.accepting.store(false, Ordering::Release);
+        let drain = secs(state.config.server.drain_timeout_seconds);
+        tracing::info!(?drain, "shutting down: draining queued and running tasks");
+        let drained = tokio::time::timeout(drain, async {
+            while !state.drained() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if drained {
+            tracing::info!("drained: every queued and running task finished");
+        } else {
+            let left: usize = state
+                .pools
+                .iter()
+                .map(|p| p.queued.load(Ordering::Acquire) + p.busy.load(Ordering::Acquire))
+                .sum();
+            tracing::warn!(left, "drain timeout reached (server.drain_timeout_seconds); stopping anyway");
+        }
+        let _ = self.supervisor.cast(SupervisorMessage::ShuttingDown);
+        let _ = stop_http.send(());
+        // Open long polls end as their tasks are final; don't wait on idle clients.
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        sweeper.abort();
+        self.supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await
+            .ok();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts celeriac from `config` and serves on `listener` until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    App::start(config).await?.serve(listener, shutdown).await
+}

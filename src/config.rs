@@ -1,0 +1,518 @@
+//! The configuration tree: one TOML file, validated at start-up.
+//!
+//! Every field has a named `default_x()` function so the file, the environment and the
+//! CLI share one default. Every timing is a field, so tests can shrink it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error; the message names the setting to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file asked for.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file asked for.
+        path: PathBuf,
+        /// The parser's message, with the line and the key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        /// The dotted path of the setting, e.g. `pools.default.concurrency`.
+        setting: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP server.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The result store.
+    #[serde(default)]
+    pub results: ResultsConfig,
+    /// Restart policy of the supervisor.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    /// Worker pools by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Registered tasks by name, each routed to one pool.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskSpec>,
+    /// Directory that relative model paths are resolved against. Set by
+    /// [`Config::from_file`] to the directory holding the file's `config/` folder;
+    /// not read from the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`: the HTTP listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; `--listen` and `CELERIAC_LISTEN` override it.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes (413 above it).
+    #[serde(default = "default_body_limit_bytes")]
+    pub body_limit_bytes: u64,
+    /// Cap on `?wait=SECONDS` for submit-and-wait and long polls.
+    #[serde(default = "default_max_wait_seconds")]
+    pub max_wait_seconds: f64,
+    /// On SIGTERM/SIGINT, how long queued and running tasks may take to finish.
+    #[serde(default = "default_drain_timeout_seconds")]
+    pub drain_timeout_seconds: f64,
+    /// Bearer token of the admin API; `CELERIAC_ADMIN_TOKEN` overrides it.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+/// `[results]`: how long finished task records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// A finished task's record is deleted this long after it finished (then 404).
+    #[serde(default = "default_ttl_seconds")]
+    pub ttl_seconds: f64,
+    /// How often expired records are swept.
+    #[serde(default = "default_sweep_interval_seconds")]
+    pub sweep_interval_seconds: f64,
+}
+
+/// `[supervisor]`: worker restarts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// First restart delay after a worker is lost; doubles on each consecutive loss.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Ceiling of the restart delay.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Most restarts per pool within `restart_window_seconds`; past it the lost worker's
+    /// slot is parked (not restarted) and readiness reports the pool as degraded.
+    #[serde(default = "default_restart_budget")]
+    pub restart_budget: u32,
+    /// The window the restart budget counts over.
+    #[serde(default = "default_restart_window_seconds")]
+    pub restart_window_seconds: f64,
+    /// How often the dispatcher checks running tasks against their time limit.
+    #[serde(default = "default_time_limit_check_ms")]
+    pub time_limit_check_ms: u64,
+}
+
+/// How a pool's workers run tasks (Celery's `--pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Each worker runs tasks on its own OS thread.
+    Threads,
+    /// One worker runs tasks inline; `concurrency` is ignored, as in Celery.
+    Solo,
+}
+
+impl PoolKind {
+    /// The name used in config and in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Threads => "threads",
+            PoolKind::Solo => "solo",
+        }
+    }
+}
+
+/// `[pools.NAME]`: one named worker pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `threads` or `solo`.
+    #[serde(default = "default_pool_kind")]
+    pub kind: PoolKind,
+    /// Number of workers (ignored by `solo`, which has one).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Queued (not yet started) tasks beyond which submits get 429 at once.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// A task running longer fails with `time limit exceeded`, and its worker is replaced.
+    #[serde(default = "default_time_limit_seconds")]
+    pub time_limit_seconds: f64,
+    /// How many times a task is re-queued (`RETRY`) after its worker was lost.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+impl PoolConfig {
+    /// Workers this pool starts with: `concurrency`, or 1 for `solo`.
+    pub fn size(&self) -> usize {
+        match self.kind {
+            PoolKind::Threads => self.concurrency,
+            PoolKind::Solo => 1,
+        }
+    }
+}
+
+/// `[tasks."NAME"]`: a registered task, its kind and the pool it is routed to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The pool that runs it (Celery's `task_routes`).
+    pub pool: String,
+    /// Which task implementation, from the registry (e.g. `debug.echo`).
+    pub kind: String,
+    /// Model directory, for model-backed kinds; relative paths are resolved against the
+    /// project directory.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_body_limit_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_max_wait_seconds() -> f64 {
+    60.0
+}
+fn default_drain_timeout_seconds() -> f64 {
+    30.0
+}
+fn default_ttl_seconds() -> f64 {
+    3600.0
+}
+fn default_sweep_interval_seconds() -> f64 {
+    5.0
+}
+fn default_backoff_initial_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_restart_budget() -> u32 {
+    100
+}
+fn default_restart_window_seconds() -> f64 {
+    60.0
+}
+fn default_time_limit_check_ms() -> u64 {
+    50
+}
+fn default_pool_kind() -> PoolKind {
+    PoolKind::Threads
+}
+fn default_concurrency() -> usize {
+    2
+}
+fn default_queue_capacity() -> usize {
+    10_000
+}
+fn default_time_limit_seconds() -> f64 {
+    300.0
+}
+fn default_max_retries() -> u32 {
+    2
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            body_limit_bytes: default_body_limit_bytes(),
+            max_wait_seconds: default_max_wait_seconds(),
+            drain_timeout_seconds: default_drain_timeout_seconds(),
+            admin_token: None,
+        }
+    }
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: default_ttl_seconds(),
+            sweep_interval_seconds: default_sweep_interval_seconds(),
+        }
+    }
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            restart_budget: default_restart_budget(),
+            restart_window_seconds: default_restart_window_seconds(),
+            time_limit_check_ms: default_time_limit_check_ms(),
+        }
+    }
+}
+
+/// Seconds as a [`Duration`]; `validate` has already checked the value.
+pub fn secs(value: f64) -> Duration {
+    Duration::from_secs_f64(value)
+}
+
+impl Config {
+    /// Parses a TOML document; `base_dir` resolves relative model paths.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })?;
+        config.base_dir = base_dir.to_path_buf();
+        Ok(config)
+    }
+
+    /// Reads and parses a file. Relative model paths resolve against the parent of the
+    /// file's directory when that directory is named `config` (the repository layout),
+    /// else against the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = if dir.file_name().is_some_and(|n| n == "config") {
+            dir.parent().unwrap_or(Path::new("."))
+        } else {
+            dir
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        Self::from_toml(&text, dir).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Applies `CELERIAC_*` environment overrides (secrets and deployment settings).
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_env_from(|key| std::env::var(key).ok())
+    }
+
+    /// [`Config::apply_env`] with the environment given as a function, for tests.
+    pub fn apply_env_from(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(token) = get("CELERIAC_ADMIN_TOKEN") {
+            self.server.admin_token = Some(token);
+        }
+        if let Some(listen) = get("CELERIAC_LISTEN") {
+            self.server.listen = listen.parse().map_err(|e| {
+                invalid(
+                    "CELERIAC_LISTEN",
+                    format!("`{listen}` is not an address: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a model path from a task spec against [`Config::base_dir`].
+    pub fn model_dir(&self, model: &Path) -> PathBuf {
+        if model.is_absolute() {
+            model.to_path_buf()
+        } else {
+            self.base_dir.join(model)
+        }
+    }
+
+    /// Checks ranges and cross-references; errors name the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |setting: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(invalid(setting, format!("must be a positive number, got {v}")))
+            }
+        };
+        positive("server.max_wait_seconds", self.server.max_wait_seconds)?;
+        positive(
+            "server.drain_timeout_seconds",
+            self.server.drain_timeout_seconds,
+        )?;
+        if self.server.body_limit_bytes == 0 {
+            return Err(invalid("server.body_limit_bytes", "must be at least 1"));
+        }
+        if self
+            .server
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "server.admin_token",
+                "is empty; remove it to disable the admin API, or set a token",
+            ));
+        }
+        positive("results.ttl_seconds", self.results.ttl_seconds)?;
+        positive(
+            "results.sweep_interval_seconds",
+            self.results.sweep_interval_seconds,
+        )?;
+        let s = &self.supervisor;
+        if s.backoff_initial_ms == 0 || s.backoff_max_ms < s.backoff_initial_ms {
+            return Err(invalid(
+                "supervisor.backoff_max_ms",
+                "need 0 < backoff_initial_ms <= backoff_max_ms",
+            ));
+        }
+        positive(
+            "supervisor.restart_window_seconds",
+            s.restart_window_seconds,
+        )?;
+        if s.time_limit_check_ms == 0 {
+            return Err(invalid("supervisor.time_limit_check_ms", "must be at least 1"));
+        }
+        if self.pools.is_empty() {
+            return Err(invalid("pools", "define at least one pool"));
+        }
+        for (name, pool) in &self.pools {
+            let key = |field: &str| format!("pools.{name}.{field}");
+            if pool.kind == PoolKind::Threads && pool.concurrency == 0 {
+                return Err(invalid(key("concurrency"), "must be at least 1"));
+            }
+            if pool.queue_capacity == 0 {
+                return Err(invalid(key("queue_capacity"), "must be at least 1"));
+            }
+            positive(&key("time_limit_seconds"), pool.time_limit_seconds)?;
+        }
+        if self.tasks.is_empty() {
+            return Err(invalid("tasks", "register at least one task"));
+        }
+        for (name, task) in &self.tasks {
+            if !valid_task_name(name) {
+                return Err(invalid(
+                    format!("tasks.{name}"),
+                    "task names use letters, digits, `.`, `_` and `-`",
+                ));
+            }
+            if !self.pools.contains_key(&task.pool) {
+                return Err(invalid(
+                    format!("tasks.\"{name}\".pool"),
+                    format!(
+                        "no pool named `{}`; defined pools: {}",
+                        task.pool,
+                        self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Task names appear in URL paths and metric labels: keep them plain.
+pub fn valid_task_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::from_toml(text, Path::new("."))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    const MINIMAL: &str = r#"
+        [pools.p]
+        [tasks."debug.echo"]
+        kind = "debug.echo"
+        pool = "p"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.pools["p"].concurrency, 2);
+        assert_eq!(c.server.listen, default_listen());
+        assert_eq!(c.tasks["debug.echo"].pool, "p");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = parse(&format!("{MINIMAL}\n[server]\nlisten_addr = \"x\"")).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn route_to_missing_pool_names_the_setting() {
+        let err = parse(
+            r#"
+            [pools.p]
+            [tasks."a"]
+            kind = "debug.echo"
+            pool = "q"
+        "#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tasks.\"a\".pool"), "{err}");
+    }
+
+    #[test]
+    fn zero_concurrency_is_rejected_but_solo_ignores_it() {
+        let err = parse(&MINIMAL.replace("[pools.p]", "[pools.p]\nconcurrency = 0")).unwrap_err();
+        assert!(err.to_string().contains("pools.p.concurrency"), "{err}");
+        let c = parse(&MINIMAL.replace("[pools.p]", "[pools.p]\nkind = \"solo\"\nconcurrency = 0"))
+            .unwrap();
+        assert_eq!(c.pools["p"].size(), 1);
+    }
+
+    #[test]
+    fn env_overrides_token_and_listen() {
+        let mut c = parse(MINIMAL).unwrap();
+        c.apply_env_from(|k| match k {
+            "CELERIAC_ADMIN_TOKEN" => Some("s3cret".into()),
+            "CELERIAC_LISTEN" => Some("0.0.0.0:9000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.server.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.server.listen.port(), 9000);
+        let err = c
+            .apply_env_from(|k| (k == "CELERIAC_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CELERIAC_LISTEN"));
+    }
+}

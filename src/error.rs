@@ -1,0 +1,161 @@
+//! API errors: one table from error to HTTP status and a stable `code`.
+//!
+//! Every error leaves the server as JSON `{"error": "...", "code": "snake_case"}`;
+//! 429 and 503 carry `Retry-After`.
+
+use warp::http::StatusCode;
+
+use crate::store::TaskState;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON.
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The body is JSON but not of the expected shape.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// `content-type` is not `application/json`.
+    #[error("content-type must be application/json, got `{0}`")]
+    UnsupportedContentType(String),
+    /// A query parameter is unknown or malformed.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// The task rejected the input.
+    #[error("invalid input for `{task}`: {message}")]
+    InvalidInput {
+        /// The task name.
+        task: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No task is registered under that name.
+    #[error("no task named `{name}`; registered tasks: {known}")]
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+        /// The registered names, comma-separated.
+        known: String,
+    },
+    /// No task has that id, or its result expired.
+    #[error("no task with id `{0}` (never issued, or its result expired)")]
+    TaskNotFound(String),
+    /// Revoking a task that already started or finished.
+    #[error("task is {} and can no longer be revoked", .0.as_str())]
+    NotRevocable(TaskState),
+    /// The body is over `server.body_limit_bytes`.
+    #[error("request body is over the limit of {0} bytes (server.body_limit_bytes)")]
+    PayloadTooLarge(u64),
+    /// The body came without a `content-length`.
+    #[error("a content-length header is required")]
+    LengthRequired,
+    /// The pool's queue is full.
+    #[error("queue of pool `{0}` is full; retry later")]
+    QueueFull(String),
+    /// The server is draining for shutdown.
+    #[error("server is shutting down and accepts no new tasks")]
+    ShuttingDown,
+    /// The pool has no live worker and none is coming back.
+    #[error("pool `{0}` has no live worker")]
+    NoLiveWorker(String),
+    /// No route matches the path.
+    #[error("no route for this path")]
+    RouteNotFound,
+    /// The path exists but not with this method.
+    #[error("method not allowed for this path")]
+    MethodNotAllowed,
+    /// A bug; logged.
+    #[error("internal error")]
+    Internal,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) | InvalidBody(_) | UnsupportedContentType(_) | InvalidParameter(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            InvalidInput { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            UnknownTask { .. } | TaskNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
+            NotRevocable(_) => StatusCode::CONFLICT,
+            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            LengthRequired => StatusCode::LENGTH_REQUIRED,
+            QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ShuttingDown | NoLiveWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) => "invalid_json",
+            InvalidBody(_) => "invalid_body",
+            UnsupportedContentType(_) => "unsupported_content_type",
+            InvalidParameter(_) => "invalid_parameter",
+            InvalidInput { .. } => "invalid_input",
+            UnknownTask { .. } => "unknown_task",
+            TaskNotFound(_) => "task_not_found",
+            NotRevocable(_) => "not_revocable",
+            PayloadTooLarge(_) => "payload_too_large",
+            LengthRequired => "length_required",
+            QueueFull(_) => "queue_full",
+            ShuttingDown => "shutting_down",
+            NoLiveWorker(_) => "no_live_worker",
+            RouteNotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Internal => "internal",
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where the client should come back.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::QueueFull(_) => Some(1),
+            ApiError::ShuttingDown | ApiError::NoLiveWorker(_) => Some(5),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_snake_case_and_statuses_match_the_table() {
+        let cases = [
+            (ApiError::InvalidJson("x".into()), 400),
+            (
+                ApiError::InvalidInput {
+                    task: "t".into(),
+                    message: "m".into(),
+                },
+                422,
+            ),
+            (ApiError::TaskNotFound("x".into()), 404),
+            (ApiError::PayloadTooLarge(1), 413),
+            (ApiError::QueueFull("p".into()), 429),
+            (ApiError::ShuttingDown, 503),
+            (ApiError::NoLiveWorker("p".into()), 503),
+            (ApiError::NotRevocable(TaskState::Started), 409),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert!(e.code().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        assert_eq!(ApiError::QueueFull("p".into()).retry_after(), Some(1));
+        assert!(
+            ApiError::NotRevocable(TaskState::Success)
+                .to_string()
+                .contains("SUCCESS")
+        );
+    }
+}

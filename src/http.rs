@@ -1,0 +1,170 @@
+//! The HTTP API (warp): route filters, shared helpers and the root rejection handler.
+
+pub mod health;
+pub mod tasks;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::{Filter, Rejection};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// A reply built by hand: status, JSON body and headers.
+pub type Reply = warp::reply::Response;
+
+/// Every route, with the root rejection handler.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let limit = state.config.server.body_limit_bytes;
+    tasks::submit(state.clone())
+        .or(tasks::submit_batch(state.clone()))
+        .unify()
+        .or(tasks::get(state.clone()))
+        .unify()
+        .or(tasks::revoke(state.clone()))
+        .unify()
+        .or(health::live())
+        .unify()
+        .or(health::ready(state))
+        .unify()
+        .recover(move |r| handle_rejection(r, limit))
+        .unify()
+}
+
+/// Passes the shared state to a handler.
+pub fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// A JSON reply with a status.
+pub fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Reply {
+    let bytes = serde_json::to_vec(body).expect("wire types serialize. This is a bug.");
+    let mut res = Reply::new(bytes.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The error body and headers for an [`ApiError`].
+pub fn error_reply(err: &ApiError) -> Reply {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: String,
+        code: &'a str,
+    }
+    let mut res = json_reply(
+        err.status(),
+        &Body {
+            error: err.to_string(),
+            code: err.code(),
+        },
+    );
+    if let Some(secs) = err.retry_after() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+/// A request body: `content-type: application/json`, at most `limit` bytes (a
+/// `content-length` is required), parsed by the handler for a precise error.
+pub fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|ct: Option<String>| async move {
+            match ct {
+                Some(ct)
+                    if ct
+                        .split(';')
+                        .next()
+                        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) =>
+                {
+                    Ok(())
+                }
+                other => Err(warp::reject::custom(ApiError::UnsupportedContentType(
+                    other.unwrap_or_else(|| "(none)".into()),
+                ))),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+}
+
+/// Parses the query string of routes that take only `wait=SECONDS`; misspelled or
+/// unknown parameters are an error, never silently ignored.
+pub fn wait_param() -> impl Filter<Extract = (Option<f64>,), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move {
+            parse_wait(&q).map_err(|m| warp::reject::custom(ApiError::InvalidParameter(m)))
+        })
+}
+
+fn parse_wait(query: &str) -> Result<Option<f64>, String> {
+    let mut wait = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "wait" {
+            return Err(format!(
+                "unknown query parameter `{key}`; this route takes only `wait`"
+            ));
+        }
+        let secs: f64 = value
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                format!("`wait` must be a number of seconds >= 0, got `{value}`")
+            })?;
+        wait = Some(secs);
+    }
+    Ok(wait)
+}
+
+/// Turns every rejection into the JSON error body; unknown ones are logged as 500.
+pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, Infallible> {
+    let api = if let Some(e) = err.find::<ApiError>() {
+        return Ok(error_reply(e));
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge(body_limit)
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::LengthRequired
+    } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidParameter(e.to_string())
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if err.is_not_found() {
+        ApiError::RouteNotFound
+    } else {
+        tracing::error!(?err, "unhandled rejection");
+        ApiError::Internal
+    };
+    Ok(error_reply(&api))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parameter_parsing() {
+        assert_eq!(parse_wait(""), Ok(None));
+        assert_eq!(parse_wait("wait=2.5"), Ok(Some(2.5)));
+        assert!(parse_wait("wiat=2").unwrap_err().contains("wiat"));
+        assert!(parse_wait("wait=-1").is_err());
+        assert!(parse_wait("wait=abc").is_err());
+        assert!(parse_wait("wait=inf").is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! Health routes: liveness and readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection};
+
+use super::{Reply, json_reply, with_state};
+use crate::app::AppState;
+
+/// `GET /health/live`
+pub fn live() -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("health" / "live")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &serde_json::json!({"status": "live"})))
+}
+
+/// One pool's worker counts, as readiness reports them.
+#[derive(Serialize)]
+struct PoolHealth {
+    pool: String,
+    live: usize,
+    size: usize,
+    parked: usize,
+    queued: usize,
+    busy: usize,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
+    pools: Vec<PoolHealth>,
+}
+
+/// `GET /health/ready`: 200 while accepting tasks and every pool has a live worker;
+/// 503 otherwise, with the reasons.
+pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("health" / "ready")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: Arc<AppState>| {
+            let mut reasons = Vec::new();
+            if !state.accepting.load(Ordering::Acquire) {
+                reasons.push("shutting down".to_string());
+            }
+            let pools: Vec<PoolHealth> = state
+                .pools
+                .iter()
+                .map(|p| PoolHealth {
+                    pool: p.name.clone(),
+                    live: p.live.load(Ordering::Acquire),
+                    size: p.config.size(),
+                    parked: p.parked.load(Ordering::Acquire),
+                    queued: p.queued.load(Ordering::Acquire),
+                    busy: p.busy.load(Ordering::Acquire),
+                })
+                .collect();
+            for p in &pools {
+                if p.live == 0 {
+                    reasons.push(format!("pool `{}` has no live worker", p.pool));
+                }
+            }
+            let ready = reasons.is_empty();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_reply(
+                status,
+                &Readiness {
+                    ready,
+                    reasons,
+                    pools,
+                },
+            )
+        })
+}

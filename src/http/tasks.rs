@@ -1,0 +1,243 @@
+//! Task routes: submit, batch submit, poll (long-poll) and revoke.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::{Filter, Rejection};
+
+use super::{Reply, json_body, json_reply, wait_param, with_state};
+use crate::actors::dispatcher::DispatcherMessage;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::pool::Job;
+use crate::store::{StoreError, TaskId, TaskState};
+
+fn reject(e: ApiError) -> Rejection {
+    warp::reject::custom(e)
+}
+
+/// `POST /v1/tasks/{task}`
+pub fn submit(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    let limit = state.config.server.body_limit_bytes;
+    warp::path!("v1" / "tasks" / String)
+        .and(warp::post())
+        .and(wait_param())
+        .and(json_body(limit))
+        .and(with_state(state))
+        .and_then(submit_handler)
+}
+
+/// `POST /v1/tasks/{task}/batch`
+pub fn submit_batch(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    let limit = state.config.server.body_limit_bytes;
+    warp::path!("v1" / "tasks" / String / "batch")
+        .and(warp::post())
+        .and(json_body(limit))
+        .and(with_state(state))
+        .and_then(submit_batch_handler)
+}
+
+/// `GET /v1/tasks/{id}`
+pub fn get(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("v1" / "tasks" / String)
+        .and(warp::get())
+        .and(wait_param())
+        .and(with_state(state))
+        .and_then(get_handler)
+}
+
+/// `DELETE /v1/tasks/{id}`
+pub fn revoke(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("v1" / "tasks" / String)
+        .and(warp::delete())
+        .and(with_state(state))
+        .and_then(revoke_handler)
+}
+
+/// The 202 answer to a submit.
+#[derive(Serialize)]
+struct Accepted {
+    task_id: TaskId,
+    state: TaskState,
+}
+
+/// The body of `POST /v1/tasks/{task}/batch`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    inputs: Vec<Value>,
+}
+
+#[derive(Serialize)]
+struct BatchAccepted {
+    tasks: Vec<Accepted>,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::InvalidBody(e.to_string())
+        } else {
+            ApiError::InvalidJson(e.to_string())
+        }
+    })
+}
+
+fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
+    wait.filter(|w| *w > 0.0)
+        .map(|w| Duration::from_secs_f64(w.min(state.config.server.max_wait_seconds)))
+}
+
+/// Validates and queues `inputs` for `task`; all or none are accepted.
+fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskId>, ApiError> {
+    if !state.accepting.load(Ordering::Acquire) {
+        return Err(ApiError::ShuttingDown);
+    }
+    let reg = state
+        .registry
+        .get(task)
+        .ok_or_else(|| ApiError::UnknownTask {
+            name: task.to_string(),
+            known: state.registry.names().join(", "),
+        })?;
+    let batch = inputs.len() > 1;
+    for (i, input) in inputs.iter().enumerate() {
+        reg.factory.validate(input).map_err(|message| ApiError::InvalidInput {
+            task: task.to_string(),
+            message: if batch {
+                format!("inputs[{i}]: {message}")
+            } else {
+                message
+            },
+        })?;
+    }
+    let pool = &state.pools[reg.pool];
+    if pool.is_dead() {
+        return Err(ApiError::NoLiveWorker(pool.name.clone()));
+    }
+    if !pool.try_reserve(inputs.len()) {
+        return Err(ApiError::QueueFull(pool.name.clone()));
+    }
+    let jobs: Vec<Job> = inputs
+        .into_iter()
+        .map(|input| Job {
+            id: state.store.insert(reg.name.clone()),
+            task: reg.name.clone(),
+            input: Arc::new(input),
+        })
+        .collect();
+    let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
+    if state
+        .dispatcher
+        .cast(DispatcherMessage::Submit {
+            pool: reg.pool,
+            jobs,
+        })
+        .is_err()
+    {
+        for id in &ids {
+            state.store.remove(id);
+        }
+        pool.release(ids.len());
+        return Err(ApiError::ShuttingDown);
+    }
+    Ok(ids)
+}
+
+fn accepted(id: TaskId, task_state: TaskState) -> Reply {
+    let mut res = json_reply(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            task_id: id,
+            state: task_state,
+        },
+    );
+    let location = format!("/v1/tasks/{id}");
+    res.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("a UUID path is a valid header"),
+    );
+    res
+}
+
+async fn submit_handler(
+    task: String,
+    wait: Option<f64>,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Result<Reply, Rejection> {
+    let input: Value = parse_json(&body).map_err(reject)?;
+    let id = enqueue(&state, &task, vec![input]).map_err(reject)?[0];
+    if let Some(wait) = wait_duration(&state, wait)
+        && let Some(view) = state.store.wait_final(&id, wait).await
+    {
+        if view.state.is_final() {
+            return Ok(json_reply(StatusCode::OK, &view));
+        }
+        return Ok(accepted(id, view.state));
+    }
+    Ok(accepted(id, TaskState::Pending))
+}
+
+async fn submit_batch_handler(
+    task: String,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Result<Reply, Rejection> {
+    let req: BatchRequest = parse_json(&body).map_err(reject)?;
+    if req.inputs.is_empty() {
+        return Err(reject(ApiError::InvalidBody(
+            "`inputs` must hold at least one input".into(),
+        )));
+    }
+    let ids = enqueue(&state, &task, req.inputs).map_err(reject)?;
+    let body = BatchAccepted {
+        tasks: ids
+            .into_iter()
+            .map(|task_id| Accepted {
+                task_id,
+                state: TaskState::Pending,
+            })
+            .collect(),
+    };
+    Ok(json_reply(StatusCode::ACCEPTED, &body))
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::TaskNotFound(id.chars().take(64).collect()))
+}
+
+async fn get_handler(
+    id: String,
+    wait: Option<f64>,
+    state: Arc<AppState>,
+) -> Result<Reply, Rejection> {
+    let task_id = parse_id(&id).map_err(reject)?;
+    let view = match wait_duration(&state, wait) {
+        Some(wait) => state.store.wait_final(&task_id, wait).await,
+        None => state.store.get(&task_id),
+    };
+    let view = view.ok_or_else(|| reject(ApiError::TaskNotFound(id)))?;
+    Ok(json_reply(StatusCode::OK, &view))
+}
+
+async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejection> {
+    let task_id = parse_id(&id).map_err(reject)?;
+    match state.store.revoke(&task_id) {
+        Ok((view, _)) => Ok(json_reply(StatusCode::OK, &view)),
+        Err(StoreError::NotFound) => Err(reject(ApiError::TaskNotFound(id))),
+        Err(StoreError::WrongState(s)) => Err(reject(ApiError::NotRevocable(s))),
+    }
+}

@@ -1,0 +1,90 @@
+//! The `celeriac` binary: parse the CLI, load the config, init tracing, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use celeriac::config::Config;
+
+#[derive(Parser)]
+#[command(version, about = "Serve ML models behind a submit/poll API with a supervised worker pool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON lines instead of text (`RUST_LOG` sets the level; default info).
+    #[arg(long, global = true, env = "CELERIAC_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve {
+        /// The configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Listen address, overriding `server.listen` and `CELERIAC_LISTEN`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Load and validate a configuration file, then exit.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    let mut config = Config::from_file(path)?;
+    config.apply_env()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let config = load(&config)?;
+            config.validate()?;
+            println!("config OK: {} pools, {} tasks", config.pools.len(), config.tasks.len());
+            Ok(())
+        }
+        Command::Serve { config, listen } => {
+            let mut config = load(&config)?;
+            if let Some(addr) = listen {
+                config.server.listen = addr;
+            }
+            let addr = config.server.listen;
+            let app = celeriac::app::App::start(config).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (server.listen / --listen)"))?;
+            tracing::info!(addr = %listener.local_addr()?, "listening");
+            app.serve(listener, shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The result store: one record per task id, its state, timings and result.
+//!
+//! In memory, sharded by id so submits and polls on different tasks do not contend.
+//! Every state change goes through a method here, which checks the transition is legal
+//! (a late answer from an abandoned worker cannot overwrite a final state) and wakes
+//! the long-polls waiting on that task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A task's id: a random UUID, so ids cannot be guessed or enumerated.
+pub type TaskId = Uuid;
+
+/// Celery's task states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskState {
+    /// Accepted and queued.
+    Pending,
+    /// A worker took it.
+    Started,
+    /// Finished with a result.
+    Success,
+    /// Finished with an error.
+    Failure,
+    /// Back in the queue after its worker was lost.
+    Retry,
+    /// Cancelled before it started.
+    Revoked,
+}
+
+impl TaskState {
+    /// Whether the task will never change state again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Success | TaskState::Failure | TaskState::Revoked
+        )
+    }
+
+    /// The name on the wire, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "PENDING",
+            TaskState::Started => "STARTED",
+            TaskState::Success => "SUCCESS",
+            TaskState::Failure => "FAILURE",
+            TaskState::Retry => "RETRY",
+            TaskState::Revoked => "REVOKED",
+        }
+    }
+}
+
+/// What a store call found when it could not do what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// No such id, or its record expired.
+    NotFound,
+    /// The task is in a state that does not allow the change.
+    WrongState(TaskState),
+}
+
+/// The internal record of one task.
+#[derive(Debug)]
+struct TaskRecord {
+    task: Arc<str>,
+    state: TaskState,
+    result: Option<Value>,
+    error: Option<String>,
+    submitted_at: SystemTime,
+    started_at: Option<SystemTime>,
+    finished_at: Option<SystemTime>,
+    /// Re-queues after a lost worker.
+    retries: u32,
+    /// Bumped each time a worker starts the task; answers carry it so a stale answer
+    /// (from a worker abandoned after a time limit) is ignored.
+    attempt: u32,
+    /// When a final record is deleted (monotonic, so `tokio::time::pause` drives it).
+    expires_at: Option<Instant>,
+    /// Created on the first long-poll; woken on every state change.
+    notify: Option<Arc<Notify>>,
+}
+
+/// The wire form of a task (`GET /v1/tasks/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    /// The id.
+    pub task_id: TaskId,
+    /// The task name.
+    pub task: Arc<str>,
+    /// Current state.
+    pub state: TaskState,
+    /// The result, on `SUCCESS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error, on `FAILURE` (and the reason, on `REVOKED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339, UTC.
+    pub submitted_at: String,
+    /// When a worker last started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it reached a final state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// How many times it was re-queued after a lost worker.
+    pub retries: u32,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+impl TaskView {
+    fn new(id: TaskId, r: &TaskRecord) -> Self {
+        TaskView {
+            task_id: id,
+            task: r.task.clone(),
+            state: r.state,
+            result: r.result.clone(),
+            error: r.error.clone(),
+            submitted_at: rfc3339(r.submitted_at),
+            started_at: r.started_at.map(rfc3339),
+            finished_at: r.finished_at.map(rfc3339),
+            retries: r.retries,
+        }
+    }
+}
+
+/// The outcome of [`TaskStore::requeue_or_fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Put back in the queue as `RETRY`.
+    Retry,
+    /// Out of retries: now `FAILURE`.
+    Failed,
+    /// Not running under that attempt any more (already final): nothing to do.
+    Stale,
+}
+
+/// A finished task, reported to the caller of a store transition for metrics.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The task name.
+    pub task: Arc<str>,
+    /// The final state.
+    pub state: TaskState,
+    /// Submit to final state.
+    pub latency: Duration,
+}
+
+const SHARDS: usize = 32;
+
+/// The in-memory result store.
+pub struct TaskStore {
+    shards: Vec<Mutex<HashMap<TaskId, TaskRecord>>>,
+    ttl: Duration,
+}
+
+impl TaskStore {
+    /// An empty store whose final records live for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        TaskStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ttl,
+        }
+    }
+
+    fn shard(&self, id: &TaskId) -> &Mutex<HashMap<TaskId, TaskRecord>> {
+        let b = id.as_bytes();
+        &self.shards[(b[0] as usize ^ b[15] as usize) % SHARDS]
+    }
+
+    /// Records a new `PENDING` task and returns its id.
+    pub fn insert(&self, task: Arc<str>) -> TaskId {
+        let id = Uuid::new_v4();
+        let record = TaskRecord {
+            task,
+            state: TaskState::Pending,
+            result: None,
+            error: None,
+            submitted_at: SystemTime::now(),
+            started_at: None,
+            finished_at: None,
+            retries: 0,
+            attempt: 0,
+            expires_at: None,
+            notify: None,
+        };
+        self.shard(&id).lock().insert(id, record);
+        id
+    }
+
+    /// Deletes a record outright (a submit that could not be queued after all).
+    pub fn remove(&self, id: &TaskId) {
+        self.shard(id).lock().remove(id);
+    }
+
+    /// The current view of a task; `None` for an unknown or expired id.
+    pub fn get(&self, id: &TaskId) -> Option<TaskView> {
+        let shard = self.shard(id).lock();
+        let r = shard.get(id)?;
+        if r.expires_at.is_some_and(|e| e <= Instant::now()) {
+            return None;
+        }
+        Some(TaskView::new(*id, r))
+    }
+
+    /// The state of a task, if it exists.
+    pub fn state(&self, id: &TaskId) -> Option<TaskState> {
+        self.shard(id).lock().get(id).map(|r| r.state)
+    }
+
+    /// Waits until the task is final or `timeout` passes, then returns its view.
+    /// Sleeps on a [`Notify`]; never polls.
+    pub async fn wait_final(&self, id: &TaskId, timeout: Duration) -> Option<TaskView> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notify = {
+                let mut shard = self.shard(id).lock();
+                let r = shard.get_mut(id)?;
+                if r.expires_at.is_some_and(|e| e <= Instant::now()) {
+                    return None;
+                }
+                if r.state.is_final() || Instant::now() >= deadline {
+                    return Some(TaskView::new(*id, r));
+                }
+                r.notify.get_or_insert_with(|| Arc::new(Notify::new())).clone()
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A change between the unlock above and `enable` is caught here.
+            if self.state(id).is_none_or(|s| s.is_final()) {
+                continue;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    fn wake(r: &TaskRecord) {
+        if let Some(n) = &r.notify {
+            n.notify_waiters();
+        }
+    }
+
+    /// Moves a queued task (`PENDING`/`RETRY`) to `STARTED` and returns the attempt
+    /// number the worker must answer with, plus how long it waited in the queue.
+    /// `None` when it was revoked or expired meanwhile: skip it.
+    pub fn start(&self, id: &TaskId) -> Option<(u32, Duration)> {
+        let mut shard = self.shard(id).lock();
+        let r = shard.get_mut(id)?;
+        if !matches!(r.state, TaskState::Pending | TaskState::Retry) {
+            return None;
+        }
+        let now = SystemTime::now();
+        r.state = TaskState::Started;
+        r.attempt += 1;
+        r.started_at = Some(now);
+        let waited = now.duration_since(r.submitted_at).unwrap_or_default();
+        Self::wake(r);
+        Some((r.attempt, waited))
+    }
+
+    fn finalize(&self, r: &mut TaskRecord, state: TaskState) -> Finished {
+        let now = SystemTime::now();
+        r.state = state;
+        r.finished_at = Some(now);
+        r.expires_at = Some(Instant::now() + self.ttl);
+        Self::wake(r);
+        Finished {
+            task: r.task.clone(),
+            state,
+            latency: now.duration_since(r.submitted_at).unwrap_or_default(),
+        }
+    }
+
+    /// Records a worker's answer for `attempt`. Ignored (returns `None`) unless the
+    /// task is still `STARTED` under that attempt.
+    pub fn finish(
+        &self,
+        id: &TaskId,
+        attempt: u32,
+        outcome: Result<Value, String>,
+    ) -> Option<Finished> {
+        let mut shard = self.shard(id).lock();
+        let r = shard.get_mut(id)?;
+        if r.state != TaskState::Started || r.attempt != attempt {
+            return None;
+        }
+        let state = match outcome {
+            Ok(v) => {
+                r.result = Some(v);
+                TaskState::Success
+            }
+            Err(e) => {
+                r.error = Some(e);
+                TaskState::Failure
+            }
+        };
+        Some(self.finalize(r, state))
+    }
+
+    /// Fails a task that is not final yet, whatever its state (no live worker, time
+    /// limit, shutdown). `attempt` restricts it to one run when given.
+    pub fn fail(&self, id: &TaskId, attempt: Option<u32>, error: String) -> Option<Finished> {
+        let mut shard = self.shard(id).lock();
+        let r = shard.get_mut(id)?;
+        if r.state.is_final() || attempt.is_some_and(|a| a != r.attempt) {
+            return None;
+        }
+        r.error = Some(error);
+        Some(self.finalize(r, TaskState::Failure))
+    }
+
+    /// The worker running `attempt` was lost: re-queue as `RETRY` while retries remain,
+    /// else fail with a "worker lost" error.
+    pub fn requeue_or_fail(
+        &self,
+        id: &TaskId,
+        attempt: u32,
+        max_retries: u32,
+        why: &str,
+    ) -> (Requeue, Option<Finished>) {
+        let mut shard = self.shard(id).lock();
+        let Some(r) = shard.get_mut(id) else {
+            return (Requeue::Stale, None);
+        };
+        if r.state != TaskState::Started || r.attempt != attempt {
+            return (Requeue::Stale, None);
+        }
+        if r.retries < max_retries {
+            r.retries += 1;
+            r.state = TaskState::Retry;
+            Self::wake(r);
+            (Requeue::Retry, None)
+        } else {
+            r.error = Some(format!(
+                "worker lost: {why} (after {} retries)",
+                r.retries
+            ));
+            let f = self.finalize(r, TaskState::Failure);
+            (Requeue::Failed, Some(f))
+        }
+    }
+
+    /// Revokes a task that has not started. A started or final task is left alone.
+    pub fn revoke(&self, id: &TaskId) -> Result<(TaskView, Finished), StoreError> {
+        let mut shard = self.shard(id).lock();
+        let r = shard.get_mut(id).ok_or(StoreError::NotFound)?;
+        if r.expires_at.is_some_and(|e| e <= Instant::now()) {
+            return Err(StoreError::NotFound);
+        }
+        if !matches!(r.state, TaskState::Pending | TaskState::Retry) {
+            return Err(StoreError::WrongState(r.state));
+        }
+        r.error = Some("revoked before it started".into());
+        let f = self.finalize(r, TaskState::Revoked);
+        Ok((TaskView::new(*id, r), f))
+    }
+
+    /// Deletes expired records; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut removed = 0;
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|_, r| r.expires_at.is_none_or(|e| e > now));
+            removed += before - shard.len();
+        }
+        removed
+    }
+
+    /// Number of records held (final ones included, until they expire).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lifecycle_and_stale_answers() {
+        let s = TaskStore::new(Duration::from_secs(60));
+        let id = s.insert("t".into());
+        assert_eq!(s.state(&id), Some(TaskState::Pending));
+        let (a1, _) = s.start(&id).unwrap();
+        assert!(s.start(&id).is_none(), "a started task cannot start twice");
+        assert_eq!(
+            s.requeue_or_fail(&id, a1, 1, "boom").0,
+            Requeue::Retry,
+            "first loss re-queues"
+        );
+        assert_eq!(s.state(&id), Some(TaskState::Retry));
+        let (a2, _) = s.start(&id).unwrap();
+        assert!(
+            s.finish(&id, a1, Ok(json!(1))).is_none(),
+            "stale attempt ignored"
+        );
+        assert_eq!(s.requeue_or_fail(&id, a2, 1, "boom").0, Requeue::Failed);
+        let v = s.get(&id).unwrap();
+        assert_eq!(v.state, TaskState::Failure);
+        assert_eq!(v.retries, 1);
+        assert!(v.error.unwrap().contains("worker lost"));
+        assert!(s.finish(&id, a2, Ok(json!(1))).is_none(), "final is final");
+    }
+
+    #[test]
+    fn revoke_only_before_start() {
+        let s = TaskStore::new(Duration::from_secs(60));
+        let id = s.insert("t".into());
+        assert!(s.revoke(&id).is_ok());
+        assert!(s.start(&id).is_none(), "revoked tasks are skipped");
+        let id2 = s.insert("t".into());
+        s.start(&id2).unwrap();
+        assert_eq!(
+            s.revoke(&id2).unwrap_err(),
+            StoreError::WrongState(TaskState::Started)
+        );
+        assert_eq!(s.revoke(&Uuid::new_v4()).unwrap_err(), StoreError::NotFound);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_records_expire_after_ttl() {
+        let s = TaskStore::new(Duration::from_secs(10));
+        let id = s.insert("t".into());
+        let (a, _) = s.start(&id).unwrap();
+        s.finish(&id, a, Ok(json!("x"))).unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(s.get(&id).is_some());
+        assert_eq!(s.sweep(), 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.get(&id).is_none(), "expired records read as unknown");
+        assert_eq!(s.sweep(), 1);
+        assert!(s.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_final_wakes_on_finish_and_times_out() {
+        let s = Arc::new(TaskStore::new(Duration::from_secs(10)));
+        let id = s.insert("t".into());
+        let v = s.wait_final(&id, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(v.state, TaskState::Pending, "times out with the current view");
+        let s2 = s.clone();
+        let waiter = tokio::spawn(async move { s2.wait_final(&id, Duration::from_secs(30)).await });
+        tokio::task::yield_now().await;
+        let (a, _) = s.start(&id).unwrap();
+        s.finish(&id, a, Ok(json!(7))).unwrap();
+        let v = waiter.await.unwrap().unwrap();
+        assert_eq!(v.state, TaskState::Success);
+        assert_eq!(v.result, Some(json!(7)));
+    }
+}

@@ -1,0 +1,146 @@
+//! Tasks: the [`Task`] trait, the factories that build them, and the registry.
+//!
+//! As with Celery's `@app.task`, a task is registered under a name. Each worker builds
+//! its own [`Task`] instance, from the task's [`TaskFactory`], for every task routed to
+//! its pool when it starts. A factory may hold state shared by all its instances (a
+//! model's read-only weights, loaded once).
+
+pub mod debug;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// An error a task returns; it becomes the task's `FAILURE` message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskError(pub String);
+
+/// Building a task (or its shared state) failed; the message names the model or setting.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("task `{task}`: {message}")]
+pub struct LoadError {
+    /// The task name.
+    pub task: String,
+    /// What went wrong and what to change.
+    pub message: String,
+}
+
+/// One worker's instance of a task. Runs on the worker's own thread.
+pub trait Task: Send {
+    /// Runs the task on one input that [`TaskFactory::validate`] accepted.
+    fn run(&mut self, input: &Value) -> Result<Value, TaskError>;
+}
+
+/// Builds [`Task`] instances for one registered task name.
+pub trait TaskFactory: Send + Sync {
+    /// Checks an input at submit time, so bad input gets a 4xx instead of a queued
+    /// task that fails later. The message says what is wrong.
+    fn validate(&self, input: &Value) -> Result<(), String>;
+
+    /// Builds one worker's instance.
+    fn build(&self) -> Result<Box<dyn Task>, LoadError>;
+}
+
+/// Every registered task: name → factory and pool.
+pub struct Registry {
+    tasks: HashMap<String, Registered>,
+}
+
+/// One registered task.
+#[derive(Clone)]
+pub struct Registered {
+    /// The name tasks are submitted under.
+    pub name: Arc<str>,
+    /// The pool it is routed to (index into the app's pool list).
+    pub pool: usize,
+    /// Builds its instances.
+    pub factory: Arc<dyn TaskFactory>,
+}
+
+/// Builds a factory for a task kind from its spec; one entry per kind.
+type KindBuilder = fn(&str, &crate::config::TaskSpec, &Config) -> Result<Arc<dyn TaskFactory>, LoadError>;
+
+/// The task kinds this binary knows, by the `kind` written in config.
+fn kinds() -> &'static [(&'static str, KindBuilder)] {
+    &[
+        ("debug.echo", debug::echo),
+        ("debug.sleep", debug::sleep),
+        ("debug.fail", debug::fail),
+        ("debug.panic", debug::panic),
+    ]
+}
+
+impl Registry {
+    /// Builds every task in the config. `pool_index` maps a pool name to its index.
+    /// Loading errors name the task and the model or setting.
+    pub fn from_config(
+        config: &Config,
+        pool_index: impl Fn(&str) -> usize,
+    ) -> Result<Self, LoadError> {
+        let mut tasks = HashMap::new();
+        for (name, spec) in &config.tasks {
+            let Some((_, build)) = kinds().iter().find(|(k, _)| *k == spec.kind) else {
+                return Err(LoadError {
+                    task: name.clone(),
+                    message: format!(
+                        "unknown kind `{}` in tasks.\"{name}\".kind; known kinds: {}",
+                        spec.kind,
+                        kinds().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            };
+            let factory = build(name, spec, config)?;
+            tasks.insert(
+                name.clone(),
+                Registered {
+                    name: Arc::from(name.as_str()),
+                    pool: pool_index(&spec.pool),
+                    factory,
+                },
+            );
+        }
+        Ok(Registry { tasks })
+    }
+
+    /// Looks a task up by name.
+    pub fn get(&self, name: &str) -> Option<&Registered> {
+        self.tasks.get(name)
+    }
+
+    /// The tasks routed to one pool.
+    pub fn for_pool(&self, pool: usize) -> Vec<Registered> {
+        let mut v: Vec<_> = self
+            .tasks
+            .values()
+            .filter(|t| t.pool == pool)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every registered name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<_> = self.tasks.keys().map(String::as_str).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Rejects a `model` setting on kinds that take none, so a typo is not ignored.
+pub(crate) fn no_model(name: &str, spec: &crate::config::TaskSpec) -> Result<(), LoadError> {
+    match &spec.model {
+        Some(_) => Err(LoadError {
+            task: name.into(),
+            message: format!(
+                "kind `{}` takes no model; remove tasks.\"{name}\".model",
+                spec.kind
+            ),
+        }),
+        None => Ok(()),
+    }
+}
