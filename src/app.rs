@@ -146,7 +146,10 @@ impl App {
                 .iter()
                 .map(|p| p.queued.load(Ordering::Acquire) + p.busy.load(Ordering::Acquire))
                 .sum();
-            tracing::warn!(left, "drain timeout reached (server.drain_timeout_seconds); stopping anyway");
+            tracing::warn!(
+                left,
+                "drain timeout reached (server.drain_timeout_seconds); stopping anyway"
+            );
         }
         let _ = self.supervisor.cast(SupervisorMessage::ShuttingDown);
         let _ = stop_http.send(());

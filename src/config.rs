@@ -357,7 +357,10 @@ impl Config {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(invalid(setting, format!("must be a positive number, got {v}")))
+                Err(invalid(
+                    setting,
+                    format!("must be a positive number, got {v}"),
+                ))
             }
         };
         positive("server.max_wait_seconds", self.server.max_wait_seconds)?;
@@ -396,7 +399,10 @@ impl Config {
             s.restart_window_seconds,
         )?;
         if s.time_limit_check_ms == 0 {
-            return Err(invalid("supervisor.time_limit_check_ms", "must be at least 1"));
+            return Err(invalid(
+                "supervisor.time_limit_check_ms",
+                "must be at least 1",
+            ));
         }
         if self.pools.is_empty() {
             return Err(invalid("pools", "define at least one pool"));

@@ -125,9 +125,7 @@ fn parse_wait(query: &str) -> Result<Option<f64>, String> {
             .parse()
             .ok()
             .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| {
-                format!("`wait` must be a number of seconds >= 0, got `{value}`")
-            })?;
+            .ok_or_else(|| format!("`wait` must be a number of seconds >= 0, got `{value}`"))?;
         wait = Some(secs);
     }
     Ok(wait)

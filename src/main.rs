@@ -10,7 +10,10 @@ use tracing_subscriber::EnvFilter;
 use celeriac::config::Config;
 
 #[derive(Parser)]
-#[command(version, about = "Serve ML models behind a submit/poll API with a supervised worker pool")]
+#[command(
+    version,
+    about = "Serve ML models behind a submit/poll API with a supervised worker pool"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,11 +69,28 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    // A task's panic is caught and reported by its worker; log it as one structured
+    // line instead of the default stderr dump.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        tracing::error!(thread = thread.name().unwrap_or("?"), %location, "panic: {payload}");
+    }));
     match cli.command {
         Command::CheckConfig { config } => {
             let config = load(&config)?;
             config.validate()?;
-            println!("config OK: {} pools, {} tasks", config.pools.len(), config.tasks.len());
+            println!(
+                "config OK: {} pools, {} tasks",
+                config.pools.len(),
+                config.tasks.len()
+            );
             Ok(())
         }
         Command::Serve { config, listen } => {

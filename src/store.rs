@@ -234,7 +234,9 @@ impl TaskStore {
                 if r.state.is_final() || Instant::now() >= deadline {
                     return Some(TaskView::new(*id, r));
                 }
-                r.notify.get_or_insert_with(|| Arc::new(Notify::new())).clone()
+                r.notify
+                    .get_or_insert_with(|| Arc::new(Notify::new()))
+                    .clone()
             };
             let notified = notify.notified();
             tokio::pin!(notified);
@@ -344,10 +346,7 @@ impl TaskStore {
             Self::wake(r);
             (Requeue::Retry, None)
         } else {
-            r.error = Some(format!(
-                "worker lost: {why} (after {} retries)",
-                r.retries
-            ));
+            r.error = Some(format!("worker lost: {why} (after {} retries)", r.retries));
             let f = self.finalize(r, TaskState::Failure);
             (Requeue::Failed, Some(f))
         }
@@ -458,7 +457,11 @@ mod tests {
         let s = Arc::new(TaskStore::new(Duration::from_secs(10)));
         let id = s.insert("t".into());
         let v = s.wait_final(&id, Duration::from_secs(2)).await.unwrap();
-        assert_eq!(v.state, TaskState::Pending, "times out with the current view");
+        assert_eq!(
+            v.state,
+            TaskState::Pending,
+            "times out with the current view"
+        );
         let s2 = s.clone();
         let waiter = tokio::spawn(async move { s2.wait_final(&id, Duration::from_secs(30)).await });
         tokio::task::yield_now().await;

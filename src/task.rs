@@ -62,7 +62,8 @@ pub struct Registered {
 }
 
 /// Builds a factory for a task kind from its spec; one entry per kind.
-type KindBuilder = fn(&str, &crate::config::TaskSpec, &Config) -> Result<Arc<dyn TaskFactory>, LoadError>;
+type KindBuilder =
+    fn(&str, &crate::config::TaskSpec, &Config) -> Result<Arc<dyn TaskFactory>, LoadError>;
 
 /// The task kinds this binary knows, by the `kind` written in config.
 fn kinds() -> &'static [(&'static str, KindBuilder)] {
@@ -89,7 +90,11 @@ impl Registry {
                     message: format!(
                         "unknown kind `{}` in tasks.\"{name}\".kind; known kinds: {}",
                         spec.kind,
-                        kinds().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                        kinds()
+                            .iter()
+                            .map(|(k, _)| *k)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             };

@@ -22,9 +22,7 @@ fn reject(e: ApiError) -> Rejection {
 }
 
 /// `POST /v1/tasks/{task}`
-pub fn submit(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+pub fn submit(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     let limit = state.config.server.body_limit_bytes;
     warp::path!("v1" / "tasks" / String)
         .and(warp::post())
@@ -56,9 +54,7 @@ pub fn get(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Reje
 }
 
 /// `DELETE /v1/tasks/{id}`
-pub fn revoke(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+pub fn revoke(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     warp::path!("v1" / "tasks" / String)
         .and(warp::delete())
         .and(with_state(state))
@@ -113,14 +109,16 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
         })?;
     let batch = inputs.len() > 1;
     for (i, input) in inputs.iter().enumerate() {
-        reg.factory.validate(input).map_err(|message| ApiError::InvalidInput {
-            task: task.to_string(),
-            message: if batch {
-                format!("inputs[{i}]: {message}")
-            } else {
-                message
-            },
-        })?;
+        reg.factory
+            .validate(input)
+            .map_err(|message| ApiError::InvalidInput {
+                task: task.to_string(),
+                message: if batch {
+                    format!("inputs[{i}]: {message}")
+                } else {
+                    message
+                },
+            })?;
     }
     let pool = &state.pools[reg.pool];
     if pool.is_dead() {

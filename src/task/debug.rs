@@ -129,9 +129,15 @@ mod tests {
     #[test]
     fn echo_and_fail() {
         let cfg = Config::from_toml("", std::path::Path::new(".")).unwrap();
-        let mut e = echo("e", &spec("debug.echo"), &cfg).unwrap().build().unwrap();
+        let mut e = echo("e", &spec("debug.echo"), &cfg)
+            .unwrap()
+            .build()
+            .unwrap();
         assert_eq!(e.run(&json!({"a": [1, 2]})).unwrap(), json!({"a": [1, 2]}));
-        let mut f = fail("f", &spec("debug.fail"), &cfg).unwrap().build().unwrap();
+        let mut f = fail("f", &spec("debug.fail"), &cfg)
+            .unwrap()
+            .build()
+            .unwrap();
         assert_eq!(f.run(&json!({"message": "nope"})).unwrap_err().0, "nope");
     }
 

@@ -1,0 +1,214 @@
+//! Shared helpers: a real celeriac server on 127.0.0.1:0, a client, `wait_until`.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::app::{App, AppState};
+use celeriac::config::Config;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server.
+pub struct Server {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Parses `toml` (relative model paths resolve against the repository root) and
+/// serves it on a free port.
+pub async fn start(toml: &str) -> Server {
+    let config = Config::from_toml(toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+        .expect("test config parses");
+    let app = App::start(config).await.expect("app starts");
+    let state = app.state().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        url,
+        client: reqwest::Client::new(),
+        state,
+        stop: Some(stop),
+        handle,
+    }
+}
+
+/// A response: status, headers, JSON body (Null when the body is not JSON).
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    async fn from(r: reqwest::Response) -> Resp {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Asserts an error body: the status, the code, and a non-empty message.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert!(
+            self.body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "error message missing: {}",
+            self.body
+        );
+    }
+
+    pub fn id(&self) -> String {
+        self.body["task_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no task_id in {}", self.body))
+            .to_string()
+    }
+}
+
+impl Server {
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        Resp::from(r).await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        Resp::from(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        Resp::from(r).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        Resp::from(r).await
+    }
+
+    /// Submits one task and returns its id (asserting 202).
+    pub async fn submit(&self, task: &str, input: Value) -> String {
+        let r = self.post(&format!("/v1/tasks/{task}"), &input).await;
+        assert_eq!(r.status, 202, "submit {task}: {}", r.body);
+        r.id()
+    }
+
+    /// Long-polls a task until it is final (or the wait runs out) and returns its view.
+    pub async fn wait_final(&self, id: &str, secs: f64) -> Value {
+        let r = self.get(&format!("/v1/tasks/{id}?wait={secs}")).await;
+        assert_eq!(r.status, 200, "poll {id}: {}", r.body);
+        r.body
+    }
+
+    pub async fn state_of(&self, id: &str) -> String {
+        let r = self.get(&format!("/v1/tasks/{id}")).await;
+        r.body["state"].as_str().unwrap_or("?").to_string()
+    }
+
+    /// Stops the server as SIGTERM would and waits for it to drain and exit.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; false if `timeout` passes first.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A test config: one pool `p` with the given settings and all debug tasks routed to it.
+pub fn debug_config(pool: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [server]
+        body_limit_bytes = 4096
+        max_wait_seconds = 10.0
+        drain_timeout_seconds = 20.0
+        [supervisor]
+        backoff_initial_ms = 20
+        backoff_max_ms = 200
+        time_limit_check_ms = 10
+        {extra}
+        [pools.p]
+        {pool}
+        [tasks."debug.echo"]
+        kind = "debug.echo"
+        pool = "p"
+        [tasks."debug.sleep"]
+        kind = "debug.sleep"
+        pool = "p"
+        [tasks."debug.fail"]
+        kind = "debug.fail"
+        pool = "p"
+        [tasks."debug.panic"]
+        kind = "debug.panic"
+        pool = "p"
+        "#
+    )
+}
+
+/// [`debug_config`] with another restart back-off.
+pub fn with_backoff(config: &str, initial_ms: u64, max_ms: u64) -> String {
+    let from = "backoff_initial_ms = 20\n        backoff_max_ms = 200";
+    assert!(
+        config.contains(from),
+        "debug_config changed its back-off lines"
+    );
+    config.replace(
+        from,
+        &format!("backoff_initial_ms = {initial_ms}\nbackoff_max_ms = {max_ms}"),
+    )
+}
