@@ -166,6 +166,57 @@ pub struct PoolConfig {
     /// How many times a task is re-queued (`RETRY`) after its worker was lost.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Devices the workers are spread over, round-robin: `cpu`, `cuda:0`, ...
+    #[serde(default = "default_devices")]
+    pub devices: Vec<DeviceSpec>,
+    /// Threads each worker's model code may use; 0 fits the pool onto the machine's
+    /// cores (cores / workers, at least 1).
+    #[serde(default)]
+    pub intra_op_threads: usize,
+}
+
+/// A device a worker runs its model on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// A CUDA GPU by ordinal (needs the `cuda` cargo feature).
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "cpu" {
+            return Ok(DeviceSpec::Cpu);
+        }
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| format!("unknown device `{s}`; use `cpu` or `cuda:N`"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl PoolConfig {
@@ -175,6 +226,25 @@ impl PoolConfig {
             PoolKind::Threads => self.concurrency,
             PoolKind::Solo => 1,
         }
+    }
+
+    /// The device of the worker in `slot`: the devices in turn.
+    pub fn device_for(&self, slot: usize) -> DeviceSpec {
+        self.devices[slot % self.devices.len()]
+    }
+
+    /// Intra-op threads per worker: the setting, or the machine's cores shared by
+    /// the workers on the CPU.
+    pub fn threads_per_worker(&self) -> usize {
+        if self.intra_op_threads > 0 {
+            return self.intra_op_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_workers = (0..self.size())
+            .filter(|s| self.device_for(*s) == DeviceSpec::Cpu)
+            .count()
+            .max(1);
+        (cores / cpu_workers).max(1)
     }
 }
 
@@ -239,6 +309,9 @@ fn default_time_limit_seconds() -> f64 {
 }
 fn default_max_retries() -> u32 {
     2
+}
+fn default_devices() -> Vec<DeviceSpec> {
+    vec![DeviceSpec::Cpu]
 }
 
 impl Default for ServerConfig {
@@ -416,6 +489,23 @@ impl Config {
                 return Err(invalid(key("queue_capacity"), "must be at least 1"));
             }
             positive(&key("time_limit_seconds"), pool.time_limit_seconds)?;
+            if pool.devices.is_empty() {
+                return Err(invalid(
+                    key("devices"),
+                    "list at least one device, e.g. [\"cpu\"]",
+                ));
+            }
+            if !cfg!(feature = "cuda")
+                && let Some(d) = pool
+                    .devices
+                    .iter()
+                    .find(|d| matches!(d, DeviceSpec::Cuda(_)))
+            {
+                return Err(invalid(
+                    key("devices"),
+                    format!("`{d}` needs a build with CUDA: cargo build --release --features cuda"),
+                ));
+            }
         }
         if self.tasks.is_empty() {
             return Err(invalid("tasks", "register at least one task"));
@@ -503,6 +593,34 @@ mod tests {
         let c = parse(&MINIMAL.replace("[pools.p]", "[pools.p]\nkind = \"solo\"\nconcurrency = 0"))
             .unwrap();
         assert_eq!(c.pools["p"].size(), 1);
+    }
+
+    #[test]
+    fn devices_parse_and_spread_round_robin() {
+        let c = parse(&MINIMAL.replace(
+            "[pools.p]",
+            "[pools.p]\nconcurrency = 3\nintra_op_threads = 2\ndevices = [\"cpu\"]",
+        ))
+        .unwrap();
+        assert_eq!(c.pools["p"].device_for(2), DeviceSpec::Cpu);
+        assert_eq!(c.pools["p"].threads_per_worker(), 2);
+        assert_eq!("cuda:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(1)));
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        let err =
+            parse(&MINIMAL.replace("[pools.p]", "[pools.p]\ndevices = [\"tpu\"]")).unwrap_err();
+        assert!(err.to_string().contains("unknown device `tpu`"), "{err}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_startup_error() {
+        let err =
+            parse(&MINIMAL.replace("[pools.p]", "[pools.p]\ndevices = [\"cuda:0\"]")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("pools.p.devices") && msg.contains("--features cuda"),
+            "{msg}"
+        );
     }
 
     #[test]

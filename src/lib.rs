@@ -11,7 +11,9 @@
 //!   and the workers (task instances on their own threads).
 //! - [`pool`]: what HTTP and actors share about a pool: settings, counters, jobs.
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
-//! - [`task`]: the `Task` trait, factories, the registry and the built-in tasks.
+//! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks and the
+//!   text classifier task.
+//! - [`model`]: model manifests, the BERT encoder on candle, the classifier, head training.
 //! - [`http`]: warp routes, JSON errors, the rejection handler.
 //! - [`error`]: the API error table (status and code per error).
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod model;
 pub mod pool;
 pub mod store;
 pub mod task;

@@ -33,6 +33,31 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Train a model directory's classification head on a labelled CSV and write
+    /// `head.safetensors` and `head.json` into it.
+    TrainHead {
+        /// The model directory (its model.toml names the labels and the head file).
+        #[arg(long, default_value = "models/spam-minilm")]
+        model: PathBuf,
+        /// A `Category,Message` CSV.
+        #[arg(long, default_value = "../shared/data/sms_spam.csv")]
+        data: PathBuf,
+        /// Seed of the train/test split (42 is the baseline's split).
+        #[arg(long, default_value_t = 42)]
+        seed: u32,
+        /// Fraction held out for testing.
+        #[arg(long, default_value_t = 0.3)]
+        test_fraction: f64,
+        /// Full-batch optimisation steps.
+        #[arg(long, default_value_t = 3000)]
+        steps: usize,
+        /// Learning rate.
+        #[arg(long, default_value_t = 0.05)]
+        learning_rate: f64,
+        /// L2 penalty on the weights.
+        #[arg(long, default_value_t = 1e-4)]
+        l2: f64,
+    },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
         /// The configuration file.
@@ -91,6 +116,26 @@ async fn main() -> anyhow::Result<()> {
                 config.pools.len(),
                 config.tasks.len()
             );
+            Ok(())
+        }
+        Command::TrainHead {
+            model,
+            data,
+            seed,
+            test_fraction,
+            steps,
+            learning_rate,
+            l2,
+        } => {
+            let opts = celeriac::model::train::TrainOptions {
+                steps,
+                learning_rate,
+                l2,
+            };
+            let report =
+                celeriac::model::train::train_head(&model, &data, seed, test_fraction, &opts)
+                    .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Serve { config, listen } => {

@@ -6,6 +6,7 @@
 //! model's read-only weights, loaded once).
 
 pub mod debug;
+pub mod text_classifier;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,17 @@ pub struct LoadError {
     pub message: String,
 }
 
+/// Where a worker runs: what a factory needs to build its instance.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// The worker's device.
+    pub device: crate::config::DeviceSpec,
+    /// Threads its model code may use.
+    pub intra_op_threads: usize,
+    /// A name for threads and logs, e.g. `default-3`.
+    pub name: String,
+}
+
 /// One worker's instance of a task. Runs on the worker's own thread.
 pub trait Task: Send {
     /// Runs the task on one input that [`TaskFactory::validate`] accepted.
@@ -41,8 +53,8 @@ pub trait TaskFactory: Send + Sync {
     /// task that fails later. The message says what is wrong.
     fn validate(&self, input: &Value) -> Result<(), String>;
 
-    /// Builds one worker's instance.
-    fn build(&self) -> Result<Box<dyn Task>, LoadError>;
+    /// Builds one worker's instance for the worker described by `ctx`.
+    fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError>;
 }
 
 /// Every registered task: name → factory and pool.
@@ -72,6 +84,7 @@ fn kinds() -> &'static [(&'static str, KindBuilder)] {
         ("debug.sleep", debug::sleep),
         ("debug.fail", debug::fail),
         ("debug.panic", debug::panic),
+        ("text_classifier", text_classifier::factory),
     ]
 }
 

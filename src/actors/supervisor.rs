@@ -15,7 +15,7 @@ use super::worker::{Worker, WorkerArgs};
 use crate::config::{SupervisorConfig, secs};
 use crate::pool::PoolShared;
 use crate::store::TaskStore;
-use crate::task::Registry;
+use crate::task::{Registry, WorkerContext};
 
 /// The supervisor actor.
 pub struct Supervisor;
@@ -203,6 +203,11 @@ impl SupervisorState {
                 pool,
                 pool_name: shared.name.clone(),
                 kind: shared.config.kind,
+                context: WorkerContext {
+                    device: shared.config.device_for(slot),
+                    intra_op_threads: shared.config.threads_per_worker(),
+                    name: format!("{}-{id}", shared.name),
+                },
                 tasks: self.args.registry.for_pool(pool),
                 store: self.args.store.clone(),
                 dispatcher: self.dispatcher.clone(),

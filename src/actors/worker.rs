@@ -18,7 +18,7 @@ use super::dispatcher::DispatcherMessage;
 use crate::config::PoolKind;
 use crate::pool::StartedJob;
 use crate::store::TaskStore;
-use crate::task::{LoadError, Registered, Task};
+use crate::task::{LoadError, Registered, Task, WorkerContext};
 
 /// The worker actor.
 pub struct Worker;
@@ -33,6 +33,8 @@ pub struct WorkerArgs {
     pub pool_name: String,
     /// How it runs tasks.
     pub kind: PoolKind,
+    /// Its device and thread budget.
+    pub context: WorkerContext,
     /// The tasks routed to its pool.
     pub tasks: Vec<Registered>,
     /// Where answers are written.
@@ -85,10 +87,14 @@ struct Runner {
 }
 
 impl Runner {
-    fn build(tasks: &[Registered], store: Arc<TaskStore>) -> Result<Self, LoadError> {
+    fn build(
+        tasks: &[Registered],
+        ctx: &WorkerContext,
+        store: Arc<TaskStore>,
+    ) -> Result<Self, LoadError> {
         let mut built = HashMap::new();
         for t in tasks {
-            built.insert(t.name.clone(), t.factory.build()?);
+            built.insert(t.name.clone(), t.factory.build(ctx)?);
         }
         Ok(Runner {
             tasks: built,
@@ -138,13 +144,15 @@ impl Actor for Worker {
             pool,
             pool_name,
             kind,
+            context,
             tasks,
             store,
             dispatcher,
         } = args;
         let (inbox, inline) = match kind {
             PoolKind::Solo => {
-                let runner = tokio::task::block_in_place(|| Runner::build(&tasks, store))?;
+                let runner =
+                    tokio::task::block_in_place(|| Runner::build(&tasks, &context, store))?;
                 (Inbox::Inline(myself.clone()), Some(runner))
             }
             PoolKind::Threads => {
@@ -155,7 +163,7 @@ impl Actor for Worker {
                 std::thread::Builder::new()
                     .name(format!("celeriac-{pool_name}-{id}"))
                     .spawn(move || {
-                        let mut runner = match Runner::build(&tasks, store) {
+                        let mut runner = match Runner::build(&tasks, &context, store) {
                             Ok(r) => {
                                 let _ = built_tx.send(Ok(()));
                                 r

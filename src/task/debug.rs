@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{LoadError, Task, TaskError, TaskFactory, no_model};
+use super::{LoadError, Task, TaskError, TaskFactory, WorkerContext, no_model};
 use crate::config::{Config, TaskSpec};
 
 /// Longest `debug.sleep` accepted: one hour.
@@ -32,7 +32,7 @@ impl TaskFactory for FnFactory {
         (self.validate)(input)
     }
 
-    fn build(&self) -> Result<Box<dyn Task>, LoadError> {
+    fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         Ok(Box::new(FnTask(self.run)))
     }
 }
@@ -105,6 +105,14 @@ pub fn panic(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFact
 mod tests {
     use super::*;
 
+    fn ctx() -> WorkerContext {
+        WorkerContext {
+            device: crate::config::DeviceSpec::Cpu,
+            intra_op_threads: 1,
+            name: "test".into(),
+        }
+    }
+
     fn spec(kind: &str) -> TaskSpec {
         TaskSpec {
             pool: "p".into(),
@@ -122,7 +130,7 @@ mod tests {
         assert!(f.validate(&json!({"ms": -1})).is_err());
         assert!(f.validate(&json!({"ms": "5"})).is_err());
         assert!(f.validate(&json!({"ms": MAX_SLEEP_MS + 1})).is_err());
-        let mut t = f.build().unwrap();
+        let mut t = f.build(&ctx()).unwrap();
         assert_eq!(t.run(&json!({"ms": 1})).unwrap(), json!({"slept_ms": 1}));
     }
 
@@ -131,12 +139,12 @@ mod tests {
         let cfg = Config::from_toml("", std::path::Path::new(".")).unwrap();
         let mut e = echo("e", &spec("debug.echo"), &cfg)
             .unwrap()
-            .build()
+            .build(&ctx())
             .unwrap();
         assert_eq!(e.run(&json!({"a": [1, 2]})).unwrap(), json!({"a": [1, 2]}));
         let mut f = fail("f", &spec("debug.fail"), &cfg)
             .unwrap()
-            .build()
+            .build(&ctx())
             .unwrap();
         assert_eq!(f.run(&json!({"message": "nope"})).unwrap_err().0, "nope");
     }

