@@ -78,7 +78,7 @@ impl ClassifierFactory {
 }
 
 /// Extracts and checks the text of an input.
-fn text_of<'a>(input: &'a Value, max_chars: usize) -> Result<&'a str, String> {
+fn text_of(input: &Value, max_chars: usize) -> Result<&str, String> {
     let obj = input
         .as_object()
         .ok_or("input must be an object {\"text\": \"...\"}")?;

@@ -1,0 +1,101 @@
+//! The model alone, in one process: load time, batch-1 latency, and throughput at
+//! larger batches, on a given number of intra-op threads. Prints a table and one JSON
+//! line; `bench/model.sh` runs it next to the PyTorch equivalent.
+//!
+//! cargo run --release --example bench_model -- --threads 1 --inputs ../shared/bench/inputs.jsonl
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use celeriac::config::DeviceSpec;
+use celeriac::model::TextClassifier;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads: usize = arg(&args, "--threads", 1);
+    let n: usize = arg(&args, "--n", 300);
+    let warmup: usize = arg(&args, "--warmup", 30);
+    let model_dir: PathBuf = arg(&args, "--model", PathBuf::from("models/spam-minilm"));
+    let inputs: PathBuf = arg(
+        &args,
+        "--inputs",
+        PathBuf::from("../shared/bench/inputs.jsonl"),
+    );
+    let batches: String = arg(&args, "--batches", "8,32".to_string());
+    let texts: Vec<String> = std::fs::read_to_string(&inputs)
+        .unwrap_or_else(|e| panic!("{}: {e}", inputs.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+
+    let t0 = Instant::now();
+    let model = TextClassifier::load(&model_dir, DeviceSpec::Cpu).expect("model loads");
+    let load_s = t0.elapsed().as_secs_f64();
+
+    pool.install(|| {
+        for i in 0..warmup {
+            model.predict(&[texts[i % texts.len()].as_str()]).unwrap();
+        }
+        let mut lat = Vec::with_capacity(n);
+        let t_all = Instant::now();
+        for i in 0..n {
+            let t = Instant::now();
+            model.predict(&[texts[i % texts.len()].as_str()]).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let b1_rate = n as f64 / t_all.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let mut json = serde_json::json!({
+            "impl": "celeriac-candle", "threads": threads, "load_s": load_s,
+            "b1_p50_ms": pct(&lat, 0.5), "b1_p90_ms": pct(&lat, 0.9), "b1_p99_ms": pct(&lat, 0.99),
+            "b1_msgs_per_s": b1_rate,
+        });
+        println!("celeriac (candle), {threads} intra-op thread(s): load {load_s:.3} s");
+        println!(
+            "  batch  1: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms per message ({b1_rate:.1} msgs/s)",
+            pct(&lat, 0.5),
+            pct(&lat, 0.9),
+            pct(&lat, 0.99)
+        );
+        for b in batches.split(',').filter_map(|b| b.trim().parse::<usize>().ok()) {
+            // Consecutive inputs, padded to the longest of each batch; about n messages.
+            let rounds = (n / b).max(4);
+            let batch_at = |r: usize| -> Vec<&str> {
+                (0..b)
+                    .map(|j| texts[(r * b + j) % texts.len()].as_str())
+                    .collect()
+            };
+            model.predict(&batch_at(0)).unwrap();
+            let t = Instant::now();
+            for r in 0..rounds {
+                model.predict(&batch_at(r)).unwrap();
+            }
+            let rate = (rounds * b) as f64 / t.elapsed().as_secs_f64();
+            println!("  batch {b:>2}: {rate:.1} msgs/s");
+            json[format!("b{b}_msgs_per_s")] = serde_json::json!(rate);
+        }
+        println!("{json}");
+    });
+}
