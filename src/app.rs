@@ -29,6 +29,8 @@ pub struct AppState {
     pub pools: Vec<Arc<PoolShared>>,
     /// Where submits go.
     pub dispatcher: ActorRef<DispatcherMessage>,
+    /// Where resizes go.
+    pub supervisor: ActorRef<SupervisorMessage>,
     /// Cleared when shutdown starts: submits then get 503.
     pub accepting: AtomicBool,
 }
@@ -51,6 +53,7 @@ impl App {
     /// errors name the task and the model or setting.
     pub async fn start(config: Config) -> anyhow::Result<App> {
         config.validate()?;
+        crate::metrics::install();
         let pools: Vec<Arc<PoolShared>> = config
             .pools
             .iter()
@@ -88,6 +91,7 @@ impl App {
             registry,
             pools,
             dispatcher,
+            supervisor: supervisor.clone(),
             accepting: AtomicBool::new(true),
         });
         Ok(App { state, supervisor })

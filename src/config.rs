@@ -173,6 +173,39 @@ pub struct PoolConfig {
     /// cores (cores / workers, at least 1).
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// Ceiling of the pool's size: the admin API and the autoscaler never go above it.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Optional autoscaling between bounds.
+    #[serde(default)]
+    pub autoscale: Option<AutoscaleConfig>,
+}
+
+/// `[pools.NAME.autoscale]`: grow when work queues, shrink after an idle cool-down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleConfig {
+    /// Fewest workers.
+    pub min: usize,
+    /// Most workers (at most `max_concurrency`).
+    pub max: usize,
+    /// Grow when at least this many tasks wait in the queue; grows by one worker per
+    /// this many waiting tasks, up to `max`.
+    #[serde(default = "default_scale_up_queue_depth")]
+    pub scale_up_queue_depth: usize,
+    /// ...or when the oldest queued task has waited this long.
+    #[serde(default = "default_scale_up_wait_ms")]
+    pub scale_up_wait_ms: u64,
+    /// After a grow, no other grow for this long (lets new workers take the queue).
+    #[serde(default = "default_scale_up_cooldown_seconds")]
+    pub scale_up_cooldown_seconds: f64,
+    /// Shrink by one worker after the pool had an idle worker and an empty queue for
+    /// this long without a break (and at most once per this long).
+    #[serde(default = "default_scale_down_idle_seconds")]
+    pub scale_down_idle_seconds: f64,
+    /// How often the autoscaler looks.
+    #[serde(default = "default_autoscale_check_ms")]
+    pub check_interval_ms: u64,
 }
 
 /// A device a worker runs its model on.
@@ -220,6 +253,14 @@ impl serde::Serialize for DeviceSpec {
 }
 
 impl PoolConfig {
+    /// The largest size the pool may be given (1 for `solo`).
+    pub fn ceiling(&self) -> usize {
+        match self.kind {
+            PoolKind::Threads => self.max_concurrency,
+            PoolKind::Solo => 1,
+        }
+    }
+
     /// Workers this pool starts with: `concurrency`, or 1 for `solo`.
     pub fn size(&self) -> usize {
         match self.kind {
@@ -309,6 +350,24 @@ fn default_time_limit_seconds() -> f64 {
 }
 fn default_max_retries() -> u32 {
     2
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_scale_up_queue_depth() -> usize {
+    4
+}
+fn default_scale_up_wait_ms() -> u64 {
+    500
+}
+fn default_scale_up_cooldown_seconds() -> f64 {
+    1.0
+}
+fn default_scale_down_idle_seconds() -> f64 {
+    30.0
+}
+fn default_autoscale_check_ms() -> u64 {
+    200
 }
 fn default_devices() -> Vec<DeviceSpec> {
     vec![DeviceSpec::Cpu]
@@ -489,6 +548,43 @@ impl Config {
                 return Err(invalid(key("queue_capacity"), "must be at least 1"));
             }
             positive(&key("time_limit_seconds"), pool.time_limit_seconds)?;
+            if pool.max_concurrency < pool.size() {
+                return Err(invalid(
+                    key("max_concurrency"),
+                    format!("is below concurrency ({})", pool.size()),
+                ));
+            }
+            if pool.kind == PoolKind::Solo && pool.autoscale.is_some() {
+                return Err(invalid(
+                    key("autoscale"),
+                    "a solo pool has one worker: remove autoscale",
+                ));
+            }
+            if let Some(a) = &pool.autoscale {
+                if a.min == 0 || a.min > a.max || a.max > pool.max_concurrency {
+                    return Err(invalid(
+                        key("autoscale"),
+                        format!(
+                            "need 1 <= min <= max <= max_concurrency ({}), got min {} max {}",
+                            pool.max_concurrency, a.min, a.max
+                        ),
+                    ));
+                }
+                if a.scale_up_queue_depth == 0 || a.check_interval_ms == 0 {
+                    return Err(invalid(
+                        key("autoscale"),
+                        "scale_up_queue_depth and check_interval_ms must be at least 1",
+                    ));
+                }
+                positive(
+                    &key("autoscale.scale_up_cooldown_seconds"),
+                    a.scale_up_cooldown_seconds,
+                )?;
+                positive(
+                    &key("autoscale.scale_down_idle_seconds"),
+                    a.scale_down_idle_seconds,
+                )?;
+            }
             if pool.devices.is_empty() {
                 return Err(invalid(
                     key("devices"),

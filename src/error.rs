@@ -65,6 +65,23 @@ pub enum ApiError {
     /// The path exists but not with this method.
     #[error("method not allowed for this path")]
     MethodNotAllowed,
+    /// The admin API has no token configured.
+    #[error("the admin API is disabled: set server.admin_token or CELERIAC_ADMIN_TOKEN")]
+    AdminDisabled,
+    /// Missing or wrong bearer token.
+    #[error("missing or wrong bearer token (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// No pool has that name.
+    #[error("no pool named `{name}`; pools: {known}")]
+    UnknownPool {
+        /// The name asked for.
+        name: String,
+        /// The pool names, comma-separated.
+        known: String,
+    },
+    /// A well-formed value out of its allowed range.
+    #[error("{0}")]
+    InvalidValue(String),
     /// A bug; logged.
     #[error("internal error")]
     Internal,
@@ -80,8 +97,12 @@ impl ApiError {
             InvalidJson(_) | InvalidBody(_) | UnsupportedContentType(_) | InvalidParameter(_) => {
                 StatusCode::BAD_REQUEST
             }
-            InvalidInput { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            UnknownTask { .. } | TaskNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
+            InvalidInput { .. } | InvalidValue(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            UnknownTask { .. } | TaskNotFound(_) | RouteNotFound | UnknownPool { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            AdminDisabled => StatusCode::FORBIDDEN,
+            Unauthorized => StatusCode::UNAUTHORIZED,
             NotRevocable(_) => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -111,6 +132,10 @@ impl ApiError {
             NoLiveWorker(_) => "no_live_worker",
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            AdminDisabled => "admin_disabled",
+            Unauthorized => "unauthorized",
+            UnknownPool { .. } => "unknown_pool",
+            InvalidValue(_) => "invalid_value",
             Internal => "internal",
         }
     }

@@ -1,5 +1,6 @@
 //! The HTTP API (warp): route filters, shared helpers and the root rejection handler.
 
+pub mod admin;
 pub mod health;
 pub mod tasks;
 
@@ -20,7 +21,8 @@ pub type Reply = warp::reply::Response;
 /// Every route, with the root rejection handler.
 pub fn routes(
     state: Arc<AppState>,
-) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
     let limit = state.config.server.body_limit_bytes;
     tasks::submit(state.clone())
         .or(tasks::submit_batch(state.clone()))
@@ -31,10 +33,58 @@ pub fn routes(
         .unify()
         .or(health::live())
         .unify()
-        .or(health::ready(state))
+        .or(health::ready(state.clone()))
+        .unify()
+        .or(admin::list(state.clone()))
+        .unify()
+        .or(admin::update(state.clone()))
+        .unify()
+        .or(metrics_route(state))
+        .unify()
+        .or(openapi())
         .unify()
         .recover(move |r| handle_rejection(r, limit))
         .unify()
+        .with(warp::log::custom(|info| {
+            crate::metrics::http(
+                crate::metrics::route_of(info.method().as_str(), info.path()),
+                info.method().as_str(),
+                info.status().as_u16(),
+                info.elapsed(),
+            )
+        }))
+}
+
+/// The OpenAPI 3 description of every route.
+pub const OPENAPI: &str = include_str!("http/openapi.json");
+
+/// `GET /openapi.json`
+pub fn openapi() -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut res = Reply::new(OPENAPI.into());
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    })
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics_route(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: Arc<AppState>| {
+            let mut res = Reply::new(crate::metrics::render(&state.pools).into());
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            res
+        })
 }
 
 /// Passes the shared state to a handler.
@@ -73,6 +123,12 @@ pub fn error_reply(err: &ApiError) -> Reply {
     if let Some(secs) = err.retry_after() {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if matches!(err, ApiError::Unauthorized) {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"celeriac-admin\""),
+        );
     }
     res
 }
@@ -134,6 +190,7 @@ fn parse_wait(query: &str) -> Result<Option<f64>, String> {
 /// Turns every rejection into the JSON error body; unknown ones are logged as 500.
 pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, Infallible> {
     let api = if let Some(e) = err.find::<ApiError>() {
+        crate::metrics::rejected(e.code());
         return Ok(error_reply(e));
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge(body_limit)
@@ -149,6 +206,7 @@ pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, 
         tracing::error!(?err, "unhandled rejection");
         ApiError::Internal
     };
+    crate::metrics::rejected(api.code());
     Ok(error_reply(&api))
 }
 

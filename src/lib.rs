@@ -16,6 +16,7 @@
 //! - [`model`]: model manifests, the BERT encoder on candle, the classifier, head training.
 //! - [`http`]: warp routes, JSON errors, the rejection handler.
 //! - [`error`]: the API error table (status and code per error).
+//! - [`metrics`]: every Prometheus metric name, its help, buckets and helpers.
 #![warn(missing_docs)]
 
 pub mod actors;
@@ -23,6 +24,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod store;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::WorkerId;
 use super::worker::{Inbox, WorkerMessage};
@@ -68,8 +68,18 @@ pub enum DispatcherMessage {
         /// Pool index.
         pool: usize,
     },
-    /// Periodic: enforce time limits.
+    /// Periodic: enforce time limits, publish the oldest queued job's age.
     Tick,
+    /// A shrink: choose `count` workers of `pool` (idle ones first), give them nothing
+    /// new, stop the idle ones now and the busy ones once they finish what they hold.
+    Retire {
+        /// Pool index.
+        pool: usize,
+        /// How many.
+        count: usize,
+        /// The chosen workers.
+        reply: RpcReplyPort<Vec<WorkerId>>,
+    },
 }
 
 struct Running {
@@ -82,6 +92,8 @@ struct WorkerEntry {
     inbox: Inbox,
     actor: ActorRef<WorkerMessage>,
     running: Option<Running>,
+    /// Chosen by a shrink: finishes what it holds, takes nothing new, then stops.
+    stopping: bool,
 }
 
 struct PoolQueue {
@@ -153,6 +165,7 @@ impl Actor for Dispatcher {
                         inbox,
                         actor,
                         running: None,
+                        stopping: false,
                     },
                 );
                 state.pools[pool].shared.live.fetch_add(1, Ordering::AcqRel);
@@ -165,10 +178,21 @@ impl Actor for Dispatcher {
                     && entry.running.take().is_some()
                 {
                     let pool = entry.pool;
-                    state.pools[pool].shared.busy.fetch_sub(1, Ordering::AcqRel);
-                    state.pools[pool].idle.push(worker);
-                    state.dispatch(pool);
+                    let shared = &state.pools[pool].shared;
+                    if entry.stopping {
+                        shared.stopping.fetch_sub(1, Ordering::AcqRel);
+                        shared.live.fetch_sub(1, Ordering::AcqRel);
+                        let entry = state.workers.remove(&worker).expect("just found");
+                        entry.actor.stop(Some("scaled down".into()));
+                    } else {
+                        shared.busy.fetch_sub(1, Ordering::AcqRel);
+                        state.pools[pool].idle.push(worker);
+                        state.dispatch(pool);
+                    }
                 }
+            }
+            DispatcherMessage::Retire { pool, count, reply } => {
+                let _ = reply.send(state.retire(pool, count));
             }
             DispatcherMessage::WorkerLost { worker, why } => {
                 if let Some(pool) = state.remove_worker(worker, &why) {
@@ -180,7 +204,16 @@ impl Actor for Dispatcher {
                     state.fail_queued(pool);
                 }
             }
-            DispatcherMessage::Tick => state.enforce_time_limits(),
+            DispatcherMessage::Tick => {
+                state.enforce_time_limits();
+                for p in &state.pools {
+                    let age = p
+                        .queue
+                        .front()
+                        .map_or(0, |j| j.enqueued.elapsed().as_millis());
+                    p.shared.oldest_wait_ms.store(age as u64, Ordering::Release);
+                }
+            }
         }
         Ok(())
     }
@@ -196,7 +229,8 @@ impl DispatcherState {
             while let Some(job) = p.queue.pop_front() {
                 p.shared.release(1);
                 // Revoked (or expired) while queued: skip it.
-                if let Some((attempt, _waited)) = self.store.start(&job.id) {
+                if let Some((attempt, waited)) = self.store.start(&job.id) {
+                    crate::metrics::started(&job.task, waited);
                     batch.push(StartedJob { job, attempt });
                     break;
                 }
@@ -229,13 +263,20 @@ impl DispatcherState {
         let p = &mut self.pools[entry.pool];
         p.idle.retain(|w| *w != worker);
         p.shared.live.fetch_sub(1, Ordering::AcqRel);
-        if let Some(running) = entry.running {
+        if entry.stopping {
+            p.shared.stopping.fetch_sub(1, Ordering::AcqRel);
+        } else if entry.running.is_some() {
             p.shared.busy.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(running) = entry.running {
             let max_retries = p.shared.config.max_retries;
             for started in running.jobs.into_iter().rev() {
-                let (outcome, _) =
+                let (outcome, finished) =
                     self.store
                         .requeue_or_fail(&started.job.id, started.attempt, max_retries, why);
+                if let Some(f) = finished {
+                    crate::metrics::finished(&f);
+                }
                 if outcome == Requeue::Retry {
                     p.shared.queued.fetch_add(1, Ordering::AcqRel);
                     p.queue.push_front(started.job);
@@ -253,8 +294,42 @@ impl DispatcherState {
         );
         for job in p.queue.drain(..) {
             p.shared.release(1);
-            self.store.fail(&job.id, None, why.clone());
+            if let Some(f) = self.store.fail(&job.id, None, why.clone()) {
+                crate::metrics::finished(&f);
+            }
         }
+    }
+
+    fn retire(&mut self, pool: usize, count: usize) -> Vec<WorkerId> {
+        let p = &mut self.pools[pool];
+        let mut chosen = Vec::with_capacity(count);
+        // Idle workers first: they stop at once.
+        while chosen.len() < count {
+            let Some(w) = p.idle.pop() else { break };
+            let entry = self
+                .workers
+                .remove(&w)
+                .expect("idle workers are registered");
+            p.shared.live.fetch_sub(1, Ordering::AcqRel);
+            entry.actor.stop(Some("scaled down".into()));
+            chosen.push(w);
+        }
+        // Then busy ones, which stop once they report what they hold.
+        let mut busy: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, e)| e.pool == pool && !e.stopping && e.running.is_some())
+            .map(|(w, _)| *w)
+            .collect();
+        busy.sort_unstable_by(|a, b| b.cmp(a));
+        for w in busy.into_iter().take(count - chosen.len()) {
+            let e = self.workers.get_mut(&w).expect("listed above");
+            e.stopping = true;
+            p.shared.busy.fetch_sub(1, Ordering::AcqRel);
+            p.shared.stopping.fetch_add(1, Ordering::AcqRel);
+            chosen.push(w);
+        }
+        chosen
     }
 
     fn enforce_time_limits(&mut self) {
@@ -274,14 +349,22 @@ impl DispatcherState {
             let p = &self.pools[entry.pool];
             let running = entry.running.take().expect("filtered on running");
             p.shared.live.fetch_sub(1, Ordering::AcqRel);
-            p.shared.busy.fetch_sub(1, Ordering::AcqRel);
+            if entry.stopping {
+                p.shared.stopping.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                p.shared.busy.fetch_sub(1, Ordering::AcqRel);
+            }
             let why = format!(
                 "time limit exceeded: ran longer than {:?} (pools.{}.time_limit_seconds)",
                 p.time_limit, p.shared.name
             );
             for started in &running.jobs {
-                self.store
-                    .fail(&started.job.id, Some(started.attempt), why.clone());
+                if let Some(f) =
+                    self.store
+                        .fail(&started.job.id, Some(started.attempt), why.clone())
+                {
+                    crate::metrics::finished(&f);
+                }
             }
             tracing::warn!(pool = %p.shared.name, worker, "{why}; replacing the worker");
             entry.actor.stop(Some("time limit exceeded".into()));

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::WorkerId;
 use super::dispatcher::DispatcherMessage;
 use crate::config::PoolKind;
-use crate::pool::StartedJob;
+use crate::pool::{PoolShared, StartedJob};
 use crate::store::TaskStore;
 use crate::task::{LoadError, Registered, Task, WorkerContext};
 
@@ -29,8 +29,8 @@ pub struct WorkerArgs {
     pub id: WorkerId,
     /// Pool index.
     pub pool: usize,
-    /// Pool name, for thread names and logs.
-    pub pool_name: String,
+    /// The pool's shared counters.
+    pub shared: Arc<PoolShared>,
     /// How it runs tasks.
     pub kind: PoolKind,
     /// Its device and thread budget.
@@ -84,6 +84,7 @@ pub struct WorkerState {
 struct Runner {
     tasks: HashMap<Arc<str>, Box<dyn Task>>,
     store: Arc<TaskStore>,
+    pool: Arc<PoolShared>,
 }
 
 impl Runner {
@@ -91,6 +92,7 @@ impl Runner {
         tasks: &[Registered],
         ctx: &WorkerContext,
         store: Arc<TaskStore>,
+        pool: Arc<PoolShared>,
     ) -> Result<Self, LoadError> {
         let mut built = HashMap::new();
         for t in tasks {
@@ -99,6 +101,7 @@ impl Runner {
         Ok(Runner {
             tasks: built,
             store,
+            pool,
         })
     }
 
@@ -111,10 +114,16 @@ impl Runner {
                 .tasks
                 .get_mut(&job.task)
                 .expect("jobs are routed to pools that run their task. This is a bug.");
+            let t0 = std::time::Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(&job.input)))
                 .map_err(|payload| panic_message(payload.as_ref()))?;
-            self.store
-                .finish(&job.id, started.attempt, outcome.map_err(|e| e.0));
+            crate::metrics::ran_batch(&self.pool, &job.task, 1, t0.elapsed());
+            if let Some(f) = self
+                .store
+                .finish(&job.id, started.attempt, outcome.map_err(|e| e.0))
+            {
+                crate::metrics::finished(&f);
+            }
         }
         Ok(())
     }
@@ -142,7 +151,7 @@ impl Actor for Worker {
         let WorkerArgs {
             id,
             pool,
-            pool_name,
+            shared,
             kind,
             context,
             tasks,
@@ -151,8 +160,9 @@ impl Actor for Worker {
         } = args;
         let (inbox, inline) = match kind {
             PoolKind::Solo => {
-                let runner =
-                    tokio::task::block_in_place(|| Runner::build(&tasks, &context, store))?;
+                let runner = tokio::task::block_in_place(|| {
+                    Runner::build(&tasks, &context, store, shared)
+                })?;
                 (Inbox::Inline(myself.clone()), Some(runner))
             }
             PoolKind::Threads => {
@@ -161,18 +171,19 @@ impl Actor for Worker {
                 let me = myself.clone();
                 let ready_to = dispatcher.clone();
                 std::thread::Builder::new()
-                    .name(format!("celeriac-{pool_name}-{id}"))
+                    .name(format!("celeriac-{}-{id}", shared.name))
                     .spawn(move || {
-                        let mut runner = match Runner::build(&tasks, &context, store) {
-                            Ok(r) => {
-                                let _ = built_tx.send(Ok(()));
-                                r
-                            }
-                            Err(e) => {
-                                let _ = built_tx.send(Err(e));
-                                return;
-                            }
-                        };
+                        let mut runner =
+                            match Runner::build(&tasks, &context, store, shared) {
+                                Ok(r) => {
+                                    let _ = built_tx.send(Ok(()));
+                                    r
+                                }
+                                Err(e) => {
+                                    let _ = built_tx.send(Err(e));
+                                    return;
+                                }
+                            };
                         while let Ok(batch) = rx.recv() {
                             if let Err(msg) = runner.run_batch(batch) {
                                 let _ = me.cast(WorkerMessage::Died(msg));

@@ -133,6 +133,7 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
             id: state.store.insert(reg.name.clone()),
             task: reg.name.clone(),
             input: Arc::new(input),
+            enqueued: std::time::Instant::now(),
         })
         .collect();
     let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
@@ -150,6 +151,7 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
         pool.release(ids.len());
         return Err(ApiError::ShuttingDown);
     }
+    crate::metrics::submitted(&reg.name, ids.len());
     Ok(ids)
 }
 
@@ -234,7 +236,10 @@ async fn get_handler(
 async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
     match state.store.revoke(&task_id) {
-        Ok((view, _)) => Ok(json_reply(StatusCode::OK, &view)),
+        Ok((view, finished)) => {
+            crate::metrics::finished(&finished);
+            Ok(json_reply(StatusCode::OK, &view))
+        }
         Err(StoreError::NotFound) => Err(reject(ApiError::TaskNotFound(id))),
         Err(StoreError::WrongState(s)) => Err(reject(ApiError::NotRevocable(s))),
     }

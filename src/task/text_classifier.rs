@@ -71,6 +71,7 @@ impl ClassifierFactory {
         })?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(task = %self.task, model = %self.dir.display(), %device, seconds, "model loaded");
+        crate::metrics::model_loaded(&self.task, seconds);
         let model = Arc::new(model);
         loaded.insert(device, model.clone());
         Ok(model)

@@ -1,0 +1,283 @@
+//! Admin routes, behind a bearer token: list pools, resize them, set autoscale bounds.
+//!
+//! `PUT /v1/admin/pools/{pool}` answers 200 once the change is applied: new workers are
+//! running (with the already loaded weights), and workers chosen by a shrink have been
+//! told to stop: idle ones are gone, busy ones show as `stopping` until they finish
+//! what they hold. Nothing queued or running is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection};
+
+use super::{Reply, json_body, json_reply, with_state};
+use crate::actors::supervisor::{Resize, ResizeError, SupervisorMessage};
+use crate::app::AppState;
+use crate::config::DeviceSpec;
+use crate::error::ApiError;
+use crate::pool::PoolShared;
+
+fn reject(e: ApiError) -> Rejection {
+    warp::reject::custom(e)
+}
+
+/// Checks `Authorization: Bearer <token>` against the configured token, in constant
+/// time (both sides are hashed first, so neither length nor content leaks).
+fn auth(state: Arc<AppState>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_state(state))
+        .and_then(|header: Option<String>, state: Arc<AppState>| async move {
+            let Some(token) = state.config.server.admin_token.as_deref() else {
+                return Err(reject(ApiError::AdminDisabled));
+            };
+            let given = header
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .ok_or_else(|| reject(ApiError::Unauthorized))?;
+            if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(reject(ApiError::Unauthorized))
+            }
+        })
+        .untuple_one()
+}
+
+/// Equality of two secrets without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// `GET /v1/admin/pools`
+pub fn list(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("v1" / "admin" / "pools")
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .map(|state: Arc<AppState>| {
+            let pools: Vec<PoolView> = state.pools.iter().map(|p| PoolView::from(&**p)).collect();
+            json_reply(StatusCode::OK, &serde_json::json!({ "pools": pools }))
+        })
+}
+
+/// `PUT /v1/admin/pools/{pool}`
+pub fn update(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    let limit = state.config.server.body_limit_bytes;
+    warp::path!("v1" / "admin" / "pools" / String)
+        .and(warp::put())
+        .and(auth(state.clone()))
+        .and(json_body(limit))
+        .and(with_state(state))
+        .and_then(update_handler)
+}
+
+/// A pool as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    pool: String,
+    kind: &'static str,
+    devices: Vec<DeviceSpec>,
+    /// The configured size (slots), as last set.
+    size: usize,
+    /// The ceiling of `size` (`max_concurrency`).
+    max_concurrency: usize,
+    workers: WorkerCounts,
+    queue: QueueView,
+    autoscale: Option<Bounds>,
+    restarts: u64,
+    parked: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerCounts {
+    starting: usize,
+    idle: usize,
+    busy: usize,
+    stopping: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct QueueView {
+    depth: usize,
+    capacity: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Bounds {
+    min: usize,
+    max: usize,
+}
+
+impl From<&PoolShared> for PoolView {
+    fn from(p: &PoolShared) -> Self {
+        PoolView {
+            pool: p.name.clone(),
+            kind: p.config.kind.as_str(),
+            devices: p.config.devices.clone(),
+            size: p.target.load(Ordering::Acquire),
+            max_concurrency: p.config.ceiling(),
+            workers: WorkerCounts {
+                starting: p.starting.load(Ordering::Acquire),
+                idle: p.idle(),
+                busy: p.busy.load(Ordering::Acquire),
+                stopping: p.stopping.load(Ordering::Acquire),
+            },
+            queue: QueueView {
+                depth: p.queued.load(Ordering::Acquire),
+                capacity: p.config.queue_capacity,
+            },
+            autoscale: p.autoscale().map(|(min, max)| Bounds { min, max }),
+            restarts: p.restarts.load(Ordering::Acquire),
+            parked: p.parked.load(Ordering::Acquire),
+        }
+    }
+}
+
+fn positive_int(v: &Value, what: &str) -> Result<usize, ApiError> {
+    v.as_u64().map(|n| n as usize).ok_or_else(|| {
+        ApiError::InvalidBody(format!("`{what}` must be a positive integer, got {v}"))
+    })
+}
+
+/// Parses `{"concurrency": N}` or `{"autoscale": {"min": a, "max": b}}` (or
+/// `{"autoscale": null}` to stop autoscaling). Anything else is a 400 naming the field.
+pub fn parse_update(body: &Value) -> Result<Resize, ApiError> {
+    let obj = body.as_object().ok_or_else(|| {
+        ApiError::InvalidBody(
+            "expected {\"concurrency\": N} or {\"autoscale\": {\"min\": A, \"max\": B}}".into(),
+        )
+    })?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| *k != "concurrency" && *k != "autoscale")
+    {
+        return Err(ApiError::InvalidBody(format!(
+            "unknown field `{k}`; expected `concurrency` or `autoscale`"
+        )));
+    }
+    match (obj.get("concurrency"), obj.get("autoscale")) {
+        (Some(c), None) => Ok(Resize::Concurrency(positive_int(c, "concurrency")?)),
+        (None, Some(Value::Null)) => Ok(Resize::Autoscale(None)),
+        (None, Some(Value::Object(a))) => {
+            if let Some(k) = a.keys().find(|k| *k != "min" && *k != "max") {
+                return Err(ApiError::InvalidBody(format!(
+                    "unknown field `autoscale.{k}`; expected `min` and `max`"
+                )));
+            }
+            let get = |k: &str| {
+                a.get(k)
+                    .ok_or_else(|| ApiError::InvalidBody(format!("`autoscale.{k}` is missing")))
+                    .and_then(|v| positive_int(v, &format!("autoscale.{k}")))
+            };
+            Ok(Resize::Autoscale(Some((get("min")?, get("max")?))))
+        }
+        (None, Some(other)) => Err(ApiError::InvalidBody(format!(
+            "`autoscale` must be {{\"min\": A, \"max\": B}} or null, got {other}"
+        ))),
+        (Some(_), Some(_)) => Err(ApiError::InvalidBody(
+            "give either `concurrency` or `autoscale`, not both".into(),
+        )),
+        (None, None) => Err(ApiError::InvalidBody(
+            "expected {\"concurrency\": N} or {\"autoscale\": {\"min\": A, \"max\": B}}".into(),
+        )),
+    }
+}
+
+async fn update_handler(
+    pool: String,
+    body: bytes::Bytes,
+    state: Arc<AppState>,
+) -> Result<Reply, Rejection> {
+    let index = state
+        .pools
+        .iter()
+        .position(|p| p.name == pool)
+        .ok_or_else(|| {
+            reject(ApiError::UnknownPool {
+                name: pool.chars().take(64).collect(),
+                known: state
+                    .pools
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        })?;
+    let body: Value =
+        serde_json::from_slice(&body).map_err(|e| reject(ApiError::InvalidJson(e.to_string())))?;
+    let change = parse_update(&body).map_err(reject)?;
+    let outcome = ractor::call_t!(
+        state.supervisor,
+        |reply| SupervisorMessage::Resize {
+            pool: index,
+            change,
+            reply
+        },
+        60_000
+    )
+    .map_err(|e| {
+        tracing::error!("resize: supervisor did not answer: {e}");
+        reject(ApiError::Internal)
+    })?;
+    match outcome {
+        Ok(()) => Ok(json_reply(
+            StatusCode::OK,
+            &PoolView::from(&*state.pools[index]),
+        )),
+        Err(ResizeError::Invalid(m)) => Err(reject(ApiError::InvalidValue(m))),
+        Err(e @ ResizeError::Spawn(_)) => {
+            tracing::error!(pool = %pool, "resize failed: {e}");
+            Err(reject(ApiError::InvalidValue(e.to_string())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn update_bodies() {
+        assert_eq!(
+            parse_update(&json!({"concurrency": 4})).unwrap(),
+            Resize::Concurrency(4)
+        );
+        assert_eq!(
+            parse_update(&json!({"autoscale": {"min": 1, "max": 3}})).unwrap(),
+            Resize::Autoscale(Some((1, 3)))
+        );
+        assert_eq!(
+            parse_update(&json!({"autoscale": null})).unwrap(),
+            Resize::Autoscale(None)
+        );
+        for bad in [
+            json!({"concurency": 4}),
+            json!({"concurrency": 2.5}),
+            json!({"concurrency": -1}),
+            json!({"concurrency": "4"}),
+            json!({"concurrency": 1, "autoscale": null}),
+            json!({"autoscale": {"min": 1}}),
+            json!({"autoscale": {"min": 1, "max": 2, "step": 1}}),
+            json!({}),
+            json!([1]),
+        ] {
+            assert!(parse_update(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
