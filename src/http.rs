@@ -168,6 +168,24 @@ pub fn wait_param() -> impl Filter<Extract = (Option<f64>,), Error = Rejection> 
         })
 }
 
+/// Rejects any query string, for routes that take no parameters (a misspelled
+/// parameter is an error, never silently ignored).
+pub fn no_query() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move {
+            match q.split('&').find(|p| !p.is_empty()) {
+                None => Ok(()),
+                Some(p) => Err(warp::reject::custom(ApiError::InvalidParameter(format!(
+                    "unknown query parameter `{}`; this route takes none",
+                    p.split('=').next().unwrap_or(p)
+                )))),
+            }
+        })
+        .untuple_one()
+}
+
 fn parse_wait(query: &str) -> Result<Option<f64>, String> {
     let mut wait = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {

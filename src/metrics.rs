@@ -273,11 +273,11 @@ pub fn http(route: &'static str, method: &str, status: u16, elapsed: Duration) {
 pub fn route_of(method: &str, path: &str) -> &'static str {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segs.as_slice()) {
-        ("POST", ["v1", "tasks", _]) => "/v1/tasks/{task}",
-        ("POST", ["v1", "tasks", _, "batch"]) => "/v1/tasks/{task}/batch",
-        (_, ["v1", "tasks", _]) => "/v1/tasks/{id}",
+        ("POST", ["v1", "tasks", _]) => "/v1/tasks/:task",
+        ("POST", ["v1", "tasks", _, "batch"]) => "/v1/tasks/:task/batch",
+        (_, ["v1", "tasks", _]) => "/v1/tasks/:id",
         (_, ["v1", "admin", "pools"]) => "/v1/admin/pools",
-        (_, ["v1", "admin", "pools", _]) => "/v1/admin/pools/{pool}",
+        (_, ["v1", "admin", "pools", _]) => "/v1/admin/pools/:pool",
         (_, ["metrics"]) => "/metrics",
         (_, ["health", "live"]) => "/health/live",
         (_, ["health", "ready"]) => "/health/ready",
@@ -297,16 +297,16 @@ mod tests {
         }
         assert_eq!(
             route_of("POST", "/v1/tasks/spam.predict"),
-            "/v1/tasks/{task}"
+            "/v1/tasks/:task"
         );
-        assert_eq!(route_of("GET", "/v1/tasks/0f0e"), "/v1/tasks/{id}");
+        assert_eq!(route_of("GET", "/v1/tasks/0f0e"), "/v1/tasks/:id");
         assert_eq!(
             route_of("POST", "/v1/tasks/x/batch"),
-            "/v1/tasks/{task}/batch"
+            "/v1/tasks/:task/batch"
         );
         assert_eq!(
             route_of("GET", "/v1/admin/pools/default"),
-            "/v1/admin/pools/{pool}"
+            "/v1/admin/pools/:pool"
         );
         assert_eq!(route_of("GET", "/some/random/path"), "other");
     }

@@ -70,6 +70,9 @@ pub enum DispatcherMessage {
     },
     /// Periodic: enforce time limits, publish the oldest queued job's age.
     Tick,
+    /// Answers once every message sent before it was handled (e.g. new workers'
+    /// registrations), so a resize answers with the workers counted.
+    Sync(RpcReplyPort<()>),
     /// A shrink: choose `count` workers of `pool` (idle ones first), give them nothing
     /// new, stop the idle ones now and the busy ones once they finish what they hold.
     Retire {
@@ -190,6 +193,9 @@ impl Actor for Dispatcher {
                         state.dispatch(pool);
                     }
                 }
+            }
+            DispatcherMessage::Sync(reply) => {
+                let _ = reply.send(());
             }
             DispatcherMessage::Retire { pool, count, reply } => {
                 let _ = reply.send(state.retire(pool, count));

@@ -469,6 +469,9 @@ impl SupervisorState {
         shared
             .target
             .store(self.slots[pool].len(), Ordering::Release);
+        // New workers registered themselves before they finished starting; make sure
+        // the dispatcher has counted them before answering.
+        let _ = ractor::call_t!(self.dispatcher, DispatcherMessage::Sync, 10_000);
         tracing::info!(pool = %shared.name, size = self.slots[pool].len(), "pool resized");
         Ok(())
     }

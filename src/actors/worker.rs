@@ -160,9 +160,8 @@ impl Actor for Worker {
         } = args;
         let (inbox, inline) = match kind {
             PoolKind::Solo => {
-                let runner = tokio::task::block_in_place(|| {
-                    Runner::build(&tasks, &context, store, shared)
-                })?;
+                let runner =
+                    tokio::task::block_in_place(|| Runner::build(&tasks, &context, store, shared))?;
                 (Inbox::Inline(myself.clone()), Some(runner))
             }
             PoolKind::Threads => {
@@ -173,17 +172,16 @@ impl Actor for Worker {
                 std::thread::Builder::new()
                     .name(format!("celeriac-{}-{id}", shared.name))
                     .spawn(move || {
-                        let mut runner =
-                            match Runner::build(&tasks, &context, store, shared) {
-                                Ok(r) => {
-                                    let _ = built_tx.send(Ok(()));
-                                    r
-                                }
-                                Err(e) => {
-                                    let _ = built_tx.send(Err(e));
-                                    return;
-                                }
-                            };
+                        let mut runner = match Runner::build(&tasks, &context, store, shared) {
+                            Ok(r) => {
+                                let _ = built_tx.send(Ok(()));
+                                r
+                            }
+                            Err(e) => {
+                                let _ = built_tx.send(Err(e));
+                                return;
+                            }
+                        };
                         while let Ok(batch) = rx.recv() {
                             if let Err(msg) = runner.run_batch(batch) {
                                 let _ = me.cast(WorkerMessage::Died(msg));

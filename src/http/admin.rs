@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
-use super::{Reply, json_body, json_reply, with_state};
+use super::{Reply, json_body, json_reply, no_query, with_state};
 use crate::actors::supervisor::{Resize, ResizeError, SupervisorMessage};
 use crate::app::AppState;
 use crate::config::DeviceSpec;
@@ -61,6 +61,7 @@ pub fn list(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rej
     warp::path!("v1" / "admin" / "pools")
         .and(warp::get())
         .and(auth(state.clone()))
+        .and(no_query())
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
             let pools: Vec<PoolView> = state.pools.iter().map(|p| PoolView::from(&**p)).collect();
@@ -74,6 +75,7 @@ pub fn update(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = R
     warp::path!("v1" / "admin" / "pools" / String)
         .and(warp::put())
         .and(auth(state.clone()))
+        .and(no_query())
         .and(json_body(limit))
         .and(with_state(state))
         .and_then(update_handler)
@@ -235,7 +237,7 @@ async fn update_handler(
         Err(ResizeError::Invalid(m)) => Err(reject(ApiError::InvalidValue(m))),
         Err(e @ ResizeError::Spawn(_)) => {
             tracing::error!(pool = %pool, "resize failed: {e}");
-            Err(reject(ApiError::InvalidValue(e.to_string())))
+            Err(reject(ApiError::Internal))
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
                 .map(|p| PoolHealth {
                     pool: p.name.clone(),
                     live: p.live.load(Ordering::Acquire),
-                    size: p.config.size(),
+                    size: p.target.load(Ordering::Acquire),
                     parked: p.parked.load(Ordering::Acquire),
                     queued: p.queued.load(Ordering::Acquire),
                     busy: p.busy.load(Ordering::Acquire),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
-use super::{Reply, json_body, json_reply, wait_param, with_state};
+use super::{Reply, json_body, json_reply, no_query, wait_param, with_state};
 use crate::actors::dispatcher::DispatcherMessage;
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -39,6 +39,7 @@ pub fn submit_batch(
     let limit = state.config.server.body_limit_bytes;
     warp::path!("v1" / "tasks" / String / "batch")
         .and(warp::post())
+        .and(no_query())
         .and(json_body(limit))
         .and(with_state(state))
         .and_then(submit_batch_handler)
@@ -57,6 +58,7 @@ pub fn get(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Reje
 pub fn revoke(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     warp::path!("v1" / "tasks" / String)
         .and(warp::delete())
+        .and(no_query())
         .and(with_state(state))
         .and_then(revoke_handler)
 }

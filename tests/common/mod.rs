@@ -50,7 +50,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    async fn from(r: reqwest::Response) -> Resp {
+    pub async fn from_response(r: reqwest::Response) -> Resp {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let bytes = r.bytes().await.unwrap();
@@ -90,7 +90,7 @@ impl Server {
             .send()
             .await
             .unwrap();
-        Resp::from(r).await
+        Resp::from_response(r).await
     }
 
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
@@ -102,7 +102,7 @@ impl Server {
             .send()
             .await
             .unwrap();
-        Resp::from(r).await
+        Resp::from_response(r).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -112,7 +112,7 @@ impl Server {
             .send()
             .await
             .unwrap();
-        Resp::from(r).await
+        Resp::from_response(r).await
     }
 
     pub async fn delete(&self, path: &str) -> Resp {
@@ -122,7 +122,7 @@ impl Server {
             .send()
             .await
             .unwrap();
-        Resp::from(r).await
+        Resp::from_response(r).await
     }
 
     /// Submits one task and returns its id (asserting 202).
