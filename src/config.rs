@@ -179,6 +179,14 @@ pub struct PoolConfig {
     /// Optional autoscaling between bounds.
     #[serde(default)]
     pub autoscale: Option<AutoscaleConfig>,
+    /// Most jobs handed to a worker at once, for tasks with a batch entry point
+    /// (others always get one job at a time). 1 turns batching off.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// How long a queue shorter than a batch may wait to fill one, in milliseconds;
+    /// only while another worker of the pool is busy (an idle pool never waits).
+    #[serde(default)]
+    pub max_batch_delay_ms: f64,
 }
 
 /// `[pools.NAME.autoscale]`: grow when work queues, shrink after an idle cool-down.
@@ -350,6 +358,9 @@ fn default_time_limit_seconds() -> f64 {
 }
 fn default_max_retries() -> u32 {
     2
+}
+fn default_max_batch_size() -> usize {
+    1
 }
 fn default_max_concurrency() -> usize {
     64
@@ -548,6 +559,12 @@ impl Config {
                 return Err(invalid(key("queue_capacity"), "must be at least 1"));
             }
             positive(&key("time_limit_seconds"), pool.time_limit_seconds)?;
+            if pool.max_batch_size == 0 {
+                return Err(invalid(key("max_batch_size"), "must be at least 1"));
+            }
+            if !(pool.max_batch_delay_ms.is_finite() && pool.max_batch_delay_ms >= 0.0) {
+                return Err(invalid(key("max_batch_delay_ms"), "must be a number >= 0"));
+            }
             if pool.max_concurrency < pool.size() {
                 return Err(invalid(
                     key("max_concurrency"),

@@ -225,17 +225,25 @@ impl TextClassifier {
         Ok(())
     }
 
+    /// Token ids of one text (truncated, with special tokens).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(runtime)
+    }
+
     /// Tokenizes and pads to the longest text of the batch.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Batch, ModelError> {
         let token_ids: Vec<Vec<u32>> = texts
             .iter()
-            .map(|t| {
-                self.tokenizer
-                    .encode(*t, true)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(runtime)
-            })
+            .map(|t| self.token_ids(t))
             .collect::<Result<_, _>>()?;
+        self.pad(token_ids)
+    }
+
+    /// Pads tokenized texts to the longest of them.
+    pub fn pad(&self, token_ids: Vec<Vec<u32>>) -> Result<Batch, ModelError> {
         let t = token_ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let b = token_ids.len();
         let mut ids = vec![0u32; b * t];
@@ -267,13 +275,30 @@ impl TextClassifier {
         bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
     }
 
+    fn embed_batch(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        let hidden = self
+            .encoder
+            .forward(&batch.ids, &batch.mask)
+            .map_err(runtime)?;
+        bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
+    }
+
     /// Class probabilities per text, in label order.
     pub fn predict(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let token_ids = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.predict_tokens(token_ids)
+    }
+
+    /// Class probabilities for already tokenized texts, padded together.
+    pub fn predict_tokens(&self, token_ids: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, ModelError> {
         let (weight, bias) = self
             .head
             .as_ref()
             .ok_or_else(|| runtime("this model was loaded without its head"))?;
-        let emb = self.embed(texts)?;
+        let emb = self.embed_batch(&self.pad(token_ids)?)?;
         let logits = emb
             .matmul(&weight.t().map_err(runtime)?)
             .and_then(|l| l.broadcast_add(bias))
@@ -286,5 +311,53 @@ impl TextClassifier {
     /// The hidden size of the encoder.
     pub fn hidden_size(&self) -> usize {
         self.encoder.config.hidden_size
+    }
+}
+
+/// Groups texts by token count so padding stays small: sorts them by length and starts
+/// a new group when padding the next (longest so far) text in would make the group's
+/// padded tokens exceed `1 + max_waste` times its real tokens. Returns index groups,
+/// shortest texts first.
+pub fn length_groups(lengths: &[usize], max_waste: f64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut groups = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = lengths[i].max(1);
+        let padded = len * (current.len() + 1);
+        if !current.is_empty() && padded as f64 > (1.0 + max_waste) * (real + len) as f64 {
+            groups.push(std::mem::take(&mut current));
+            real = 0;
+        }
+        current.push(i);
+        real += len;
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_groups_bound_padding_and_cover_every_text() {
+        let lengths = [12, 80, 14, 13, 75, 11, 200, 15];
+        let groups = length_groups(&lengths, 0.25);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for g in &groups {
+            let max = g.iter().map(|&i| lengths[i]).max().unwrap();
+            let real: usize = g.iter().map(|&i| lengths[i]).sum();
+            assert!((max * g.len()) as f64 <= 1.25 * real as f64, "{g:?}");
+        }
+        assert_eq!(groups.len(), 3, "{groups:?}");
+        assert!(length_groups(&[], 0.25).is_empty());
+        assert_eq!(length_groups(&[10, 10, 10], 0.0), vec![vec![0, 1, 2]]);
     }
 }

@@ -45,6 +45,13 @@ pub struct WorkerContext {
 pub trait Task: Send {
     /// Runs the task on one input that [`TaskFactory::validate`] accepted.
     fn run(&mut self, input: &Value) -> Result<Value, TaskError>;
+
+    /// The batch entry point: one answer per input, in order. Called with several
+    /// inputs only when the factory says [`TaskFactory::batching`]; the default runs
+    /// them one by one.
+    fn run_batch(&mut self, inputs: &[&Value]) -> Vec<Result<Value, TaskError>> {
+        inputs.iter().map(|i| self.run(i)).collect()
+    }
 }
 
 /// Builds [`Task`] instances for one registered task name.
@@ -55,6 +62,12 @@ pub trait TaskFactory: Send + Sync {
 
     /// Builds one worker's instance for the worker described by `ctx`.
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError>;
+
+    /// Whether instances gain from [`Task::run_batch`]: then the dispatcher may hand a
+    /// worker up to the pool's `max_batch_size` jobs of this task at once.
+    fn batching(&self) -> bool {
+        false
+    }
 }
 
 /// Every registered task: name → factory and pool.
@@ -139,6 +152,15 @@ impl Registry {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The names of the tasks routed to `pool` that take batches.
+    pub fn batching_tasks(&self, pool: usize) -> std::collections::HashSet<Arc<str>> {
+        self.for_pool(pool)
+            .into_iter()
+            .filter(|t| t.factory.batching())
+            .map(|t| t.name)
+            .collect()
     }
 
     /// Every registered name, sorted.

@@ -6,7 +6,7 @@
 //! `Ready` (acks-late): if the worker is lost first, the supervisor reports it and the
 //! jobs are re-queued as `RETRY` or failed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ pub struct DispatcherArgs {
     pub store: Arc<TaskStore>,
     /// How often running jobs are checked against their pool's time limit.
     pub time_limit_check: Duration,
+    /// Per pool, the tasks that take batches.
+    pub batching: Vec<HashSet<Arc<str>>>,
 }
 
 /// Messages to the dispatcher.
@@ -70,6 +72,11 @@ pub enum DispatcherMessage {
     },
     /// Periodic: enforce time limits, publish the oldest queued job's age.
     Tick,
+    /// A batch-fill wait of a pool ran out: dispatch what is queued.
+    Flush {
+        /// Pool index.
+        pool: usize,
+    },
     /// Answers once every message sent before it was handled (e.g. new workers'
     /// registrations), so a resize answers with the workers counted.
     Sync(RpcReplyPort<()>),
@@ -105,6 +112,12 @@ struct PoolQueue {
     /// Idle workers; the most recently idle is used first (warm caches).
     idle: Vec<WorkerId>,
     time_limit: Duration,
+    /// Tasks of this pool that take batches.
+    batching: HashSet<Arc<str>>,
+    max_batch: usize,
+    max_delay: Duration,
+    /// A `Flush` is scheduled.
+    flush_pending: bool,
 }
 
 /// The dispatcher's state.
@@ -112,6 +125,8 @@ pub struct DispatcherState {
     pools: Vec<PoolQueue>,
     workers: HashMap<WorkerId, WorkerEntry>,
     store: Arc<TaskStore>,
+    /// To schedule its own `Flush`.
+    myself: ActorRef<DispatcherMessage>,
 }
 
 impl Actor for Dispatcher {
@@ -129,8 +144,13 @@ impl Actor for Dispatcher {
             pools: args
                 .pools
                 .into_iter()
-                .map(|shared| PoolQueue {
+                .zip(args.batching)
+                .map(|(shared, batching)| PoolQueue {
                     time_limit: crate::config::secs(shared.config.time_limit_seconds),
+                    max_batch: shared.config.max_batch_size,
+                    max_delay: Duration::from_secs_f64(shared.config.max_batch_delay_ms / 1e3),
+                    batching,
+                    flush_pending: false,
                     shared,
                     queue: VecDeque::new(),
                     idle: Vec::new(),
@@ -138,6 +158,7 @@ impl Actor for Dispatcher {
                 .collect(),
             workers: HashMap::new(),
             store: args.store,
+            myself,
         })
     }
 
@@ -194,6 +215,10 @@ impl Actor for Dispatcher {
                     }
                 }
             }
+            DispatcherMessage::Flush { pool } => {
+                state.pools[pool].flush_pending = false;
+                state.dispatch(pool);
+            }
             DispatcherMessage::Sync(reply) => {
                 let _ = reply.send(());
             }
@@ -226,19 +251,47 @@ impl Actor for Dispatcher {
 }
 
 impl DispatcherState {
-    /// Hands queued jobs to idle workers of `pool` until one side runs out.
+    /// Hands queued jobs to idle workers of `pool` until one side runs out. A job of a
+    /// task that takes batches goes out with up to `max_batch_size - 1` more jobs of the
+    /// same task from the front of the queue. While the queue is shorter than a batch and
+    /// another worker is busy, it waits up to `max_batch_delay` for the batch to fill.
     fn dispatch(&mut self, pool: usize) {
         let p = &mut self.pools[pool];
         while !p.queue.is_empty() {
             let Some(&worker) = p.idle.last() else { break };
-            let mut batch = Vec::with_capacity(1);
-            while let Some(job) = p.queue.pop_front() {
+            if p.max_batch > 1 && p.queue.len() < p.max_batch && !p.max_delay.is_zero() {
+                let front = p.queue.front().expect("not empty");
+                let waited = front.enqueued.elapsed();
+                let busy = p.shared.busy.load(Ordering::Acquire) > 0;
+                if busy && waited < p.max_delay && p.batching.contains(&front.task) {
+                    if !p.flush_pending {
+                        p.flush_pending = true;
+                        self.myself.send_after(p.max_delay - waited, move || {
+                            DispatcherMessage::Flush { pool }
+                        });
+                    }
+                    break;
+                }
+            }
+            let mut batch: Vec<StartedJob> = Vec::new();
+            while let Some(job) = p.queue.front() {
+                let fits = match batch.first() {
+                    None => true,
+                    Some(first) => {
+                        batch.len() < p.max_batch
+                            && job.task == first.job.task
+                            && p.batching.contains(&job.task)
+                    }
+                };
+                if !fits {
+                    break;
+                }
+                let job = p.queue.pop_front().expect("peeked");
                 p.shared.release(1);
                 // Revoked (or expired) while queued: skip it.
                 if let Some((attempt, waited)) = self.store.start(&job.id) {
                     crate::metrics::started(&job.task, waited);
                     batch.push(StartedJob { job, attempt });
-                    break;
                 }
             }
             if batch.is_empty() {

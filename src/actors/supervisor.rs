@@ -148,6 +148,9 @@ impl Actor for Supervisor {
                 pools: args.pools.clone(),
                 store: args.store.clone(),
                 time_limit_check: Duration::from_millis(args.config.time_limit_check_ms),
+                batching: (0..args.pools.len())
+                    .map(|p| args.registry.batching_tasks(p))
+                    .collect(),
             },
             myself.get_cell(),
         )

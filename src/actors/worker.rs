@@ -105,22 +105,43 @@ impl Runner {
         })
     }
 
-    /// Runs a batch and records each answer. On a panic, stops and returns its message;
-    /// the rest of the batch stays `STARTED` for the dispatcher to re-queue.
+    /// Runs a batch and records each answer. Several jobs (always of one task) go
+    /// through the task's batch entry point at once. On a panic, stops and returns its
+    /// message; unanswered jobs stay `STARTED` for the dispatcher to re-queue.
     fn run_batch(&mut self, batch: Vec<StartedJob>) -> Result<(), String> {
-        for started in batch {
-            let job = &started.job;
-            let task = self
-                .tasks
-                .get_mut(&job.task)
-                .expect("jobs are routed to pools that run their task. This is a bug.");
-            let t0 = std::time::Instant::now();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| task.run(&job.input)))
-                .map_err(|payload| panic_message(payload.as_ref()))?;
-            crate::metrics::ran_batch(&self.pool, &job.task, 1, t0.elapsed());
-            if let Some(f) = self
-                .store
-                .finish(&job.id, started.attempt, outcome.map_err(|e| e.0))
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let name = first.job.task.clone();
+        let task = self
+            .tasks
+            .get_mut(&name)
+            .expect("jobs are routed to pools that run their task. This is a bug.");
+        let t0 = std::time::Instant::now();
+        let outcomes = if batch.len() == 1 {
+            let input = &first.job.input;
+            vec![
+                std::panic::catch_unwind(AssertUnwindSafe(|| task.run(input)))
+                    .map_err(|payload| panic_message(payload.as_ref()))?,
+            ]
+        } else {
+            let inputs: Vec<&serde_json::Value> = batch.iter().map(|s| &*s.job.input).collect();
+            std::panic::catch_unwind(AssertUnwindSafe(|| task.run_batch(&inputs)))
+                .map_err(|payload| panic_message(payload.as_ref()))?
+        };
+        if outcomes.len() != batch.len() {
+            // A broken task: treat like a panic, so the jobs are retried elsewhere.
+            return Err(format!(
+                "task `{name}` answered {} times for {} inputs",
+                outcomes.len(),
+                batch.len()
+            ));
+        }
+        crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
+        for (started, outcome) in batch.iter().zip(outcomes) {
+            if let Some(f) =
+                self.store
+                    .finish(&started.job.id, started.attempt, outcome.map_err(|e| e.0))
             {
                 crate::metrics::finished(&f);
             }

@@ -17,6 +17,8 @@ pub const MAX_SLEEP_MS: u64 = 3_600_000;
 struct FnFactory {
     validate: fn(&Value) -> Result<(), String>,
     run: fn(&Value) -> Result<Value, TaskError>,
+    /// Whether it takes batches (its batch entry point maps `run` over them).
+    batching: bool,
 }
 
 struct FnTask(fn(&Value) -> Result<Value, TaskError>);
@@ -35,6 +37,10 @@ impl TaskFactory for FnFactory {
     fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         Ok(Box::new(FnTask(self.run)))
     }
+
+    fn batching(&self) -> bool {
+        self.batching
+    }
 }
 
 fn factory(
@@ -44,16 +50,26 @@ fn factory(
     run: fn(&Value) -> Result<Value, TaskError>,
 ) -> Result<Arc<dyn TaskFactory>, LoadError> {
     no_model(name, spec)?;
-    Ok(Arc::new(FnFactory { validate, run }))
+    Ok(Arc::new(FnFactory {
+        validate,
+        run,
+        batching: false,
+    }))
 }
 
 fn any_input(_: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// `debug.echo`: returns its input.
+/// `debug.echo`: returns its input. Takes batches (in pools that allow them), so it
+/// also exercises the batching path.
 pub fn echo(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
-    factory(name, spec, any_input, |input| Ok(input.clone()))
+    no_model(name, spec)?;
+    Ok(Arc::new(FnFactory {
+        validate: any_input,
+        run: |input| Ok(input.clone()),
+        batching: true,
+    }))
 }
 
 fn sleep_ms(input: &Value) -> Result<u64, String> {

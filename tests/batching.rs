@@ -1,0 +1,259 @@
+//! Dynamic batching against a real server: results and order are preserved, and the
+//! dispatcher respects `max_batch_size`, `max_batch_delay_ms` and revocation.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use celeriac::config::DeviceSpec;
+use celeriac::model::TextClassifier;
+use common::{Server, start, wait_until};
+use serde_json::{Value, json};
+
+fn ids_of(r: &common::Resp) -> Vec<String> {
+    r.body["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.body))
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn scrape(s: &Server) -> prometheus_parse::Scrape {
+    let text = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// (batches, jobs, largest bucket bound holding every batch) of `celeriac_batch_size`.
+fn batch_stats(m: &prometheus_parse::Scrape, pool: &str) -> (f64, f64, f64) {
+    let mut count = 0.0;
+    let mut sum = 0.0;
+    let mut le_all = f64::INFINITY;
+    for s in m
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("pool") == Some(pool))
+    {
+        match (s.metric.as_str(), &s.value) {
+            ("celeriac_batch_size_count", prometheus_parse::Value::Untyped(v))
+            | ("celeriac_batch_size_count", prometheus_parse::Value::Counter(v)) => count = *v,
+            ("celeriac_batch_size_sum", prometheus_parse::Value::Untyped(v))
+            | ("celeriac_batch_size_sum", prometheus_parse::Value::Counter(v)) => sum = *v,
+            ("celeriac_batch_size", prometheus_parse::Value::Histogram(buckets)) => {
+                le_all = buckets
+                    .iter()
+                    .filter(|b| b.count >= buckets.last().unwrap().count)
+                    .map(|b| b.less_than)
+                    .fold(f64::INFINITY, f64::min);
+            }
+            _ => {}
+        }
+    }
+    (count, sum, le_all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_spam_predictions_equal_single_ones_in_order() {
+    let s = start(
+        r#"
+        [pools.batched]
+        concurrency = 1
+        intra_op_threads = 1
+        max_batch_size = 16
+        max_batch_delay_ms = 5.0
+        [tasks."spam.batched"]
+        kind = "text_classifier"
+        pool = "batched"
+        model = "models/spam-minilm"
+        "#,
+    )
+    .await;
+    let smoke = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
+    )
+    .unwrap();
+    let mut texts: Vec<String> = smoke
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Lengths from 2 to ~120 tokens, so batches are grouped and padded.
+    texts.push("hi".into());
+    texts.push("call me ".repeat(40));
+    let mut inputs: Vec<Value> = Vec::new();
+    for round in 0..4 {
+        for (i, t) in texts.iter().enumerate() {
+            inputs.push(json!({ "text": format!("{t} {}", (round * 7 + i) % 5) }));
+        }
+    }
+    // One bad input inside a batch fails alone.
+    inputs.insert(5, json!({ "text": "" }));
+    let r = s
+        .post("/v1/tasks/spam.batched/batch", &json!({ "inputs": inputs }))
+        .await;
+    assert_eq!(r.status, 422, "invalid inputs are refused before queueing");
+    inputs.remove(5);
+    let r = s
+        .post("/v1/tasks/spam.batched/batch", &json!({ "inputs": inputs }))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let ids = ids_of(&r);
+    let model = TextClassifier::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/spam-minilm"),
+        DeviceSpec::Cpu,
+    )
+    .unwrap();
+    for (id, input) in ids.iter().zip(&inputs) {
+        let v = s.wait_final(id, 30.0).await;
+        assert_eq!(v["state"], "SUCCESS", "{v}");
+        let text = input["text"].as_str().unwrap();
+        let want = &model.predict(&[text]).unwrap()[0];
+        let got = v["result"]["probabilities"]["spam"].as_f64().unwrap() as f32;
+        assert!(
+            (got - want[1]).abs() < 1e-5,
+            "{text:?}: batched {got} vs single {}",
+            want[1]
+        );
+    }
+    let (batches, jobs, _) = batch_stats(&scrape(&s).await, "batched");
+    assert_eq!(jobs, inputs.len() as f64);
+    assert!(
+        batches < jobs,
+        "jobs went out in batches: {batches} batches for {jobs} jobs"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_max_batch_size() {
+    let s = start(
+        &common::debug_config(
+            "concurrency = 1\nmax_batch_size = 4\nmax_batch_delay_ms = 0.0",
+            "",
+        )
+        .replace("[pools.p]", "[pools.maxb]")
+        .replace("pool = \"p\"", "pool = \"maxb\""),
+    )
+    .await;
+    // Hold the only worker so 30 echos queue up behind it.
+    let blocker = s.submit("debug.sleep", json!({"ms": 300})).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            s.state_of(&blocker).await == "STARTED"
+        })
+        .await
+    );
+    let inputs: Vec<Value> = (0..30).map(|i| json!(i)).collect();
+    let r = s
+        .post("/v1/tasks/debug.echo/batch", &json!({ "inputs": inputs }))
+        .await;
+    let ids = ids_of(&r);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            s.wait_final(id, 10.0).await["result"],
+            json!(i),
+            "order kept"
+        );
+    }
+    let (batches, jobs, le_all) = batch_stats(&scrape(&s).await, "maxb");
+    assert_eq!(jobs, 31.0, "30 echos and the sleep");
+    assert!(
+        le_all <= 4.0,
+        "every batch holds at most 4 jobs (bucket {le_all})"
+    );
+    assert!(
+        batches <= 1.0 + 30.0 / 4.0 + 1.0,
+        "{batches} batches: queued echos were batched"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_delay_waits_only_while_the_pool_is_busy_and_skips_revoked_jobs() {
+    let s = start(
+        &common::debug_config(
+            "concurrency = 2\nmax_batch_size = 8\nmax_batch_delay_ms = 400.0",
+            "",
+        )
+        .replace("[pools.p]", "[pools.delay]")
+        .replace("pool = \"p\"", "pool = \"delay\""),
+    )
+    .await;
+    let started_after = |v: &Value| -> f64 {
+        let t = |k: &str| {
+            humantime::parse_rfc3339(v[k].as_str().unwrap())
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        t("started_at") - t("submitted_at")
+    };
+    // An idle pool never waits to fill a batch.
+    let v = s
+        .post("/v1/tasks/debug.echo?wait=5", &json!("alone"))
+        .await
+        .body;
+    assert_eq!(v["state"], "SUCCESS");
+    assert!(started_after(&v) < 0.4, "idle pool: no batch delay ({v})");
+
+    // One worker busy: a short queue waits up to the delay for the batch to fill...
+    let blocker = s.submit("debug.sleep", json!({"ms": 1500})).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            s.state_of(&blocker).await == "STARTED"
+        })
+        .await
+    );
+    let r = s
+        .post("/v1/tasks/debug.echo/batch", &json!({"inputs": [1, 2, 3]}))
+        .await;
+    let ids = ids_of(&r);
+    // ...during which a queued job can still be revoked, and is skipped.
+    let revoked = s.delete(&format!("/v1/tasks/{}", ids[1])).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let a = s.wait_final(&ids[0], 5.0).await;
+    let c = s.wait_final(&ids[2], 5.0).await;
+    assert_eq!(
+        (a["result"].clone(), c["result"].clone()),
+        (json!(1), json!(3))
+    );
+    assert!(
+        started_after(&a) >= 0.35,
+        "waited for the batch to fill: {}",
+        started_after(&a)
+    );
+    let b = s.get(&format!("/v1/tasks/{}", ids[1])).await.body;
+    assert_eq!(b["state"], "REVOKED");
+    assert!(
+        b.get("started_at").is_none(),
+        "a revoked job never runs: {b}"
+    );
+
+    // A full batch goes at once, without the delay.
+    let inputs: Vec<Value> = (0..8).map(|i| json!(i)).collect();
+    let r = s
+        .post("/v1/tasks/debug.echo/batch", &json!({ "inputs": inputs }))
+        .await;
+    for id in ids_of(&r) {
+        let v = s.wait_final(&id, 5.0).await;
+        assert!(
+            started_after(&v) < 0.35,
+            "full batch waits for nothing: {v}"
+        );
+    }
+    s.shutdown().await;
+}
