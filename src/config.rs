@@ -179,6 +179,10 @@ pub struct PoolConfig {
     /// Optional autoscaling between bounds.
     #[serde(default)]
     pub autoscale: Option<AutoscaleConfig>,
+    /// Niceness of the worker threads (Linux), relative to the HTTP threads: positive
+    /// keeps requests and results flowing while the model saturates the cores.
+    #[serde(default = "default_nice")]
+    pub nice: i32,
     /// Most jobs handed to a worker at once, for tasks with a batch entry point
     /// (others always get one job at a time). 1 turns batching off.
     #[serde(default = "default_max_batch_size")]
@@ -358,6 +362,9 @@ fn default_time_limit_seconds() -> f64 {
 }
 fn default_max_retries() -> u32 {
     2
+}
+fn default_nice() -> i32 {
+    15
 }
 fn default_max_batch_size() -> usize {
     1
@@ -559,6 +566,9 @@ impl Config {
                 return Err(invalid(key("queue_capacity"), "must be at least 1"));
             }
             positive(&key("time_limit_seconds"), pool.time_limit_seconds)?;
+            if !(0..=19).contains(&pool.nice) {
+                return Err(invalid(key("nice"), "must be between 0 and 19"));
+            }
             if pool.max_batch_size == 0 {
                 return Err(invalid(key("max_batch_size"), "must be at least 1"));
             }

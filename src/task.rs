@@ -39,6 +39,27 @@ pub struct WorkerContext {
     pub intra_op_threads: usize,
     /// A name for threads and logs, e.g. `default-3`.
     pub name: String,
+    /// Scheduling niceness of the worker's threads (`pools.NAME.nice`).
+    pub nice: i32,
+}
+
+/// Sets the calling thread's niceness (Linux: per thread). Model threads run a little
+/// below the HTTP threads, so on a saturated machine requests and results still flow
+/// and batches fill, instead of the I/O path starving behind the model. Best effort:
+/// a failure (e.g. not permitted) is logged once and ignored.
+pub fn set_thread_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // Safety: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| tracing::warn!(nice, "could not set worker thread niceness"));
+        }
+    }
 }
 
 /// One worker's instance of a task. Runs on the worker's own thread.

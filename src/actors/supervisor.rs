@@ -287,6 +287,7 @@ impl SupervisorState {
                     device: shared.config.device_for(slot),
                     intra_op_threads: shared.config.threads_per_worker(),
                     name: format!("{}-{id}", shared.name),
+                    nice: shared.config.nice,
                 },
                 tasks: self.args.registry.for_pool(pool),
                 store: self.args.store.clone(),

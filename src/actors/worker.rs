@@ -193,6 +193,7 @@ impl Actor for Worker {
                 std::thread::Builder::new()
                     .name(format!("celeriac-{}-{id}", shared.name))
                     .spawn(move || {
+                        crate::task::set_thread_nice(context.nice);
                         let mut runner = match Runner::build(&tasks, &context, store, shared) {
                             Ok(r) => {
                                 let _ = built_tx.send(Ok(()));

@@ -126,6 +126,7 @@ mod tests {
             device: crate::config::DeviceSpec::Cpu,
             intra_op_threads: 1,
             name: "test".into(),
+            nice: 0,
         }
     }
 

@@ -118,6 +118,10 @@ impl TaskFactory for ClassifierFactory {
                 let name = ctx.name.clone();
                 move |i| format!("{name}-op{i}")
             })
+            .start_handler({
+                let nice = ctx.nice;
+                move |_| crate::task::set_thread_nice(nice)
+            })
             .build()
             .map_err(|e| LoadError {
                 task: self.task.clone(),
