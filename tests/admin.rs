@@ -77,7 +77,7 @@ async fn resize(s: &Server, pool: &str, body: Value) -> common::Resp {
 }
 
 async fn finished(s: &Server) -> f64 {
-    let m = scrape(s).await;
+    let m = s.scrape().await;
     sample(
         &m,
         "celeriac_tasks_finished_total",
@@ -87,19 +87,6 @@ async fn finished(s: &Server) -> f64 {
 
 async fn size_of(s: &Server, pool: &str) -> u64 {
     pool_view(s, pool).await["size"].as_u64().unwrap()
-}
-
-async fn scrape(s: &Server) -> prometheus_parse::Scrape {
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
 /// The value of the sample named `metric` whose labels include all of `labels`.
@@ -259,7 +246,7 @@ async fn resize_under_load_loses_nothing_and_runs_each_task_once() {
         assert_eq!(v["state"], "SUCCESS", "{v}");
         assert_eq!(v["retries"], 0, "{v}");
     }
-    let m = scrape(&s).await;
+    let m = s.scrape().await;
     let labels = [("task", "resize.sleep"), ("state", "SUCCESS")];
     assert_eq!(sample(&m, "celeriac_tasks_finished_total", &labels), 2000.0);
     assert_eq!(
@@ -281,7 +268,7 @@ async fn resize_under_load_loses_nothing_and_runs_each_task_once() {
     );
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            let m = scrape(&s).await;
+            let m = s.scrape().await;
             let state =
                 |st: &str| sample(&m, "celeriac_workers", &[("pool", "resize"), ("state", st)]);
             state("idle") + state("busy") == 4.0
@@ -361,7 +348,7 @@ async fn autoscale_grows_under_a_burst_and_shrinks_after_cooldown_within_bounds(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_tasks_run() {
     let s = start(&config("metered", "concurrency = 2", true)).await;
-    let before = scrape(&s).await;
+    let before = s.scrape().await;
     let submitted = |m: &prometheus_parse::Scrape| {
         sample(
             m,
@@ -377,7 +364,7 @@ async fn metrics_move_as_tasks_run() {
         assert_eq!(r.body["state"], "SUCCESS");
     }
     let _ = s.post("/v1/tasks/metered.sleep", &json!({"ms": "x"})).await;
-    let after = scrape(&s).await;
+    let after = s.scrape().await;
     assert_eq!(submitted(&after), 25.0);
     assert_eq!(
         sample(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use celeriac::config::DeviceSpec;
 use celeriac::model::TextClassifier;
-use common::{Server, start, wait_until};
+use common::{start, wait_until};
 use serde_json::{Value, json};
 
 fn ids_of(r: &common::Resp) -> Vec<String> {
@@ -18,19 +18,6 @@ fn ids_of(r: &common::Resp) -> Vec<String> {
         .iter()
         .map(|t| t["task_id"].as_str().unwrap().to_string())
         .collect()
-}
-
-async fn scrape(s: &Server) -> prometheus_parse::Scrape {
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
 /// (batches, jobs, largest bucket bound holding every batch) of `celeriac_batch_size`.
@@ -128,7 +115,7 @@ async fn batched_spam_predictions_equal_single_ones_in_order() {
             want[1]
         );
     }
-    let (batches, jobs, _) = batch_stats(&scrape(&s).await, "batched");
+    let (batches, jobs, _) = batch_stats(&s.scrape().await, "batched");
     assert_eq!(jobs, inputs.len() as f64);
     assert!(
         batches < jobs,
@@ -168,7 +155,7 @@ async fn batches_respect_max_batch_size() {
             "order kept"
         );
     }
-    let (batches, jobs, le_all) = batch_stats(&scrape(&s).await, "maxb");
+    let (batches, jobs, le_all) = batch_stats(&s.scrape().await, "maxb");
     assert_eq!(jobs, 31.0, "30 echos and the sleep");
     assert!(
         le_all <= 4.0,

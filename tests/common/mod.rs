@@ -144,6 +144,20 @@ impl Server {
         r.body["state"].as_str().unwrap_or("?").to_string()
     }
 
+    /// Scrapes `/metrics` and parses it with an independent Prometheus parser.
+    pub async fn scrape(&self) -> prometheus_parse::Scrape {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+    }
+
     /// Stops the server as SIGTERM would and waits for it to drain and exit.
     pub async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
