@@ -36,8 +36,9 @@ struct Readiness {
     pools: Vec<PoolHealth>,
 }
 
-/// `GET /health/ready`: 200 while accepting tasks and every pool has a live worker;
-/// 503 otherwise, with the reasons.
+/// `GET /health/ready`: 200 while accepting tasks and every pool has at least its
+/// minimum of live workers (its autoscale lower bound, else one); 503 otherwise, with
+/// the reasons.
 pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     warp::path!("health" / "ready")
         .and(warp::get())
@@ -59,9 +60,16 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
                     busy: p.busy.load(Ordering::Acquire),
                 })
                 .collect();
-            for p in &pools {
+            for (p, shared) in pools.iter().zip(&state.pools) {
+                // The minimum: the autoscale lower bound, else one worker.
+                let min = shared.autoscale().map_or(1, |(min, _)| min);
                 if p.live == 0 {
                     reasons.push(format!("pool `{}` has no live worker", p.pool));
+                } else if p.live < min {
+                    reasons.push(format!(
+                        "pool `{}` has {} live workers, below its minimum of {min}",
+                        p.pool, p.live
+                    ));
                 }
             }
             let ready = reasons.is_empty();
