@@ -39,3 +39,13 @@ stop_server() {
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
+
+# spam_config WORKERS THREADS OUT: config/default.toml with that many spam.predict
+# workers and intra-op threads each (0 = auto), the model path made absolute; fetches
+# the weights if missing.
+spam_config() {
+  "$ROOT/scripts/fetch-model.sh" models/spam-minilm >&2
+  sed -e "s/^concurrency = 2$/concurrency = $1/" -e "s/^intra_op_threads = 0$/intra_op_threads = $2/" \
+    -e "s|^model = \"models/spam-minilm\"|model = \"$ROOT/models/spam-minilm\"|" \
+    "$ROOT/config/default.toml" > "$3"
+}

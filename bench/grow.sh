@@ -5,12 +5,9 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 build_all
-"$ROOT/scripts/fetch-model.sh" models/spam-minilm >&2
 TMP=$(mktemp -d)
 trap 'stop_server; rm -rf "$TMP"' EXIT
-sed -e "s/^concurrency = 2$/concurrency = 1/" \
-  -e "s|^model = \"models/spam-minilm\"|model = \"$ROOT/models/spam-minilm\"|" \
-  "$ROOT/config/default.toml" > "$TMP/grow.toml"
+spam_config 1 0 "$TMP/grow.toml"
 export CELERIAC_ADMIN_TOKEN=bench-token
 start_server "$TMP/grow.toml"
 put() {

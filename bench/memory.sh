@@ -6,14 +6,11 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 build_all
-"$ROOT/scripts/fetch-model.sh" models/spam-minilm >&2
 TMP=$(mktemp -d)
 trap 'stop_server; rm -rf "$TMP"' EXIT
 declare -A RSS
 for workers in 1 8; do
-  sed -e "s/^concurrency = 2$/concurrency = $workers/" -e "s/^intra_op_threads = 0$/intra_op_threads = 1/" \
-    -e "s|^model = \"models/spam-minilm\"|model = \"$ROOT/models/spam-minilm\"|" \
-    "$ROOT/config/default.toml" > "$TMP/w$workers.toml"
+  spam_config "$workers" 1 "$TMP/w$workers.toml"
   start_server "$TMP/w$workers.toml"
   "$LOADGEN" --submit-url "$BASE/v1/tasks/spam.predict" --result-url "$BASE/v1/tasks/{id}" \
     --status-field state --wait-param wait=10 --inputs "$SHARED/bench/inputs.jsonl" \

@@ -271,8 +271,7 @@ impl TextClassifier {
 
     /// Pooled (and, per the manifest, normalised) embeddings, `[batch, hidden]`.
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
-        let (hidden, batch) = self.hidden(texts)?;
-        bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
+        self.embed_batch(&self.tokenize(texts)?)
     }
 
     fn embed_batch(&self, batch: &Batch) -> Result<Tensor, ModelError> {

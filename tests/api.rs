@@ -100,12 +100,7 @@ async fn started_failure_and_revoked_states() {
 
     // One worker: the first sleep runs, the second waits in the queue.
     let running = s.submit("debug.sleep", json!({"ms": 400})).await;
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state_of(&running).await == "STARTED"
-        })
-        .await
-    );
+    assert!(s.wait_started(&running).await);
     let queued = s.submit("debug.sleep", json!({"ms": 10})).await;
     assert_eq!(s.state_of(&queued).await, "PENDING");
 
@@ -191,12 +186,7 @@ async fn every_error_has_a_json_body_and_status() {
 
     // Queue full: one running, two queued, the next is refused at once.
     let running = s.submit("debug.sleep", json!({"ms": 300})).await;
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state_of(&running).await == "STARTED"
-        })
-        .await
-    );
+    assert!(s.wait_started(&running).await);
     let q1 = s.submit("debug.sleep", json!({"ms": 1})).await;
     let q2 = s.submit("debug.sleep", json!({"ms": 1})).await;
     let r = s.post("/v1/tasks/debug.sleep", &json!({"ms": 1})).await;

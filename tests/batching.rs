@@ -4,11 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use celeriac::config::DeviceSpec;
 use celeriac::model::TextClassifier;
-use common::{start, wait_until};
+use common::start;
 use serde_json::{Value, json};
 
 fn ids_of(r: &common::Resp) -> Vec<String> {
@@ -137,12 +136,7 @@ async fn batches_respect_max_batch_size() {
     .await;
     // Hold the only worker so 30 echos queue up behind it.
     let blocker = s.submit("debug.sleep", json!({"ms": 300})).await;
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state_of(&blocker).await == "STARTED"
-        })
-        .await
-    );
+    assert!(s.wait_started(&blocker).await);
     let inputs: Vec<Value> = (0..30).map(|i| json!(i)).collect();
     let r = s
         .post("/v1/tasks/debug.echo/batch", &json!({ "inputs": inputs }))
@@ -199,12 +193,7 @@ async fn batch_delay_waits_only_while_the_pool_is_busy_and_skips_revoked_jobs() 
 
     // One worker busy: a short queue waits up to the delay for the batch to fill...
     let blocker = s.submit("debug.sleep", json!({"ms": 1500})).await;
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state_of(&blocker).await == "STARTED"
-        })
-        .await
-    );
+    assert!(s.wait_started(&blocker).await);
     let r = s
         .post("/v1/tasks/debug.echo/batch", &json!({"inputs": [1, 2, 3]}))
         .await;

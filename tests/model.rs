@@ -41,6 +41,11 @@ fn encoder() -> TextClassifier {
     m
 }
 
+/// The embedding of one text, run alone.
+fn embed_one(m: &TextClassifier, text: &str) -> Vec<f32> {
+    m.embed(&[text]).unwrap().get(0).unwrap().to_vec1().unwrap()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -78,13 +83,7 @@ fn token_ids_and_embeddings_match_pytorch_one_by_one() {
             "cls hidden state of {:?}",
             r.text
         );
-        let emb: Vec<f32> = m
-            .embed(&[r.text.as_str()])
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let emb = embed_one(&m, &r.text);
         let d = max_abs_diff(&emb, &r.embedding);
         worst = worst.max(d);
         assert!(d < TOL, "embedding of {:?} differs by {d}", r.text);
@@ -114,13 +113,7 @@ fn batched_with_padding_matches_pytorch_and_single_runs() {
         let row: Vec<f32> = batched.get(i).unwrap().to_vec1().unwrap();
         let d = max_abs_diff(&row, &r.embedding);
         assert!(d < TOL, "batched embedding of {:?} differs by {d}", r.text);
-        let single: Vec<f32> = m
-            .embed(&[r.text.as_str()])
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let single = embed_one(&m, &r.text);
         worst_vs_single = worst_vs_single.max(max_abs_diff(&row, &single));
     }
     assert!(

@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::{Resp, Server, debug_config, start, wait_until};
+use common::{Resp, Server, debug_config, start};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -611,12 +610,7 @@ async fn task_view_schema_matches_real_answers() {
 
     // Queued behind a busy worker: exactly the required keys.
     let busy = s.submit("debug.sleep", json!({"ms": 1000})).await;
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state_of(&busy).await == "STARTED"
-        })
-        .await
-    );
+    assert!(s.wait_started(&busy).await);
     let queued = s.submit("debug.echo", json!({})).await;
     let pending = s.get(&format!("/v1/tasks/{queued}")).await.body;
     assert_eq!(pending["state"], "PENDING", "{pending}");

@@ -106,6 +106,19 @@ struct WorkerEntry {
     stopping: bool,
 }
 
+impl WorkerEntry {
+    /// Takes a worker that leaves the dispatcher out of its pool's counters: it is no
+    /// longer live, nor stopping or busy.
+    fn uncount(&self, shared: &PoolShared) {
+        shared.live.fetch_sub(1, Ordering::AcqRel);
+        if self.stopping {
+            shared.stopping.fetch_sub(1, Ordering::AcqRel);
+        } else if self.running.is_some() {
+            shared.busy.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 struct PoolQueue {
     shared: Arc<PoolShared>,
     queue: VecDeque<Job>,
@@ -204,8 +217,7 @@ impl Actor for Dispatcher {
                     let pool = entry.pool;
                     let shared = &state.pools[pool].shared;
                     if entry.stopping {
-                        shared.stopping.fetch_sub(1, Ordering::AcqRel);
-                        shared.live.fetch_sub(1, Ordering::AcqRel);
+                        entry.uncount(shared);
                         let entry = state.workers.remove(&worker).expect("just found");
                         entry.actor.stop(Some("scaled down".into()));
                     } else {
@@ -321,12 +333,7 @@ impl DispatcherState {
         let entry = self.workers.remove(&worker)?;
         let p = &mut self.pools[entry.pool];
         p.idle.retain(|w| *w != worker);
-        p.shared.live.fetch_sub(1, Ordering::AcqRel);
-        if entry.stopping {
-            p.shared.stopping.fetch_sub(1, Ordering::AcqRel);
-        } else if entry.running.is_some() {
-            p.shared.busy.fetch_sub(1, Ordering::AcqRel);
-        }
+        entry.uncount(&p.shared);
         if let Some(running) = entry.running {
             let max_retries = p.shared.config.max_retries;
             for started in running.jobs.into_iter().rev() {
@@ -369,7 +376,7 @@ impl DispatcherState {
                 .workers
                 .remove(&w)
                 .expect("idle workers are registered");
-            p.shared.live.fetch_sub(1, Ordering::AcqRel);
+            entry.uncount(&p.shared);
             entry.actor.stop(Some("scaled down".into()));
             chosen.push(w);
         }
@@ -406,13 +413,8 @@ impl DispatcherState {
         for worker in over {
             let mut entry = self.workers.remove(&worker).expect("listed above");
             let p = &self.pools[entry.pool];
+            entry.uncount(&p.shared);
             let running = entry.running.take().expect("filtered on running");
-            p.shared.live.fetch_sub(1, Ordering::AcqRel);
-            if entry.stopping {
-                p.shared.stopping.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                p.shared.busy.fetch_sub(1, Ordering::AcqRel);
-            }
             let why = format!(
                 "time limit exceeded: ran longer than {:?} (pools.{}.time_limit_seconds)",
                 p.time_limit, p.shared.name

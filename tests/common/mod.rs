@@ -144,6 +144,14 @@ impl Server {
         r.body["state"].as_str().unwrap_or("?").to_string()
     }
 
+    /// Waits (up to 5 s) until a worker has started the task.
+    pub async fn wait_started(&self, id: &str) -> bool {
+        wait_until(Duration::from_secs(5), || async {
+            self.state_of(id).await == "STARTED"
+        })
+        .await
+    }
+
     /// Scrapes `/metrics` and parses it with an independent Prometheus parser.
     pub async fn scrape(&self) -> prometheus_parse::Scrape {
         let text = self
