@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use celeriac::config::DeviceSpec;
-use celeriac::model::TextClassifier;
+use celeriac::model::{Kernels, TextClassifier};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
@@ -34,6 +34,11 @@ fn main() {
         PathBuf::from("../shared/bench/inputs.jsonl"),
     );
     let batches: String = arg(&args, "--batches", "8,32".to_string());
+    let kernels = match arg(&args, "--kernels", "packed".to_string()).as_str() {
+        "packed" => Kernels::Packed,
+        "candle" => Kernels::Candle,
+        other => panic!("--kernels {other}: expected packed or candle"),
+    };
     let texts: Vec<String> = std::fs::read_to_string(&inputs)
         .unwrap_or_else(|e| panic!("{}: {e}", inputs.display()))
         .lines()
@@ -51,7 +56,8 @@ fn main() {
         .unwrap();
 
     let t0 = Instant::now();
-    let model = TextClassifier::load(&model_dir, DeviceSpec::Cpu).expect("model loads");
+    let model =
+        TextClassifier::load_with(&model_dir, DeviceSpec::Cpu, kernels).expect("model loads");
     let load_s = t0.elapsed().as_secs_f64();
 
     pool.install(|| {
@@ -68,11 +74,11 @@ fn main() {
         let b1_rate = n as f64 / t_all.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);
         let mut json = serde_json::json!({
-            "impl": "celeriac-candle", "threads": threads, "load_s": load_s,
+            "impl": format!("celeriac-{kernels:?}").to_lowercase(), "threads": threads, "load_s": load_s,
             "b1_p50_ms": pct(&lat, 0.5), "b1_p90_ms": pct(&lat, 0.9), "b1_p99_ms": pct(&lat, 0.99),
             "b1_msgs_per_s": b1_rate,
         });
-        println!("celeriac (candle), {threads} intra-op thread(s): load {load_s:.3} s");
+        println!("celeriac ({kernels:?} kernels), {threads} intra-op thread(s): load {load_s:.3} s");
         println!(
             "  batch  1: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms per message ({b1_rate:.1} msgs/s)",
             pct(&lat, 0.5),
@@ -80,7 +86,8 @@ fn main() {
             pct(&lat, 0.99)
         );
         for b in batches.split(',').filter_map(|b| b.trim().parse::<usize>().ok()) {
-            // Consecutive inputs, padded to the longest of each batch; about n messages.
+            // Consecutive inputs, packed (no padding) or padded to the longest of each
+            // batch; about n messages.
             let rounds = (n / b).max(4);
             let batch_at = |r: usize| -> Vec<&str> {
                 (0..b)
@@ -93,7 +100,13 @@ fn main() {
                 model.predict(&batch_at(r)).unwrap();
             }
             let rate = (rounds * b) as f64 / t.elapsed().as_secs_f64();
-            // The served path: the same batches, grouped by length before padding.
+            let rate_name = if model.packs_batches() { "packed" } else { "padded to the longest" };
+            if model.packs_batches() {
+                println!("  batch {b:>2}: {rate:.1} msgs/s {rate_name}");
+                json[format!("b{b}_msgs_per_s")] = serde_json::json!(rate);
+                continue;
+            }
+            // The served candle path: the same batches, grouped by length before padding.
             let t = Instant::now();
             let (mut padded, mut real) = (0usize, 0usize);
             for r in 0..rounds {
@@ -113,7 +126,7 @@ fn main() {
             let grouped = (rounds * b) as f64 / t.elapsed().as_secs_f64();
             let ratio = padded as f64 / real as f64;
             println!(
-                "  batch {b:>2}: {rate:.1} msgs/s padded to the longest; {grouped:.1} msgs/s grouped by length (padding ratio {ratio:.2})"
+                "  batch {b:>2}: {rate:.1} msgs/s {rate_name}; {grouped:.1} msgs/s grouped by length (padding ratio {ratio:.2})"
             );
             json[format!("b{b}_msgs_per_s")] = serde_json::json!(rate);
             json[format!("b{b}_grouped_msgs_per_s")] = serde_json::json!(grouped);

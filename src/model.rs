@@ -6,6 +6,7 @@
 //! costs activations, not a model copy.
 
 pub mod bert;
+pub mod packed;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,31 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::config::DeviceSpec;
 use bert::{BertConfig, BertEncoder};
+use packed::PackedEncoder;
+
+/// Which implementation runs the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Packed batches and fused kernels on plain buffers ([`packed`]); CPU only.
+    Packed,
+    /// One candle tensor op at a time on a padded batch ([`bert`]); CPU or CUDA.
+    Candle,
+}
+
+impl Kernels {
+    /// The default for a device: packed on the CPU, candle on CUDA.
+    pub fn for_device(device: DeviceSpec) -> Self {
+        match device {
+            DeviceSpec::Cpu => Kernels::Packed,
+            DeviceSpec::Cuda(_) => Kernels::Candle,
+        }
+    }
+}
+
+enum Encoder {
+    Candle(BertEncoder),
+    Packed(PackedEncoder),
+}
 
 /// A model could not be loaded or run; candle and tokenizer errors become text here.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +144,8 @@ impl Manifest {
 
 /// A loaded text classifier on one device.
 pub struct TextClassifier {
-    encoder: BertEncoder,
+    encoder: Encoder,
+    config: BertConfig,
     /// `weight` [labels, hidden] and `bias` [labels]; `None` when loaded for training.
     head: Option<(Tensor, Tensor)>,
     tokenizer: Tokenizer,
@@ -145,9 +172,15 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> ModelError {
 }
 
 impl TextClassifier {
-    /// Loads a model directory onto `device`: encoder (memory-mapped), tokenizer, head.
+    /// Loads a model directory onto `device`: encoder (memory-mapped), tokenizer, head,
+    /// with the device's default [`Kernels`].
     pub fn load(dir: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
-        let mut me = Self::load_encoder(dir, device)?;
+        Self::load_with(dir, device, Kernels::for_device(device))
+    }
+
+    /// [`TextClassifier::load`] with the given kernels.
+    pub fn load_with(dir: &Path, device: DeviceSpec, kernels: Kernels) -> Result<Self, ModelError> {
+        let mut me = Self::load_encoder_with(dir, device, kernels)?;
         let head_path = dir.join(&me.manifest.head);
         let head = candle_core::safetensors::load(&head_path, &me.device)
             .map_err(|e| file_error(&head_path, e))?;
@@ -175,6 +208,20 @@ impl TextClassifier {
     /// Loads the encoder and tokenizer only: [`TextClassifier::embed`] works,
     /// [`TextClassifier::predict`] does not (for training a head).
     pub fn load_encoder(dir: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+        Self::load_encoder_with(dir, device, Kernels::for_device(device))
+    }
+
+    /// [`TextClassifier::load_encoder`] with the given kernels.
+    pub fn load_encoder_with(
+        dir: &Path,
+        device: DeviceSpec,
+        kernels: Kernels,
+    ) -> Result<Self, ModelError> {
+        if kernels == Kernels::Packed && device != DeviceSpec::Cpu {
+            return Err(runtime(format!(
+                "the packed kernels run on the CPU only, not on {device}"
+            )));
+        }
         let manifest = Manifest::read(dir)?;
         let device =
             bert::device_of(&device).map_err(|e| runtime(format!("device {device}: {e}")))?;
@@ -194,12 +241,17 @@ impl TextClassifier {
         // rename, never in place).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| file_error(&weights, e))?;
-        let encoder = BertEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?;
+        let encoder = match kernels {
+            Kernels::Candle => BertEncoder::load(vb, &config).map(Encoder::Candle),
+            Kernels::Packed => PackedEncoder::load(vb, &config).map(Encoder::Packed),
+        }
+        .map_err(|e| file_error(&weights, e))?;
         let tokenizer_path = dir.join(&manifest.tokenizer);
         let tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| file_error(&tokenizer_path, e))?;
         let mut me = TextClassifier {
             encoder,
+            config,
             head: None,
             tokenizer,
             manifest,
@@ -211,7 +263,7 @@ impl TextClassifier {
 
     /// Truncation length in tokens (capped by the position embeddings).
     pub fn set_max_length(&mut self, max_length: usize) -> Result<(), ModelError> {
-        let max_length = max_length.min(self.encoder.config.max_position_embeddings);
+        let max_length = max_length.min(self.config.max_position_embeddings);
         self.manifest.max_length = max_length;
         self.tokenizer.with_padding(None);
         self.tokenizer
@@ -262,11 +314,29 @@ impl TextClassifier {
     /// The last hidden state `[batch, seq, hidden]` and the batch it came from.
     pub fn hidden(&self, texts: &[&str]) -> Result<(Tensor, Batch), ModelError> {
         let batch = self.tokenize(texts)?;
-        let hidden = self
-            .encoder
-            .forward(&batch.ids, &batch.mask)
-            .map_err(runtime)?;
+        let hidden = match &self.encoder {
+            Encoder::Candle(e) => e.forward(&batch.ids, &batch.mask).map_err(runtime)?,
+            Encoder::Packed(e) => {
+                let h = e.hidden_size();
+                let (b, t) = batch.ids.dims2().map_err(runtime)?;
+                let packed = e.forward(&batch.token_ids).map_err(runtime)?;
+                let mut padded = vec![0f32; b * t * h];
+                let mut start = 0;
+                for (i, ids) in batch.token_ids.iter().enumerate() {
+                    let n = ids.len() * h;
+                    padded[i * t * h..i * t * h + n].copy_from_slice(&packed[start..start + n]);
+                    start += n;
+                }
+                Tensor::from_vec(padded, (b, t, h), &self.device).map_err(runtime)?
+            }
+        };
         Ok((hidden, batch))
+    }
+
+    /// Whether a batch runs packed (no padding), so grouping texts by length gains
+    /// nothing.
+    pub fn packs_batches(&self) -> bool {
+        matches!(self.encoder, Encoder::Packed(_))
     }
 
     /// Pooled (and, per the manifest, normalised) embeddings, `[batch, hidden]`.
@@ -275,11 +345,27 @@ impl TextClassifier {
     }
 
     fn embed_batch(&self, batch: &Batch) -> Result<Tensor, ModelError> {
-        let hidden = self
-            .encoder
-            .forward(&batch.ids, &batch.mask)
-            .map_err(runtime)?;
-        bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
+        match &self.encoder {
+            Encoder::Candle(e) => {
+                let hidden = e.forward(&batch.ids, &batch.mask).map_err(runtime)?;
+                bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
+            }
+            Encoder::Packed(e) => {
+                let packed = e.forward(&batch.token_ids).map_err(runtime)?;
+                let pooled = packed::mean_pool(
+                    &packed,
+                    &batch.token_ids,
+                    e.hidden_size(),
+                    self.manifest.normalize,
+                );
+                Tensor::from_vec(
+                    pooled,
+                    (batch.token_ids.len(), e.hidden_size()),
+                    &self.device,
+                )
+                .map_err(runtime)
+            }
+        }
     }
 
     /// Class probabilities per text, in label order.
@@ -309,7 +395,7 @@ impl TextClassifier {
 
     /// The hidden size of the encoder.
     pub fn hidden_size(&self) -> usize {
-        self.encoder.config.hidden_size
+        self.config.hidden_size
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use celeriac::config::DeviceSpec;
-use celeriac::model::TextClassifier;
+use celeriac::model::{Kernels, TextClassifier};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,9 +33,12 @@ fn references() -> Vec<Reference> {
         .collect()
 }
 
+/// Both CPU implementations of the encoder: every numerics test runs on each.
+const KERNELS: [Kernels; 2] = [Kernels::Packed, Kernels::Candle];
+
 /// The encoder, truncating at 128 tokens as the reference does.
-fn encoder() -> TextClassifier {
-    let mut m = TextClassifier::load_encoder(&model_dir(), DeviceSpec::Cpu)
+fn encoder(kernels: Kernels) -> TextClassifier {
+    let mut m = TextClassifier::load_encoder_with(&model_dir(), DeviceSpec::Cpu, kernels)
         .expect("weights present: run scripts/fetch-model.sh");
     m.set_max_length(128).unwrap();
     m
@@ -58,7 +61,13 @@ const TOL: f32 = 1e-4;
 
 #[test]
 fn token_ids_and_embeddings_match_pytorch_one_by_one() {
-    let m = encoder();
+    for kernels in KERNELS {
+        one_by_one(kernels);
+    }
+}
+
+fn one_by_one(kernels: Kernels) {
+    let m = encoder(kernels);
     let refs = references();
     assert!(refs.len() >= 20);
     assert!(
@@ -80,23 +89,33 @@ fn token_ids_and_embeddings_match_pytorch_one_by_one() {
             .unwrap();
         assert!(
             max_abs_diff(&cls, &r.cls_hidden_first8) < TOL,
-            "cls hidden state of {:?}",
+            "{kernels:?}: cls hidden state of {:?}",
             r.text
         );
         let emb = embed_one(&m, &r.text);
         let d = max_abs_diff(&emb, &r.embedding);
         worst = worst.max(d);
-        assert!(d < TOL, "embedding of {:?} differs by {d}", r.text);
+        assert!(
+            d < TOL,
+            "{kernels:?}: embedding of {:?} differs by {d}",
+            r.text
+        );
     }
     println!(
-        "one by one: worst |diff| {worst:.2e} over {} texts",
+        "{kernels:?}, one by one: worst |diff| {worst:.2e} over {} texts",
         refs.len()
     );
 }
 
 #[test]
-fn batched_with_padding_matches_pytorch_and_single_runs() {
-    let m = encoder();
+fn batched_matches_pytorch_and_single_runs() {
+    for kernels in KERNELS {
+        batched(kernels);
+    }
+}
+
+fn batched(kernels: Kernels) {
+    let m = encoder(kernels);
     let refs = references();
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
     let (_, batch) = m.hidden(&texts).unwrap();
@@ -112,7 +131,11 @@ fn batched_with_padding_matches_pytorch_and_single_runs() {
         assert_eq!(batch.token_ids[i], r.input_ids);
         let row: Vec<f32> = batched.get(i).unwrap().to_vec1().unwrap();
         let d = max_abs_diff(&row, &r.embedding);
-        assert!(d < TOL, "batched embedding of {:?} differs by {d}", r.text);
+        assert!(
+            d < TOL,
+            "{kernels:?}: batched embedding of {:?} differs by {d}",
+            r.text
+        );
         let single = embed_one(&m, &r.text);
         worst_vs_single = worst_vs_single.max(max_abs_diff(&row, &single));
     }
@@ -120,7 +143,45 @@ fn batched_with_padding_matches_pytorch_and_single_runs() {
         worst_vs_single < 1e-5,
         "batched vs single: {worst_vs_single}"
     );
-    println!("batched vs single: worst |diff| {worst_vs_single:.2e}");
+    println!("{kernels:?}, batched vs single: worst |diff| {worst_vs_single:.2e}");
+}
+
+#[test]
+fn packed_and_candle_kernels_agree() {
+    let texts: Vec<String> = references().into_iter().map(|r| r.text).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let load = |k| TextClassifier::load_with(&model_dir(), DeviceSpec::Cpu, k).unwrap();
+    let (packed, candle) = (load(Kernels::Packed), load(Kernels::Candle));
+    assert!(packed.packs_batches() && !candle.packs_batches());
+    let (a, b) = (
+        packed.predict(&texts).unwrap(),
+        candle.predict(&texts).unwrap(),
+    );
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(&b) {
+        worst = worst.max(max_abs_diff(x, y));
+    }
+    assert!(worst < 1e-5, "probabilities differ by {worst}");
+    let (ea, eb) = (packed.embed(&texts).unwrap(), candle.embed(&texts).unwrap());
+    let d = max_abs_diff(
+        &ea.flatten_all().unwrap().to_vec1().unwrap(),
+        &eb.flatten_all().unwrap().to_vec1().unwrap(),
+    );
+    assert!(d < 1e-5, "embeddings differ by {d}");
+    println!("packed vs candle: probabilities {worst:.2e}, embeddings {d:.2e}");
+}
+
+#[test]
+fn packed_kernels_refuse_cuda_and_bad_token_ids() {
+    let err = TextClassifier::load_with(&model_dir(), DeviceSpec::Cuda(0), Kernels::Packed)
+        .err()
+        .expect("packed kernels are CPU only");
+    assert!(err.to_string().contains("CPU"), "{err}");
+    let m = TextClassifier::load(&model_dir(), DeviceSpec::Cpu).unwrap();
+    let err = m.predict_tokens(vec![vec![101, 999_999, 102]]).unwrap_err();
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+    let err = m.predict_tokens(vec![vec![101; 513]]).unwrap_err();
+    assert!(err.to_string().contains("at most 512"), "{err}");
 }
 
 #[test]

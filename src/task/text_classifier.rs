@@ -176,9 +176,10 @@ impl Task for ClassifierTask {
         Ok(self.answer(&probs[0]))
     }
 
-    /// Tokenizes every input, groups them by length (little padding), runs each group
-    /// as one padded batch, and answers in input order. Results equal `run`'s: the
-    /// attention mask keeps padding out.
+    /// Tokenizes every input and runs them as one packed batch (CPU), or groups them
+    /// by length (little padding) and runs each group as one padded batch (candle
+    /// kernels); answers in input order. Results equal `run`'s: packing and the
+    /// attention mask keep texts apart.
     fn run_batch(&mut self, inputs: &[&Value]) -> Vec<Result<Value, TaskError>> {
         let max_chars = self.model.manifest.max_chars;
         let mut out: Vec<Option<Result<Value, TaskError>>> = vec![None; inputs.len()];
@@ -192,12 +193,21 @@ impl Task for ClassifierTask {
             }
         }
         let lengths: Vec<usize> = rows.iter().map(|(_, ids)| ids.len()).collect();
-        let groups = crate::model::length_groups(&lengths, MAX_PADDING_WASTE);
+        // Packed kernels pad nothing: the whole batch is one group.
+        let groups = if self.model.packs_batches() {
+            vec![(0..rows.len()).collect()]
+        } else {
+            crate::model::length_groups(&lengths, MAX_PADDING_WASTE)
+        };
         let (mut padded, real): (usize, usize) = (0, lengths.iter().sum());
         self.threads.install(|| {
             for group in &groups {
-                let longest = group.iter().map(|&g| lengths[g]).max().unwrap_or(0);
-                padded += longest * group.len();
+                padded += if self.model.packs_batches() {
+                    group.iter().map(|&g| lengths[g]).sum()
+                } else {
+                    let longest = group.iter().map(|&g| lengths[g]).max().unwrap_or(0);
+                    longest * group.len()
+                };
                 let tokens: Vec<Vec<u32>> = group.iter().map(|&g| rows[g].1.clone()).collect();
                 match self.model.predict_tokens(tokens) {
                     Ok(probs) => {
