@@ -72,6 +72,20 @@ if [ "$BASELINE" = 1 ] && [ -x "$SHARED/baseline/bench.sh" ]; then
   echo "running the baseline side by side: $SHARED/baseline/bench.sh (REPEATS=${REPEATS:-1})" >&2
   REPEATS=${REPEATS:-1} OUT="$OUT/baseline" "$SHARED/baseline/bench.sh" > "$OUT/baseline.log" 2>&1 ||
     echo "baseline bench.sh failed; see $OUT/baseline.log" >&2
+  # bench.sh loads the baseline at C=8 only; load it at C=32 too, as celeriac, so the
+  # two are compared at the same concurrency.
+  echo "baseline spam.predict at C=32" >&2
+  (
+    unset PORT
+    HERE=$SHARED/baseline
+    . "$SHARED/baseline/env.sh"
+    SKIP_SETUP=1 bash "$SHARED/baseline/run.sh" > "$OUT/baseline/c32-run.log" 2>&1
+    "$LOADGEN" --submit-url "http://127.0.0.1:$PORT/predict" --result-url "http://127.0.0.1:$PORT/result/{id}" \
+      --inputs "$INPUTS" --labels "$LABELS" --tally-field result.label \
+      -n 500 -c 32 --poll-ms 10 --warmup 64 --label predict_c32 \
+      2> "$OUT/baseline/predict_c32.err" > "$OUT/baseline/c32.jsonl" || true
+    bash "$SHARED/baseline/stop.sh" > /dev/null 2>&1
+  ) || echo "baseline C=32 run failed; see $OUT/baseline/c32-run.log" >&2
 fi
 
 python3 - "$OUT" << 'PY'
@@ -103,8 +117,8 @@ for k in ["predict_c1", "predict_c8", "predict_c32", "predict_c128", "echo_c1", 
     mb = "" if d.get("mean_batch") is None else f'{d["mean_batch"]:.1f}'
     print(f'| celeriac {k} | {d["concurrency"]} | {d["throughput_tps"]:.1f} | {d["p50_ms"]:.2f} | {d["p90_ms"]:.2f} | {d["p99_ms"]:.2f} | {mb} | {d["server_cpu_pct"]:.0f} | {d["server_rss_mib"]:.0f} | {acc} | {d["failures"]} |')
 pb, nb = b("predict_r"), b("noop_r")
-pc1, nc1 = b("predict_c1"), b("noop_c1")
-for name, r in [("baseline predict (C=8)", pb), ("baseline predict_c1", pc1), ("baseline noop (C=32)", nb), ("baseline noop_c1", nc1)]:
+pc1, nc1, p32 = b("predict_c1"), b("noop_c1"), b("predict_c32")
+for name, r in [("baseline predict_c1", pc1), ("baseline predict (C=8)", pb), ("baseline predict_c32", p32), ("baseline noop_c1", nc1), ("baseline noop (C=32)", nb)]:
     if r:
         print(f'| {name} | {r["c"]} | {r["throughput_tps"]:.1f} | {r["p50_ms"]:.2f} | | {r["p99_ms"]:.2f} | | | | | |')
 c32 = rows.get("predict_c32")
@@ -112,6 +126,9 @@ if pb and c32:
     print()
     print(f'spam.predict: celeriac C=32 {c32["throughput_tps"]:.1f} msgs/s vs baseline C=8 {pb["throughput_tps"]:.1f} tasks/s: {c32["throughput_tps"]/pb["throughput_tps"]:.1f}x; '
           f'p99 {c32["p99_ms"]:.0f} ms vs {pb["p99_ms"]:.0f} ms: {c32["p99_ms"]/pb["p99_ms"]:.2f} of the baseline\'s')
+if p32 and c32:
+    print(f'spam.predict at C=32 on both: {c32["throughput_tps"]:.1f} vs {p32["throughput_tps"]:.1f} msgs/s: {c32["throughput_tps"]/p32["throughput_tps"]:.1f}x; '
+          f'p99 {c32["p99_ms"]:.0f} ms vs {p32["p99_ms"]:.0f} ms: {c32["p99_ms"]/p32["p99_ms"]:.2f} of the baseline\'s')
 e64 = rows.get("echo_c64")
 if nb and e64:
     print(f'no-op: celeriac echo C=64 {e64["throughput_tps"]:.0f}/s vs baseline noop C=32 {nb["throughput_tps"]:.0f}/s: {e64["throughput_tps"]/nb["throughput_tps"]:.0f}x')

@@ -340,11 +340,14 @@ fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
     }
 }
 
+/// Self-attention of one text (see `attention_body`).
+type AttentionFn = fn(&[f32], &mut [f32], usize, usize, f32, &mut [f32]);
+
 /// The element-wise kernels, compiled for the best instruction set this CPU has.
 struct Kernels {
     gelu: fn(&mut [f32]),
     layer_norm: fn(&mut [f32], &[f32], &[f32], f32),
-    attention: fn(&[f32], &mut [f32], usize, usize, f32, &mut [f32]),
+    attention: AttentionFn,
 }
 
 fn kernels() -> &'static Kernels {
@@ -443,7 +446,7 @@ pub fn erf(x: f32) -> f32 {
     p = p * x2 - 2.101_024e-6;
     p = p * x2 - 5.692_506_4e-5;
     p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_600_0e-3;
+    p = p * x2 - 2.954_6e-3;
     p = p * x2 - 1.609_603_3e-2;
     let mut q = -1.456_607_2e-5_f32;
     q = q * x2 - 2.133_740_6e-4;
@@ -466,7 +469,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     // 2^n, built from its exponent bits (n is in [-126, 0]).
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)

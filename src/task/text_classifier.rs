@@ -194,7 +194,9 @@ impl Task for ClassifierTask {
         }
         let lengths: Vec<usize> = rows.iter().map(|(_, ids)| ids.len()).collect();
         // Packed kernels pad nothing: the whole batch is one group.
-        let groups = if self.model.packs_batches() {
+        let groups = if rows.is_empty() {
+            Vec::new()
+        } else if self.model.packs_batches() {
             vec![(0..rows.len()).collect()]
         } else {
             crate::model::length_groups(&lengths, MAX_PADDING_WASTE)

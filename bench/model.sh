@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The model alone, side by side in one run: celeriac's packed CPU kernels, its candle
+# kernels, and PyTorch (the baseline's SpamClassifier, where the baseline venv exists),
+# each on THREADS intra-op threads (default 1): batch-1 latency and batch 8/32
+# throughput over the 1,000 bench inputs. Prints one table; JSON lines go to $OUT.
+#
+#   bench/model.sh              # 1 thread
+#   THREADS=2 N=300 bench/model.sh
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+THREADS=${THREADS:-1}
+N=${N:-300}
+OUT=${OUT:-/tmp/celeriac-bench-model}
+mkdir -p "$OUT"
+: > "$OUT/model.jsonl"
+(cd "$ROOT" && cargo build --release --example bench_model) >&2
+"$ROOT/scripts/fetch-model.sh" models/spam-minilm >&2
+INPUTS=$SHARED/bench/inputs.jsonl
+for k in packed candle; do
+  (cd "$ROOT" && "$CARGO_TARGET_DIR/release/examples/bench_model" --kernels "$k" \
+    --threads "$THREADS" --n "$N" --inputs "$INPUTS") | tail -n 1 >> "$OUT/model.jsonl"
+done
+PY=${PY:-$HOME/.cache/celeriac-baseline/venv/bin/python}
+if [ -x "$PY" ]; then
+  (cd "$ROOT" && "$PY" bench/torch_model.py --threads "$THREADS" --n "$N" --inputs "$INPUTS" \
+    --baseline "$SHARED/baseline") 2> "$OUT/torch.err" | tail -n 1 >> "$OUT/model.jsonl"
+else
+  echo "no PyTorch venv at $PY (run ../shared/baseline/setup.sh): celeriac only" >&2
+fi
+python3 - "$OUT/model.jsonl" << 'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| implementation | threads | load s | batch 1 p50 / p99 ms | batch 1 msgs/s | batch 8 msgs/s | batch 32 msgs/s |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    def b(n):
+        v = r.get(f"b{n}_msgs_per_s")
+        g = r.get(f"b{n}_grouped_msgs_per_s")
+        return "" if v is None else (f"{v:.1f}" + (f" (grouped {g:.1f})" if g else ""))
+    print(f'| {r["impl"]} | {r["threads"]} | {r["load_s"]:.2f} | {r["b1_p50_ms"]:.1f} / {r["b1_p99_ms"]:.1f} | '
+          f'{r["b1_msgs_per_s"]:.1f} | {b(8)} | {b(32)} |')
+PY
