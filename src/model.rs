@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod packed;
+pub mod sgemm;
 pub mod train;
 
 use std::path::{Path, PathBuf};

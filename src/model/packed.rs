@@ -24,11 +24,15 @@ use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
 use super::bert::BertConfig;
+use super::sgemm;
 
-/// A dense layer, `y = x · weightᵀ + bias`, with the weight stored transposed:
-/// `weight_t` is row-major `[in, out]`.
+/// A dense layer, `y = x · weightᵀ + bias`, its weight held transposed (`weight_t`,
+/// row-major `[in, out]`, for the `gemm` crate) and, where this CPU runs [`sgemm`],
+/// also packed for it.
 struct Dense {
     weight_t: Vec<f32>,
+    /// The weight packed for [`sgemm`], when this CPU runs it.
+    panels: Option<Vec<f32>>,
     bias: Vec<f32>,
     inp: usize,
     out: usize,
@@ -71,6 +75,7 @@ fn flat(t: Tensor) -> Result<Vec<f32>> {
 fn dense(vb: &VarBuilder, inp: usize, out: usize) -> Result<Dense> {
     Ok(Dense {
         weight_t: flat(vb.get((out, inp), "weight")?.t()?.contiguous()?)?,
+        panels: None,
         bias: flat(vb.get(out, "bias")?)?,
         inp,
         out,
@@ -100,9 +105,20 @@ fn stack(parts: Vec<Dense>) -> Dense {
     }
     Dense {
         weight_t,
+        panels: None,
         bias,
         inp,
         out,
+    }
+}
+
+impl Dense {
+    /// Also packs the weight for [`sgemm`] where this CPU runs it.
+    fn finish(mut self) -> Self {
+        if sgemm::available() && self.out.is_multiple_of(sgemm::PANEL) {
+            self.panels = Some(sgemm::pack(&self.weight_t, self.inp, self.out));
+        }
+        self
     }
 }
 
@@ -140,11 +156,13 @@ impl PackedEncoder {
                     dense(&a.pp("self.query"), h, h)?,
                     dense(&a.pp("self.key"), h, h)?,
                     dense(&a.pp("self.value"), h, h)?,
-                ]),
-                attn_out: dense(&a.pp("output.dense"), h, h)?,
+                ])
+                .finish(),
+                attn_out: dense(&a.pp("output.dense"), h, h)?.finish(),
                 attn_norm: norm(&a.pp("output.LayerNorm"), h)?,
-                intermediate: dense(&l.pp("intermediate.dense"), h, config.intermediate_size)?,
-                output: dense(&l.pp("output.dense"), config.intermediate_size, h)?,
+                intermediate: dense(&l.pp("intermediate.dense"), h, config.intermediate_size)?
+                    .finish(),
+                output: dense(&l.pp("output.dense"), config.intermediate_size, h)?.finish(),
                 out_norm: norm(&l.pp("output.LayerNorm"), h)?,
             });
         }
@@ -299,6 +317,12 @@ fn add_rows(m: &mut [f32], row: &[f32]) {
     }
 }
 
+/// Batches of up to this many tokens go through [`sgemm`], bigger ones through the
+/// `gemm` crate. Measured with `bench_model` (BENCHMARKS.md): sgemm runs batch 1
+/// (about 24 tokens) in half the time, ties at batch 8 (about 190) and loses at batch
+/// 32 (about 760), where `gemm`'s blocking reuses the weights better.
+const SGEMM_MAX_ROWS: usize = 192;
+
 /// `out += x · weightᵀ`, with `x` `[rows, d.inp]` and `out` `[rows, d.out]`.
 ///
 /// `gemm` vectorises along the destination's unit-stride dimension and wants the
@@ -307,6 +331,11 @@ fn add_rows(m: &mut [f32], row: &[f32]) {
 /// (unit stride along `out`) and `x` as it is: no operand needs transposing at run
 /// time.
 fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
+    if let Some(panels) = &d.panels
+        && x.len() <= SGEMM_MAX_ROWS * d.inp
+    {
+        return sgemm::dense_acc(x, d.inp, panels, out, d.out);
+    }
     let rows = x.len() / d.inp;
     assert_eq!(x.len(), rows * d.inp);
     assert_eq!(out.len(), rows * d.out);

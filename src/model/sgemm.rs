@@ -1,0 +1,254 @@
+//! The dense layers' matrix product on AVX2 + FMA, with weights packed once at load.
+//!
+//! `out[t, o] += Σ_k x[t, k] · w[o, k]` for a `[rows, inp]` activation `x` and a weight
+//! packed into panels of [`PANEL`] outputs: panel `p` holds `w[16p..16p+16, k]` for
+//! every `k`, the 16 values of one `k` side by side. A micro-tile of up to
+//! [`TILE_ROWS`] tokens × 16 outputs keeps its 12 accumulators in registers; per `k` it
+//! loads the panel's two vectors once and broadcasts each token's `x[t, k]`. The loop
+//! runs panel by panel, in blocks of [`KC`] along `k`, so a panel's block stays in L1
+//! while every token tile passes over it.
+//!
+//! Packing the weight at load leaves nothing to pack per call, which is where the
+//! `gemm` crate spends a share of its time on these shapes (BENCHMARKS.md).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Outputs per weight panel (two AVX vectors).
+pub const PANEL: usize = 16;
+/// Tokens per micro-tile: 6 × 2 accumulators, 2 panel vectors and one broadcast fill
+/// 15 of the 16 AVX registers.
+pub const TILE_ROWS: usize = 6;
+/// Block along `k`: a panel's block (16 KiB) and a tile's rows (6 KiB) fit in L1.
+pub const KC: usize = 256;
+/// Activation rows per block: about this many bytes of them, so they stay in L2.
+const ROW_BLOCK_BYTES: usize = 128 * 1024;
+
+/// Whether this CPU runs the kernel (AVX2 and FMA).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Packs a weight given transposed, `[inp, out]` row-major, into panels
+/// (`out` a multiple of [`PANEL`]).
+pub fn pack(weight_t: &[f32], inp: usize, out: usize) -> Vec<f32> {
+    assert!(out.is_multiple_of(PANEL) && weight_t.len() == inp * out);
+    let mut panels = Vec::with_capacity(inp * out);
+    for p in 0..out / PANEL {
+        for k in 0..inp {
+            panels.extend_from_slice(&weight_t[k * out + p * PANEL..][..PANEL]);
+        }
+    }
+    panels
+}
+
+/// `out += x · wᵀ`: `x` is `[rows, inp]`, `out` `[rows, n_out]`, both row-major, and
+/// `panels` the weight packed by [`pack`]. Panels are shared among the calling rayon
+/// pool's threads when it has more than one.
+///
+/// # Panics
+/// When the shapes disagree, or when [`available`] is false.
+pub fn dense_acc(x: &[f32], inp: usize, panels: &[f32], out: &mut [f32], n_out: usize) {
+    assert!(available(), "sgemm::dense_acc needs AVX2 and FMA");
+    assert!(inp > 0 && n_out.is_multiple_of(PANEL));
+    let rows = x.len() / inp;
+    assert_eq!(x.len(), rows * inp);
+    assert_eq!(out.len(), rows * n_out);
+    assert_eq!(panels.len(), inp * n_out);
+    // k in blocks of KC; rows in blocks whose KC-wide slice stays in L2 while every
+    // panel passes over it; a panel's KC block stays in L1 while the block's tiles
+    // pass over it.
+    let block = (ROW_BLOCK_BYTES / (KC * 4) / TILE_ROWS).max(1) * TILE_ROWS;
+    let count = n_out / PANEL;
+    let dst = SendPtr(out.as_mut_ptr());
+    // The row block's KC-wide slice, repacked tile by tile as `[tile][k][TILE_ROWS]`,
+    // so the kernel's broadcasts read one sequential stream.
+    let mut xp = vec![0f32; block * KC];
+    for k0 in (0..inp).step_by(KC) {
+        let kc = KC.min(inp - k0);
+        for r0 in (0..rows).step_by(block) {
+            let n = block.min(rows - r0);
+            for (t, tile) in xp
+                .chunks_exact_mut(kc * TILE_ROWS)
+                .take(n.div_ceil(TILE_ROWS))
+                .enumerate()
+            {
+                for r in 0..TILE_ROWS.min(n - t * TILE_ROWS) {
+                    let row = &x[(r0 + t * TILE_ROWS + r) * inp + k0..][..kc];
+                    for (k, &v) in row.iter().enumerate() {
+                        tile[k * TILE_ROWS + r] = v;
+                    }
+                }
+            }
+            let xp = &xp;
+            let run = |p: usize| {
+                // Safety: AVX2 and FMA are present (asserted above). Panel `p` writes
+                // only columns `16p..16p+16`, so panels never touch the same element;
+                // rows `r0..r0+n`, columns `k0..k0+kc` of `x` and the panel's rows
+                // `k0..k0+kc` are inside the slices whose shapes are asserted above.
+                unsafe {
+                    panel(
+                        xp.as_ptr(),
+                        n,
+                        panels.as_ptr().add(p * inp * PANEL + k0 * PANEL),
+                        kc,
+                        dst.get().add(r0 * n_out + p * PANEL),
+                        n_out,
+                    )
+                }
+            };
+            if rayon::current_num_threads() > 1 {
+                use rayon::prelude::*;
+                (0..count).into_par_iter().for_each(run);
+            } else {
+                (0..count).for_each(run);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// Safety: threads write disjoint columns through it (see `dense_acc`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One panel over one block of rows and of `k`: `xp` the block's rows repacked
+/// (`[tile][k][TILE_ROWS]`), `w` at the panel's first `k` of the block, `out` at the
+/// block's first row and the panel's first column (row stride `ldo`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn panel(xp: *const f32, rows: usize, w: *const f32, kc: usize, out: *mut f32, ldo: usize) {
+    let mut t = 0;
+    while t + TILE_ROWS <= rows {
+        unsafe { tile::<TILE_ROWS>(xp.add(t * kc), w, kc, out.add(t * ldo), ldo) };
+        t += TILE_ROWS;
+    }
+    let (xs, os) = unsafe { (xp.add(t * kc), out.add(t * ldo)) };
+    unsafe {
+        match rows - t {
+            0 => {}
+            1 => tile::<1>(xs, w, kc, os, ldo),
+            2 => tile::<2>(xs, w, kc, os, ldo),
+            3 => tile::<3>(xs, w, kc, os, ldo),
+            4 => tile::<4>(xs, w, kc, os, ldo),
+            _ => tile::<5>(xs, w, kc, os, ldo),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn panel(_: *const f32, _: usize, _: *const f32, _: usize, _: *mut f32, _: usize) {
+    unreachable!("sgemm needs x86_64 AVX2")
+}
+
+/// `R` tokens × 16 outputs over `kc` values of `k`: `xp` the tile's rows repacked
+/// (`[k][TILE_ROWS]`, the first `R` of each `k` used), `w` at the panel's first `k`,
+/// `out` at the tile's first element, row stride `ldo`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile<const R: usize>(
+    xp: *const f32,
+    w: *const f32,
+    kc: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for k in 0..kc {
+        // Safety (this block): the caller keeps `k < kc` inside the panel and the rows.
+        unsafe {
+            let w0 = _mm256_loadu_ps(w.add(k * PANEL));
+            let w1 = _mm256_loadu_ps(w.add(k * PANEL + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*xp.add(k * TILE_ROWS + r));
+                a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        // Safety: row `r < R` of the tile, 16 columns inside `out`.
+        unsafe {
+            let o = out.add(r * ldo);
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), a[0]));
+            _mm256_storeu_ps(o.add(8), _mm256_add_ps(_mm256_loadu_ps(o.add(8)), a[1]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_direct_product_on_ragged_shapes() {
+        if !available() {
+            return;
+        }
+        // Rows not a multiple of the tile, k longer than one block and not a multiple.
+        for (rows, inp, out) in [(1, 3, 16), (7, 300, 32), (13, 600, 48), (6, 256, 16)] {
+            let x: Vec<f32> = (0..rows * inp)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.01)
+                .collect();
+            let w: Vec<f32> = (0..out * inp)
+                .map(|i| ((i * 17 % 89) as f32 - 44.0) * 0.01)
+                .collect();
+            let mut wt = vec![0f32; inp * out];
+            for o in 0..out {
+                for k in 0..inp {
+                    wt[k * out + o] = w[o * inp + k];
+                }
+            }
+            let start: Vec<f32> = (0..rows * out).map(|i| i as f32 * 0.5).collect();
+            let mut got = start.clone();
+            dense_acc(&x, inp, &pack(&wt, inp, out), &mut got, out);
+            for t in 0..rows {
+                for o in 0..out {
+                    let want = start[t * out + o] as f64
+                        + (0..inp)
+                            .map(|k| x[t * inp + k] as f64 * w[o * inp + k] as f64)
+                            .sum::<f64>();
+                    let g = got[t * out + o] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{rows}x{inp}x{out} at ({t}, {o}): {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_split_panels_without_changing_the_result() {
+        if !available() {
+            return;
+        }
+        let (rows, inp, out) = (11, 384, 64);
+        let x: Vec<f32> = (0..rows * inp).map(|i| (i % 13) as f32 * 0.1).collect();
+        let wt: Vec<f32> = (0..inp * out).map(|i| (i % 7) as f32 * -0.1).collect();
+        let panels = pack(&wt, inp, out);
+        let mut one = vec![1f32; rows * out];
+        dense_acc(&x, inp, &panels, &mut one, out);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut two = vec![1f32; rows * out];
+        pool.install(|| dense_acc(&x, inp, &panels, &mut two, out));
+        assert_eq!(one, two);
+    }
+}
