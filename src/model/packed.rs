@@ -321,9 +321,10 @@ fn add_rows(m: &mut [f32], row: &[f32]) {
 
 /// Batches of up to this many tokens go through [`sgemm`], bigger ones through the
 /// `gemm` crate. Measured with `bench_model` (BENCHMARKS.md): sgemm runs batch 1
-/// (about 24 tokens) in half the time, ties at batch 8 (about 190) and loses at batch
-/// 32 (about 760), where `gemm`'s blocking reuses the weights better.
-const SGEMM_MAX_ROWS: usize = 192;
+/// (about 24 tokens) in less than half the time and batches 4–10 (up to about 240) 8–14 %
+/// faster, but loses at 16 and 32, where `gemm`'s blocking reuses the weights better.
+/// Up to this size the activations are one of sgemm's row blocks (252 tokens).
+const SGEMM_MAX_ROWS: usize = sgemm::ROW_BLOCK;
 
 /// `out += x · weightᵀ`, with `x` `[rows, d.inp]` and `out` `[rows, d.out]`.
 ///

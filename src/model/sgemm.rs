@@ -21,8 +21,9 @@ pub const PANEL: usize = 16;
 pub const TILE_ROWS: usize = 6;
 /// Block along `k`: a panel's block (16 KiB) and a tile's rows (6 KiB) fit in L1.
 pub const KC: usize = 256;
-/// Activation rows per block: about this many bytes of them, so they stay in L2.
-const ROW_BLOCK_BYTES: usize = 128 * 1024;
+/// Activation rows per block: a block's [`KC`]-wide slice takes at most 256 KiB, so it
+/// stays in L2 while every panel passes over it (252 rows).
+pub const ROW_BLOCK: usize = 256 * 1024 / (KC * 4) / TILE_ROWS * TILE_ROWS;
 
 /// Whether this CPU runs the kernel (AVX2 and FMA).
 pub fn available() -> bool {
@@ -65,7 +66,7 @@ pub fn dense_acc(x: &[f32], inp: usize, panels: &[f32], out: &mut [f32], n_out: 
     // k in blocks of KC; rows in blocks whose KC-wide slice stays in L2 while every
     // panel passes over it; a panel's KC block stays in L1 while the block's tiles
     // pass over it.
-    let block = (ROW_BLOCK_BYTES / (KC * 4) / TILE_ROWS).max(1) * TILE_ROWS;
+    let block = ROW_BLOCK;
     let count = n_out / PANEL;
     let dst = SendPtr(out.as_mut_ptr());
     // The row block's KC-wide slice, repacked tile by tile as `[tile][k][TILE_ROWS]`,
@@ -199,8 +200,15 @@ mod tests {
         if !available() {
             return;
         }
-        // Rows not a multiple of the tile, k longer than one block and not a multiple.
-        for (rows, inp, out) in [(1, 3, 16), (7, 300, 32), (13, 600, 48), (6, 256, 16)] {
+        // Rows not a multiple of the tile, k longer than one block and not a multiple,
+        // rows over more than one row block.
+        for (rows, inp, out) in [
+            (1, 3, 16),
+            (7, 300, 32),
+            (13, 600, 48),
+            (6, 256, 16),
+            (ROW_BLOCK + 7, 270, 16),
+        ] {
             let x: Vec<f32> = (0..rows * inp)
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.01)
                 .collect();
