@@ -139,6 +139,9 @@ impl PackedEncoder {
         if h == 0 || heads == 0 || !h.is_multiple_of(heads) {
             candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
         }
+        if config.type_vocab_size == 0 || config.intermediate_size == 0 {
+            candle_core::bail!("type_vocab_size and intermediate_size must be at least 1");
+        }
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
             vb.pp("bert")
         } else {

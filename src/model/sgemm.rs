@@ -71,7 +71,7 @@ pub fn dense_acc(x: &[f32], inp: usize, panels: &[f32], out: &mut [f32], n_out: 
     let dst = SendPtr(out.as_mut_ptr());
     // The row block's KC-wide slice, repacked tile by tile as `[tile][k][TILE_ROWS]`,
     // so the kernel's broadcasts read one sequential stream.
-    let mut xp = vec![0f32; block * KC];
+    let mut xp = vec![0f32; rows.min(block).div_ceil(TILE_ROWS) * TILE_ROWS * KC];
     for k0 in (0..inp).step_by(KC) {
         let kc = KC.min(inp - k0);
         for r0 in (0..rows).step_by(block) {
