@@ -114,14 +114,10 @@ fn main() {
                     .iter()
                     .map(|t| model.token_ids(t).unwrap())
                     .collect();
-                let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-                for g in celeriac::model::length_groups(&lengths, 0.25) {
-                    padded += g.iter().map(|&i| lengths[i]).max().unwrap() * g.len();
-                    real += g.iter().map(|&i| lengths[i]).sum::<usize>();
-                    model
-                        .predict_tokens(g.iter().map(|&i| ids[i].clone()).collect())
-                        .unwrap();
-                }
+                let (probs, computed) = model.predict_batch(&ids);
+                assert!(probs.iter().all(Result::is_ok));
+                padded += computed;
+                real += ids.iter().map(Vec::len).sum::<usize>();
             }
             let grouped = (rounds * b) as f64 / t.elapsed().as_secs_f64();
             let ratio = padded as f64 / real as f64;

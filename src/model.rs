@@ -286,13 +286,14 @@ impl TextClassifier {
             .map_err(runtime)
     }
 
+    /// Token ids of each text.
+    fn token_ids_of(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, ModelError> {
+        texts.iter().map(|t| self.token_ids(t)).collect()
+    }
+
     /// Tokenizes and pads to the longest text of the batch.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Batch, ModelError> {
-        let token_ids: Vec<Vec<u32>> = texts
-            .iter()
-            .map(|t| self.token_ids(t))
-            .collect::<Result<_, _>>()?;
-        self.pad(token_ids)
+        self.pad(self.token_ids_of(texts)?)
     }
 
     /// Pads tokenized texts to the longest of them.
@@ -342,49 +343,45 @@ impl TextClassifier {
 
     /// Pooled (and, per the manifest, normalised) embeddings, `[batch, hidden]`.
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
-        self.embed_batch(&self.tokenize(texts)?)
+        self.embed_tokens(self.token_ids_of(texts)?)
     }
 
-    fn embed_batch(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+    /// Embeddings of tokenized texts run as one batch: packed, or padded to the
+    /// longest of them (candle kernels).
+    fn embed_tokens(&self, token_ids: Vec<Vec<u32>>) -> Result<Tensor, ModelError> {
         match &self.encoder {
             Encoder::Candle(e) => {
+                let batch = self.pad(token_ids)?;
                 let hidden = e.forward(&batch.ids, &batch.mask).map_err(runtime)?;
                 bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
             }
             Encoder::Packed(e) => {
-                let packed = e.forward(&batch.token_ids).map_err(runtime)?;
+                let packed = e.forward(&token_ids).map_err(runtime)?;
                 let pooled = packed::mean_pool(
                     &packed,
-                    &batch.token_ids,
+                    &token_ids,
                     e.hidden_size(),
                     self.manifest.normalize,
                 );
-                Tensor::from_vec(
-                    pooled,
-                    (batch.token_ids.len(), e.hidden_size()),
-                    &self.device,
-                )
-                .map_err(runtime)
+                Tensor::from_vec(pooled, (token_ids.len(), e.hidden_size()), &self.device)
+                    .map_err(runtime)
             }
         }
     }
 
     /// Class probabilities per text, in label order.
     pub fn predict(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let token_ids = texts
-            .iter()
-            .map(|t| self.token_ids(t))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.predict_tokens(token_ids)
+        self.predict_tokens(self.token_ids_of(texts)?)
     }
 
-    /// Class probabilities for already tokenized texts, padded together.
+    /// Class probabilities for already tokenized texts run as one batch: packed, or
+    /// padded to the longest of them (candle kernels).
     pub fn predict_tokens(&self, token_ids: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, ModelError> {
         let (weight, bias) = self
             .head
             .as_ref()
             .ok_or_else(|| runtime("this model was loaded without its head"))?;
-        let emb = self.embed_batch(&self.pad(token_ids)?)?;
+        let emb = self.embed_tokens(token_ids)?;
         let logits = emb
             .matmul(&weight.t().map_err(runtime)?)
             .and_then(|l| l.broadcast_add(bias))
@@ -394,11 +391,52 @@ impl TextClassifier {
             .map_err(runtime)
     }
 
+    /// Class probabilities for a served batch, in input order, and the tokens computed
+    /// for it, padding included. Packed kernels run the texts as one batch; candle
+    /// kernels group them by length ([`length_groups`], [`MAX_PADDING_WASTE`]) and run
+    /// each group padded. A group that fails fails only its own texts.
+    pub fn predict_batch(&self, token_ids: &[Vec<u32>]) -> (Vec<Result<Vec<f32>, String>>, usize) {
+        let lengths: Vec<usize> = token_ids.iter().map(Vec::len).collect();
+        let groups = if token_ids.is_empty() {
+            Vec::new()
+        } else if self.packs_batches() {
+            vec![(0..token_ids.len()).collect()]
+        } else {
+            length_groups(&lengths, MAX_PADDING_WASTE)
+        };
+        let mut out: Vec<Result<Vec<f32>, String>> = vec![Ok(Vec::new()); token_ids.len()];
+        let mut computed = 0;
+        for group in groups {
+            computed += if self.packs_batches() {
+                group.iter().map(|&g| lengths[g]).sum()
+            } else {
+                group.iter().map(|&g| lengths[g]).max().unwrap_or(0) * group.len()
+            };
+            let tokens = group.iter().map(|&g| token_ids[g].clone()).collect();
+            match self.predict_tokens(tokens) {
+                Ok(probs) => {
+                    for (&g, p) in group.iter().zip(probs) {
+                        out[g] = Ok(p);
+                    }
+                }
+                Err(e) => {
+                    for &g in &group {
+                        out[g] = Err(e.to_string());
+                    }
+                }
+            }
+        }
+        (out, computed)
+    }
+
     /// The hidden size of the encoder.
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
 }
+
+/// Padding a length group may add, as a fraction of its real tokens (candle kernels).
+pub const MAX_PADDING_WASTE: f64 = 0.25;
 
 /// Groups texts by token count so padding stays small: sorts them by length and starts
 /// a new group when padding the next (longest so far) text in would make the group's

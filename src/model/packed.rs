@@ -223,7 +223,6 @@ impl PackedEncoder {
             return Ok(x);
         }
         let par = parallelism();
-        let k = kernels();
         for (ids, &start) in texts.iter().zip(&offsets) {
             for (p, &id) in ids.iter().enumerate() {
                 let row = &mut x[(start + p) * h..(start + p + 1) * h];
@@ -234,7 +233,7 @@ impl PackedEncoder {
                 }
             }
         }
-        (k.layer_norm)(&mut x, &self.emb_norm.weight, &self.emb_norm.bias, self.eps);
+        layer_norm(&mut x, &self.emb_norm.weight, &self.emb_norm.bias, self.eps);
 
         let inter = self.layers.first().map_or(0, |l| l.intermediate.out);
         let mut qkv = vec![0f32; tokens * 3 * h];
@@ -250,7 +249,7 @@ impl PackedEncoder {
             // Attention, per text and head, over the text's own tokens.
             for w in offsets.windows(2) {
                 let (s, e) = (w[0], w[1]);
-                (k.attention)(
+                attention(
                     &qkv[s * 3 * h..e * 3 * h],
                     &mut ctx[s * h..e * h],
                     self.heads,
@@ -262,15 +261,15 @@ impl PackedEncoder {
             // x = norm(x + ctx · Woᵀ + bo)
             add_rows(&mut x, &l.attn_out.bias);
             dense_acc(&ctx, &l.attn_out, &mut x, par);
-            (k.layer_norm)(&mut x, &l.attn_norm.weight, &l.attn_norm.bias, self.eps);
+            layer_norm(&mut x, &l.attn_norm.weight, &l.attn_norm.bias, self.eps);
             // mid = gelu(x · Wiᵀ + bi)
             fill_rows(&mut mid, &l.intermediate.bias);
             dense_acc(&x, &l.intermediate, &mut mid, par);
-            (k.gelu)(&mut mid);
+            gelu(&mut mid);
             // x = norm(x + mid · Wᵀ + b)
             add_rows(&mut x, &l.output.bias);
             dense_acc(&mid, &l.output, &mut x, par);
-            (k.layer_norm)(&mut x, &l.out_norm.weight, &l.out_norm.bias, self.eps);
+            layer_norm(&mut x, &l.out_norm.weight, &l.out_norm.bias, self.eps);
         }
         Ok(x)
     }
@@ -375,69 +374,21 @@ fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
     }
 }
 
-/// Self-attention of one text (see `attention_body`).
-type AttentionFn = fn(&[f32], &mut [f32], usize, usize, f32, &mut [f32]);
+// The element-wise kernels: one body each, compiled twice (baseline and AVX2 + FMA)
+// and chosen at run time with the same detection as `sgemm`.
 
-/// The element-wise kernels, compiled for the best instruction set this CPU has.
-struct Kernels {
-    gelu: fn(&mut [f32]),
-    layer_norm: fn(&mut [f32], &[f32], &[f32], f32),
-    attention: AttentionFn,
-}
-
-fn kernels() -> &'static Kernels {
-    static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
-    KERNELS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Kernels {
-                gelu: avx2::gelu,
-                layer_norm: avx2::layer_norm,
-                attention: avx2::attention,
-            };
-        }
-        Kernels {
-            gelu: generic::gelu,
-            layer_norm: generic::layer_norm,
-            attention: generic::attention,
-        }
-    })
-}
-
-/// The kernels, compiled for the baseline instruction set.
-mod generic {
-    pub fn gelu(x: &mut [f32]) {
-        super::gelu_body(x)
-    }
-    pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-        super::layer_norm_body(x, w, b, eps)
-    }
-    pub fn attention(
-        qkv: &[f32],
-        ctx: &mut [f32],
-        heads: usize,
-        d: usize,
-        scale: f32,
-        scratch: &mut [f32],
-    ) {
-        super::attention_body(qkv, ctx, heads, d, scale, scratch)
-    }
-}
-
-/// The same kernels, compiled with AVX2 and FMA enabled.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn gelu_impl(x: &mut [f32]) {
+    pub unsafe fn gelu(x: &mut [f32]) {
         super::gelu_body(x)
     }
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn layer_norm_impl(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         super::layer_norm_body(x, w, b, eps)
     }
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attention_impl(
+    pub unsafe fn attention(
         qkv: &[f32],
         ctx: &mut [f32],
         heads: usize,
@@ -447,24 +398,43 @@ mod avx2 {
     ) {
         super::attention_body(qkv, ctx, heads, d, scale, scratch)
     }
+}
 
-    // Safety (all three): only installed by `kernels()` after detecting AVX2 and FMA.
-    pub fn gelu(x: &mut [f32]) {
-        unsafe { gelu_impl(x) }
+/// GELU in place.
+fn gelu(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if sgemm::available() {
+        // Safety: AVX2 and FMA were detected.
+        return unsafe { avx2::gelu(x) };
     }
-    pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-        unsafe { layer_norm_impl(x, w, b, eps) }
+    gelu_body(x)
+}
+
+/// Layer norm of every row of `x`, in place (see `layer_norm_body`).
+fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if sgemm::available() {
+        // Safety: AVX2 and FMA were detected.
+        return unsafe { avx2::layer_norm(x, w, b, eps) };
     }
-    pub fn attention(
-        qkv: &[f32],
-        ctx: &mut [f32],
-        heads: usize,
-        d: usize,
-        scale: f32,
-        scratch: &mut [f32],
-    ) {
-        unsafe { attention_impl(qkv, ctx, heads, d, scale, scratch) }
+    layer_norm_body(x, w, b, eps)
+}
+
+/// Self-attention of one text (see `attention_body`).
+fn attention(
+    qkv: &[f32],
+    ctx: &mut [f32],
+    heads: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if sgemm::available() {
+        // Safety: AVX2 and FMA were detected.
+        return unsafe { avx2::attention(qkv, ctx, heads, d, scale, scratch) };
     }
+    attention_body(qkv, ctx, heads, d, scale, scratch)
 }
 
 /// Lanes of the hand-split reductions (one AVX register of f32).
@@ -636,22 +606,22 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.13)
             .collect();
         let (mut a, mut b) = (x.clone(), x.clone());
-        (kernels().gelu)(&mut a);
-        generic::gelu(&mut b);
+        gelu(&mut a);
+        gelu_body(&mut b);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() < 1e-6);
         }
         let w: Vec<f32> = (0..100).map(|i| 1.0 + i as f32 * 0.01).collect();
         let bias: Vec<f32> = (0..100).map(|i| i as f32 * -0.02).collect();
         let (mut a, mut b) = (x.clone(), x.clone());
-        (kernels().layer_norm)(&mut a, &w, &bias, 1e-12);
-        generic::layer_norm(&mut b, &w, &bias, 1e-12);
+        layer_norm(&mut a, &w, &bias, 1e-12);
+        layer_norm_body(&mut b, &w, &bias, 1e-12);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() < 1e-5);
         }
         // A normalised row has mean 0 and variance 1 before the affine part.
         let mut row: Vec<f32> = x[..100].to_vec();
-        generic::layer_norm(&mut row, &[1.0; 100], &[0.0; 100], 1e-12);
+        layer_norm_body(&mut row, &[1.0; 100], &[0.0; 100], 1e-12);
         let mean = row.iter().sum::<f32>() / 100.0;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 100.0;
         assert!(
@@ -670,7 +640,7 @@ mod tests {
         let mut ctx = vec![0f32; len * h];
         let mut scratch = vec![0f32; len * (d + 1)];
         let scale = 0.5;
-        (kernels().attention)(&qkv, &mut ctx, heads, d, scale, &mut scratch);
+        attention(&qkv, &mut ctx, heads, d, scale, &mut scratch);
         for head in 0..heads {
             for i in 0..len {
                 let q = |c: usize| qkv[i * 3 * h + head * d + c];

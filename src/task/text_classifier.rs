@@ -139,9 +139,6 @@ impl TaskFactory for ClassifierFactory {
     }
 }
 
-/// Padding a length group may add, as a fraction of its real tokens.
-const MAX_PADDING_WASTE: f64 = 0.25;
-
 struct ClassifierTask {
     task: String,
     model: Arc<TextClassifier>,
@@ -176,55 +173,30 @@ impl Task for ClassifierTask {
         Ok(self.answer(&probs[0]))
     }
 
-    /// Tokenizes every input and runs them as one packed batch (CPU), or groups them
-    /// by length (little padding) and runs each group as one padded batch (candle
-    /// kernels); answers in input order. Results equal `run`'s: packing and the
-    /// attention mask keep texts apart.
+    /// Tokenizes every input and runs them through `predict_batch` (one packed batch
+    /// on the CPU, length groups with the candle kernels); answers in input order.
+    /// Results equal `run`'s: packing and the attention mask keep texts apart.
     fn run_batch(&mut self, inputs: &[&Value]) -> Vec<Result<Value, TaskError>> {
         let max_chars = self.model.manifest.max_chars;
         let mut out: Vec<Option<Result<Value, TaskError>>> = vec![None; inputs.len()];
-        let mut rows: Vec<(usize, Vec<u32>)> = Vec::with_capacity(inputs.len());
+        // The valid inputs: their positions and their token ids.
+        let (mut at, mut tokens) = (Vec::new(), Vec::new());
         for (i, input) in inputs.iter().enumerate() {
             match text_of(input, max_chars)
                 .and_then(|t| self.model.token_ids(t).map_err(|e| e.to_string()))
             {
-                Ok(ids) => rows.push((i, ids)),
+                Ok(ids) => {
+                    at.push(i);
+                    tokens.push(ids);
+                }
                 Err(e) => out[i] = Some(Err(TaskError(e))),
             }
         }
-        let lengths: Vec<usize> = rows.iter().map(|(_, ids)| ids.len()).collect();
-        // Packed kernels pad nothing: the whole batch is one group.
-        let groups = if rows.is_empty() {
-            Vec::new()
-        } else if self.model.packs_batches() {
-            vec![(0..rows.len()).collect()]
-        } else {
-            crate::model::length_groups(&lengths, MAX_PADDING_WASTE)
-        };
-        let (mut padded, real): (usize, usize) = (0, lengths.iter().sum());
-        self.threads.install(|| {
-            for group in &groups {
-                padded += if self.model.packs_batches() {
-                    group.iter().map(|&g| lengths[g]).sum()
-                } else {
-                    let longest = group.iter().map(|&g| lengths[g]).max().unwrap_or(0);
-                    longest * group.len()
-                };
-                let tokens: Vec<Vec<u32>> = group.iter().map(|&g| rows[g].1.clone()).collect();
-                match self.model.predict_tokens(tokens) {
-                    Ok(probs) => {
-                        for (&g, p) in group.iter().zip(&probs) {
-                            out[rows[g].0] = Some(Ok(self.answer(p)));
-                        }
-                    }
-                    Err(e) => {
-                        for &g in group {
-                            out[rows[g].0] = Some(Err(TaskError(e.to_string())));
-                        }
-                    }
-                }
-            }
-        });
+        let real: usize = tokens.iter().map(Vec::len).sum();
+        let (probs, padded) = self.threads.install(|| self.model.predict_batch(&tokens));
+        for (i, p) in at.into_iter().zip(probs) {
+            out[i] = Some(p.map(|p| self.answer(&p)).map_err(TaskError));
+        }
         if real > 0 {
             crate::metrics::padding(&self.task, padded, real);
         }
