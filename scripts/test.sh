@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/celeriac-target}
 command -v cargo > /dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 cargo fmt --all -- --check
+# Lints on the release profile, so they share the test build's dependencies.
+cargo clippy --release --locked --all-targets -- -D warnings
 scripts/fetch-model.sh models/spam-minilm
 cargo test --release --locked "$@"

@@ -1,9 +1,10 @@
-//! The actor tree: a [`supervisor::Supervisor`] that links a
-//! [`dispatcher::Dispatcher`] and every pool's [`worker::Worker`]s.
+//! The actor tree: a [`supervisor::Supervisor`] that links one [`pool::Pool`] actor per
+//! pool, each of which links its [`worker::Worker`]s. The messages between them are on
+//! one page, [`protocol`]; the autoscaler's decision is a pure function in
+//! [`autoscale`].
 
-pub mod dispatcher;
+pub mod autoscale;
+pub mod pool;
+pub mod protocol;
 pub mod supervisor;
 pub mod worker;
-
-/// A worker's id, unique for the life of the process.
-pub type WorkerId = u64;

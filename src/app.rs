@@ -10,37 +10,12 @@ use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 
-use crate::actors::dispatcher::DispatcherMessage;
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};
 use crate::config::{Config, secs};
 use crate::pool::PoolShared;
+pub use crate::state::AppState;
 use crate::store::TaskStore;
 use crate::task::Registry;
-
-/// What the HTTP handlers share.
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Config,
-    /// Task records.
-    pub store: Arc<TaskStore>,
-    /// Registered tasks.
-    pub registry: Arc<Registry>,
-    /// Every pool, by index (config order).
-    pub pools: Vec<Arc<PoolShared>>,
-    /// Where submits go.
-    pub dispatcher: ActorRef<DispatcherMessage>,
-    /// Where resizes go.
-    pub supervisor: ActorRef<SupervisorMessage>,
-    /// Cleared when shutdown starts: submits then get 503.
-    pub accepting: AtomicBool,
-}
-
-impl AppState {
-    /// Whether every queued and running task has finished.
-    pub fn drained(&self) -> bool {
-        self.pools.iter().all(|p| p.is_drained())
-    }
-}
 
 /// A started celeriac: the actor tree is up and every worker has loaded its tasks.
 pub struct App {
@@ -53,7 +28,6 @@ impl App {
     /// errors name the task and the model or setting.
     pub async fn start(config: Config) -> anyhow::Result<App> {
         config.validate()?;
-        crate::metrics::install();
         let pools: Vec<Arc<PoolShared>> = config
             .pools
             .iter()
@@ -65,7 +39,19 @@ impl App {
                 .position(|p| p.name == name)
                 .expect("validate() checked every route. This is a bug.")
         };
+        crate::metrics::install();
         let registry = Arc::new(Registry::from_config(&config, index)?);
+        let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let tasks: Vec<(&str, &str, bool)> = registry
+            .names()
+            .into_iter()
+            .map(|t| {
+                let reg = registry.get(t).expect("listed by the registry");
+                (t, names[reg.pool], reg.factory.pads_batches())
+            })
+            .collect();
+        crate::metrics::register(&names, &tasks);
+        crate::metrics::register_http(crate::http::ROUTES);
         let store = Arc::new(TaskStore::new(secs(config.results.ttl_seconds)));
         let (supervisor, _) = Actor::spawn(
             None,
@@ -80,7 +66,7 @@ impl App {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("starting the worker pools")?;
-        let dispatcher = ractor::call_t!(supervisor, SupervisorMessage::Dispatcher, 5_000)
+        let pool_actors = ractor::call_t!(supervisor, SupervisorMessage::Pools, 5_000)
             .map_err(|e| anyhow::anyhow!("supervisor did not answer: {e}"))?;
         for p in &pools {
             tracing::info!(pool = %p.name, kind = p.config.kind.as_str(), workers = p.config.size(), "pool started");
@@ -90,8 +76,7 @@ impl App {
             store,
             registry,
             pools,
-            dispatcher,
-            supervisor: supervisor.clone(),
+            pool_actors,
             accepting: AtomicBool::new(true),
         });
         Ok(App { state, supervisor })
@@ -148,7 +133,10 @@ impl App {
             let left: usize = state
                 .pools
                 .iter()
-                .map(|p| p.queued.load(Ordering::Acquire) + p.busy.load(Ordering::Acquire))
+                .map(|p| {
+                    let s = p.status();
+                    p.admitted() + s.busy + s.stopping
+                })
                 .sum();
             tracing::warn!(
                 left,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration error; the message names the setting to change.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigErro
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The HTTP server.
@@ -73,7 +73,7 @@ pub struct Config {
 }
 
 /// `[server]`: the HTTP listener and request limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on; `--listen` and `CELERIAC_LISTEN` override it.
@@ -94,7 +94,7 @@ pub struct ServerConfig {
 }
 
 /// `[results]`: how long finished task records are kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsConfig {
     /// A finished task's record is deleted this long after it finished (then 404).
@@ -105,30 +105,37 @@ pub struct ResultsConfig {
     pub sweep_interval_seconds: f64,
 }
 
-/// `[supervisor]`: worker restarts.
-#[derive(Debug, Clone, Deserialize)]
+/// `[supervisor]`: starting workers again.
+///
+/// A task that panics fails alone and its worker goes on with a fresh task instance; a
+/// worker that is lost (time limit, crash) is replaced at once. Back-off and the budget
+/// apply only to workers that fail to *start* (a model that will not load, a device that
+/// is gone), so nothing a task does can take a pool down.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
-    /// First restart delay after a worker is lost; doubles on each consecutive loss.
+    /// First delay before a slot whose worker failed to start tries again; doubles on
+    /// each consecutive failure of that slot.
     #[serde(default = "default_backoff_initial_ms")]
     pub backoff_initial_ms: u64,
-    /// Ceiling of the restart delay.
+    /// Ceiling of that delay.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
-    /// Most restarts per pool within `restart_window_seconds`; past it the lost worker's
-    /// slot is parked (not restarted) and readiness reports the pool as degraded.
+    /// Most failed starts per pool within `restart_window_seconds`; past it the slot is
+    /// parked (not tried again until the pool is resized) and readiness reports it.
     #[serde(default = "default_restart_budget")]
     pub restart_budget: u32,
     /// The window the restart budget counts over.
     #[serde(default = "default_restart_window_seconds")]
     pub restart_window_seconds: f64,
-    /// How often the dispatcher checks running tasks against their time limit.
+    /// How often each pool actor checks running tasks against the time limit (and
+    /// publishes the age of its oldest queued task).
     #[serde(default = "default_time_limit_check_ms")]
     pub time_limit_check_ms: u64,
 }
 
 /// How a pool's workers run tasks (Celery's `--pool`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolKind {
     /// Each worker runs tasks on its own OS thread.
@@ -148,7 +155,7 @@ impl PoolKind {
 }
 
 /// `[pools.NAME]`: one named worker pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// `threads` or `solo`.
@@ -163,7 +170,10 @@ pub struct PoolConfig {
     /// A task running longer fails with `time limit exceeded`, and its worker is replaced.
     #[serde(default = "default_time_limit_seconds")]
     pub time_limit_seconds: f64,
-    /// How many times a task is re-queued (`RETRY`) after its worker was lost.
+    /// How many times a task is re-queued (`RETRY`) after its worker was lost (a
+    /// crash, not a panic: a task that panics fails at once). 0, as in Celery, fails it
+    /// with "worker lost"; more is Celery's `task_reject_on_worker_lost` with acks-late,
+    /// bounded.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Devices the workers are spread over, round-robin: `cpu`, `cuda:0`, ...
@@ -189,12 +199,12 @@ pub struct PoolConfig {
     pub max_batch_size: usize,
     /// How long a queue shorter than a batch may wait to fill one, in milliseconds;
     /// only while another worker of the pool is busy (an idle pool never waits).
-    #[serde(default)]
+    #[serde(default = "default_max_batch_delay_ms")]
     pub max_batch_delay_ms: f64,
 }
 
 /// `[pools.NAME.autoscale]`: grow when work queues, shrink after an idle cool-down.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscaleConfig {
     /// Fewest workers.
@@ -218,6 +228,52 @@ pub struct AutoscaleConfig {
     /// How often the autoscaler looks.
     #[serde(default = "default_autoscale_check_ms")]
     pub check_interval_ms: u64,
+}
+
+impl AutoscaleConfig {
+    /// Checks the tuning; an error names the field and what is allowed.
+    pub fn validate_tuning(&self) -> Result<(), (&'static str, String)> {
+        let seconds = |v: f64| v.is_finite() && v > 0.0;
+        if self.scale_up_queue_depth == 0 {
+            return Err(("scale_up_queue_depth", "must be at least 1".into()));
+        }
+        if self.check_interval_ms == 0 {
+            return Err(("check_interval_ms", "must be at least 1".into()));
+        }
+        if !seconds(self.scale_up_cooldown_seconds) {
+            return Err((
+                "scale_up_cooldown_seconds",
+                format!(
+                    "must be a positive number, got {}",
+                    self.scale_up_cooldown_seconds
+                ),
+            ));
+        }
+        if !seconds(self.scale_down_idle_seconds) {
+            return Err((
+                "scale_down_idle_seconds",
+                format!(
+                    "must be a positive number, got {}",
+                    self.scale_down_idle_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bounds with the default tuning: what the admin API sets on a pool whose file
+    /// has no `[pools.NAME.autoscale]` table.
+    pub fn with_bounds(min: usize, max: usize) -> Self {
+        AutoscaleConfig {
+            min,
+            max,
+            scale_up_queue_depth: default_scale_up_queue_depth(),
+            scale_up_wait_ms: default_scale_up_wait_ms(),
+            scale_up_cooldown_seconds: default_scale_up_cooldown_seconds(),
+            scale_down_idle_seconds: default_scale_down_idle_seconds(),
+            check_interval_ms: default_autoscale_check_ms(),
+        }
+    }
 }
 
 /// A device a worker runs its model on.
@@ -302,7 +358,7 @@ impl PoolConfig {
 }
 
 /// `[tasks."NAME"]`: a registered task, its kind and the pool it is routed to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// The pool that runs it (Celery's `task_routes`).
@@ -355,22 +411,25 @@ fn default_concurrency() -> usize {
     2
 }
 fn default_queue_capacity() -> usize {
-    10_000
+    1000
 }
 fn default_time_limit_seconds() -> f64 {
-    300.0
+    60.0
 }
 fn default_max_retries() -> u32 {
-    2
+    0
 }
 fn default_nice() -> i32 {
     15
 }
 fn default_max_batch_size() -> usize {
-    1
+    32
+}
+fn default_max_batch_delay_ms() -> f64 {
+    2.0
 }
 fn default_max_concurrency() -> usize {
-    64
+    16
 }
 fn default_scale_up_queue_depth() -> usize {
     4
@@ -597,20 +656,8 @@ impl Config {
                         ),
                     ));
                 }
-                if a.scale_up_queue_depth == 0 || a.check_interval_ms == 0 {
-                    return Err(invalid(
-                        key("autoscale"),
-                        "scale_up_queue_depth and check_interval_ms must be at least 1",
-                    ));
-                }
-                positive(
-                    &key("autoscale.scale_up_cooldown_seconds"),
-                    a.scale_up_cooldown_seconds,
-                )?;
-                positive(
-                    &key("autoscale.scale_down_idle_seconds"),
-                    a.scale_down_idle_seconds,
-                )?;
+                a.validate_tuning()
+                    .map_err(|(field, why)| invalid(key(&format!("autoscale.{field}")), why))?;
             }
             if pool.devices.is_empty() {
                 return Err(invalid(

@@ -63,8 +63,8 @@ pub enum ApiError {
     #[error("no route for this path")]
     RouteNotFound,
     /// The path exists but not with this method.
-    #[error("method not allowed for this path")]
-    MethodNotAllowed,
+    #[error("method not allowed for this path; allowed: {0}")]
+    MethodNotAllowed(String),
     /// The admin API has no token configured.
     #[error("the admin API is disabled: set server.admin_token or CELERIAC_ADMIN_TOKEN")]
     AdminDisabled,
@@ -108,10 +108,35 @@ impl ApiError {
             LengthRequired => StatusCode::LENGTH_REQUIRED,
             QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ShuttingDown | NoLiveWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// Every code [`ApiError::code`] can return, for documentation and for
+    /// registering the rejection counters at zero.
+    pub const CODES: &'static [&'static str] = &[
+        "invalid_json",
+        "invalid_body",
+        "unsupported_content_type",
+        "invalid_parameter",
+        "invalid_input",
+        "unknown_task",
+        "task_not_found",
+        "not_revocable",
+        "payload_too_large",
+        "length_required",
+        "queue_full",
+        "shutting_down",
+        "no_live_worker",
+        "not_found",
+        "method_not_allowed",
+        "admin_disabled",
+        "unauthorized",
+        "unknown_pool",
+        "invalid_value",
+        "internal",
+    ];
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
@@ -131,7 +156,7 @@ impl ApiError {
             ShuttingDown => "shutting_down",
             NoLiveWorker(_) => "no_live_worker",
             RouteNotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
+            MethodNotAllowed(_) => "method_not_allowed",
             AdminDisabled => "admin_disabled",
             Unauthorized => "unauthorized",
             UnknownPool { .. } => "unknown_pool",
@@ -153,6 +178,44 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_is_listed() {
+        let s = || "x".to_string();
+        let all = [
+            ApiError::InvalidJson(s()),
+            ApiError::InvalidBody(s()),
+            ApiError::UnsupportedContentType(s()),
+            ApiError::InvalidParameter(s()),
+            ApiError::InvalidInput {
+                task: s(),
+                message: s(),
+            },
+            ApiError::UnknownTask {
+                name: s(),
+                known: s(),
+            },
+            ApiError::TaskNotFound(s()),
+            ApiError::NotRevocable(TaskState::Started),
+            ApiError::PayloadTooLarge(1),
+            ApiError::LengthRequired,
+            ApiError::QueueFull(s()),
+            ApiError::ShuttingDown,
+            ApiError::NoLiveWorker(s()),
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed(s()),
+            ApiError::AdminDisabled,
+            ApiError::Unauthorized,
+            ApiError::UnknownPool {
+                name: s(),
+                known: s(),
+            },
+            ApiError::InvalidValue(s()),
+            ApiError::Internal,
+        ];
+        let codes: Vec<&str> = all.iter().map(ApiError::code).collect();
+        assert_eq!(codes, ApiError::CODES);
+    }
 
     #[test]
     fn codes_are_snake_case_and_statuses_match_the_table() {

@@ -12,8 +12,8 @@ use serde::Serialize;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A reply built by hand: status, JSON body and headers.
 pub type Reply = warp::reply::Response;
@@ -24,6 +24,9 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
 {
     let limit = state.config.server.body_limit_bytes;
+    let doc: Bytes = serde_json::to_vec(&openapi_document(&state))
+        .expect("JSON values serialize")
+        .into();
     tasks::submit(state.clone())
         .or(tasks::submit_batch(state.clone()))
         .unify()
@@ -41,13 +44,15 @@ pub fn routes(
         .unify()
         .or(metrics_route(state))
         .unify()
-        .or(openapi())
+        .or(openapi(doc))
+        .unify()
+        .or(method_not_allowed())
         .unify()
         .recover(move |r| handle_rejection(r, limit))
         .unify()
         .with(warp::log::custom(|info| {
             crate::metrics::http(
-                crate::metrics::route_of(info.method().as_str(), info.path()),
+                route_of(info.method().as_str(), info.path()),
                 info.method().as_str(),
                 info.status().as_u16(),
                 info.elapsed(),
@@ -55,13 +60,99 @@ pub fn routes(
         }))
 }
 
-/// The OpenAPI 3 description of every route.
+/// Every route: its method and path template (`:name` stands for one segment; the
+/// OpenAPI document writes it `{name}`). The metrics' `route` label, the `Allow` header
+/// of a 405 and the OpenAPI check read it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/tasks/:task"),
+    ("POST", "/v1/tasks/:task/batch"),
+    ("GET", "/v1/tasks/:id"),
+    ("DELETE", "/v1/tasks/:id"),
+    ("GET", "/v1/admin/pools"),
+    ("PUT", "/v1/admin/pools/:pool"),
+    ("GET", "/metrics"),
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/openapi.json"),
+];
+
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut t = template.trim_matches('/').split('/');
+    let mut p = path.trim_matches('/').split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with(':') || ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The route template of a request, for the `route` label (never the raw path): the
+/// route that serves it, else the template of the path (a 405), else `other`.
+pub fn route_of(method: &str, path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|(m, t)| *m == method && template_matches(t, path))
+        .or_else(|| ROUTES.iter().find(|(_, t)| template_matches(t, path)))
+        .map_or("other", |(_, t)| t)
+}
+
+/// The methods some route serves at `path`, in table order.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for (m, t) in ROUTES {
+        if template_matches(t, path) && !out.contains(m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Last of the routes: a known path asked with a method it does not serve is a 405
+/// that names the allowed methods (`Allow`); anything else falls through as not found.
+fn method_not_allowed() -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::method().and(warp::path::full()).and_then(
+        |method: warp::http::Method, path: warp::path::FullPath| async move {
+            let allowed = allowed_methods(path.as_str());
+            if allowed.is_empty() || allowed.contains(&method.as_str()) {
+                Err(warp::reject::not_found())
+            } else {
+                Err(warp::reject::custom(ApiError::MethodNotAllowed(
+                    allowed.join(", "),
+                )))
+            }
+        },
+    )
+}
+
+/// The OpenAPI 3 description of every route, as written (without the bounds that
+/// depend on the config; see [`openapi_document`]).
 pub const OPENAPI: &str = include_str!("http/openapi.json");
 
-/// `GET /openapi.json`
-pub fn openapi() -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
-    warp::path!("openapi.json").and(warp::get()).map(|| {
-        let mut res = Reply::new(OPENAPI.into());
+/// The OpenAPI document as served: [`OPENAPI`] with the bounds this server enforces
+/// that come from its config (the largest `max_concurrency` of its pools).
+pub fn openapi_document(state: &AppState) -> serde_json::Value {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON. This is a bug.");
+    let ceiling = state
+        .pools
+        .iter()
+        .map(|p| p.config.ceiling())
+        .max()
+        .unwrap_or(1);
+    let update = &mut doc["components"]["schemas"]["PoolUpdate"]["oneOf"];
+    update[0]["properties"]["concurrency"]["maximum"] = ceiling.into();
+    for bound in ["min", "max"] {
+        update[1]["properties"]["autoscale"]["properties"][bound]["maximum"] = ceiling.into();
+    }
+    doc
+}
+
+/// `GET /openapi.json`, serving `body` (from [`openapi_document`]).
+pub fn openapi(body: Bytes) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(move || {
+        let mut res = Reply::new(body.clone().into());
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -123,6 +214,11 @@ pub fn error_reply(err: &ApiError) -> Reply {
     if let Some(secs) = err.retry_after() {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let ApiError::MethodNotAllowed(allow) = err
+        && let Ok(v) = HeaderValue::from_str(allow)
+    {
+        res.headers_mut().insert(header::ALLOW, v);
     }
     if matches!(err, ApiError::Unauthorized) {
         res.headers_mut().insert(
@@ -217,7 +313,8 @@ pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, 
     } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
         ApiError::InvalidParameter(e.to_string())
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
+        // Every known path is caught by `method_not_allowed` first; kept for safety.
+        ApiError::MethodNotAllowed("see /openapi.json".into())
     } else if err.is_not_found() {
         ApiError::RouteNotFound
     } else {
@@ -240,5 +337,27 @@ mod tests {
         assert!(parse_wait("wait=-1").is_err());
         assert!(parse_wait("wait=abc").is_err());
         assert!(parse_wait("wait=inf").is_err());
+    }
+
+    #[test]
+    fn routes_and_allowed_methods_come_from_one_table() {
+        assert_eq!(
+            route_of("POST", "/v1/tasks/spam.predict"),
+            "/v1/tasks/:task"
+        );
+        assert_eq!(route_of("GET", "/v1/tasks/0f0e"), "/v1/tasks/:id");
+        assert_eq!(
+            route_of("POST", "/v1/tasks/x/batch"),
+            "/v1/tasks/:task/batch"
+        );
+        assert_eq!(route_of("PATCH", "/v1/tasks/x"), "/v1/tasks/:task");
+        assert_eq!(
+            route_of("GET", "/v1/admin/pools/default"),
+            "/v1/admin/pools/:pool"
+        );
+        assert_eq!(route_of("GET", "/some/random/path"), "other");
+        assert_eq!(allowed_methods("/v1/tasks/x"), ["POST", "GET", "DELETE"]);
+        assert_eq!(allowed_methods("/metrics"), ["GET"]);
+        assert!(allowed_methods("/v1/nothing").is_empty());
     }
 }

@@ -7,9 +7,13 @@
 //!
 //! - [`config`]: the configuration tree, defaults, environment overrides, validation.
 //! - [`app`]: wiring; starts the actor tree, serves HTTP, drains on shutdown.
-//! - [`actors`]: the supervisor, the dispatcher (queues, pull-based hand-out, acks-late)
-//!   and the workers (task instances on their own threads).
-//! - [`pool`]: what HTTP and actors share about a pool: settings, counters, jobs.
+//! - [`state`]: what the HTTP handlers share (config, store, registry, pools).
+//! - [`actors`]: the supervisor; one pool actor per pool, the sole owner of its queue,
+//!   workers, size and autoscaling (pull-based hand-out, batching, acks-late, time
+//!   limits); the workers (task instances on their own threads); the autoscaler's
+//!   decision; the messages between them on one page (`actors::protocol`).
+//! - [`pool`]: what the HTTP side reads about a pool: settings, the status its actor
+//!   publishes, the queue's admission gate.
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
 //! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks and the
 //!   text classifier task.
@@ -27,5 +31,6 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod pool;
+pub mod state;
 pub mod store;
 pub mod task;

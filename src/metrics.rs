@@ -26,7 +26,8 @@ pub const POOL_BUSY_SECONDS: &str = "celeriac_pool_busy_seconds_total";
 pub const QUEUE_DEPTH: &str = "celeriac_queue_depth";
 /// Queue capacity (429 beyond it).
 pub const QUEUE_CAPACITY: &str = "celeriac_queue_capacity";
-/// Autoscale bounds (min and max), when autoscaling.
+/// Autoscale bounds (min and max); a pool that does not autoscale reports its fixed
+/// size as both.
 pub const AUTOSCALE_MIN: &str = "celeriac_autoscale_min_workers";
 /// See [`AUTOSCALE_MIN`].
 pub const AUTOSCALE_MAX: &str = "celeriac_autoscale_max_workers";
@@ -42,7 +43,8 @@ pub const RUN_TIME: &str = "celeriac_task_run_seconds";
 pub const LATENCY: &str = "celeriac_task_latency_seconds";
 /// Requests refused, by reason (the error code).
 pub const REJECTIONS: &str = "celeriac_rejections_total";
-/// Workers rebuilt after a loss.
+/// Workers replaced (reason `lost`, `time_limit`) or task instances rebuilt after a
+/// panic (reason `panic`).
 pub const RESTARTS: &str = "celeriac_worker_restarts_total";
 /// Jobs per batch handed to a worker.
 pub const BATCH_SIZE: &str = "celeriac_batch_size";
@@ -125,11 +127,11 @@ pub fn install() -> &'static PrometheusHandle {
         describe_gauge!(QUEUE_CAPACITY, "Queue capacity; submits beyond it get 429.");
         describe_gauge!(
             AUTOSCALE_MIN,
-            "Autoscale lower bound (absent when not autoscaling)."
+            "Autoscale lower bound (the fixed size when not autoscaling)."
         );
         describe_gauge!(
             AUTOSCALE_MAX,
-            "Autoscale upper bound (absent when not autoscaling)."
+            "Autoscale upper bound (the fixed size when not autoscaling)."
         );
         describe_counter!(TASKS_SUBMITTED, "Tasks accepted.");
         describe_counter!(
@@ -143,7 +145,10 @@ pub fn install() -> &'static PrometheusHandle {
         describe_histogram!(RUN_TIME, "Seconds a worker spent on the task.");
         describe_histogram!(LATENCY, "Seconds from submit to the final state.");
         describe_counter!(REJECTIONS, "Requests refused, by reason (the error code).");
-        describe_counter!(RESTARTS, "Workers rebuilt after a loss.");
+        describe_counter!(
+            RESTARTS,
+            "Workers replaced (reason lost, time_limit) or task instances rebuilt after a panic (reason panic)."
+        );
         describe_histogram!(BATCH_SIZE, "Jobs per batch handed to a worker.");
         describe_histogram!(
             PADDING_RATIO,
@@ -156,37 +161,122 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
-/// Sets the pool gauges from the live counters and renders the text format.
+/// Why a worker was replaced or a task instance rebuilt (the `reason` label of
+/// [`RESTARTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// A task panicked; its worker rebuilt the task instance and went on.
+    Panic,
+    /// A worker was lost (crashed) and replaced.
+    Lost,
+    /// A task ran past the time limit; its worker was abandoned and replaced.
+    TimeLimit,
+}
+
+impl Restart {
+    /// Every reason, for registering the counters at zero.
+    pub const ALL: [Restart; 3] = [Restart::Panic, Restart::Lost, Restart::TimeLimit];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Panic => "panic",
+            Restart::Lost => "lost",
+            Restart::TimeLimit => "time_limit",
+        }
+    }
+}
+
+/// The final states a task can reach (the `state` label of [`TASKS_FINISHED`]).
+const FINAL_STATES: [crate::store::TaskState; 3] = [
+    crate::store::TaskState::Success,
+    crate::store::TaskState::Failure,
+    crate::store::TaskState::Revoked,
+];
+
+/// Registers, at zero, every series whose labels are known from the config, so that
+/// a fresh server exports every metric the dashboard uses and `increase()` sees the
+/// first event. `tasks` gives each task's name, pool and whether its model pads batches.
+pub fn register(pools: &[&str], tasks: &[(&str, &str, bool)]) {
+    install();
+    for pool in pools {
+        let pool = pool.to_string();
+        for r in Restart::ALL {
+            counter!(RESTARTS, "pool" => pool.clone(), "reason" => r.as_str()).absolute(0);
+        }
+        let _ = histogram!(BATCH_SIZE, "pool" => pool.clone());
+    }
+    for (task, pool, pads) in tasks {
+        let (task, pool) = (task.to_string(), pool.to_string());
+        counter!(TASKS_SUBMITTED, "pool" => pool.clone(), "task" => task.clone()).absolute(0);
+        for state in FINAL_STATES {
+            counter!(TASKS_FINISHED, "pool" => pool.clone(), "task" => task.clone(), "state" => state.as_str())
+                .absolute(0);
+        }
+        for name in [QUEUE_WAIT, RUN_TIME, LATENCY] {
+            let _ = histogram!(name, "pool" => pool.clone(), "task" => task.clone());
+        }
+        if *pads {
+            let _ = histogram!(PADDING_RATIO, "pool" => pool.clone(), "task" => task.clone());
+        }
+    }
+    for code in crate::error::ApiError::CODES {
+        counter!(REJECTIONS, "reason" => *code).absolute(0);
+    }
+}
+
+/// Registers, at zero, the HTTP series of every route (`(method, route template)`),
+/// with the status each answers when all goes well (202 for a submit, else 200).
+pub fn register_http(routes: &[(&'static str, &'static str)]) {
+    install();
+    for (method, route) in routes {
+        let status = if *method == "POST" { "202" } else { "200" };
+        counter!(HTTP_REQUESTS, "route" => *route, "method" => *method, "status" => status)
+            .absolute(0);
+        let _ = histogram!(HTTP_DURATION, "route" => *route, "method" => *method);
+    }
+}
+
+/// Escapes a label value for the Prometheus text format.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Sets the pool gauges from each pool's published status and renders the text format.
 pub fn render(pools: &[std::sync::Arc<PoolShared>]) -> String {
     let handle = install();
     for p in pools {
         let pool = p.name.clone();
-        let live = p.live.load(Ordering::Acquire);
-        let busy = p.busy.load(Ordering::Acquire);
-        let stopping = p.stopping.load(Ordering::Acquire);
-        let starting = p.starting.load(Ordering::Acquire);
-        let idle = live.saturating_sub(busy + stopping);
+        let s = p.status();
         for (state, n) in [
-            ("starting", starting),
-            ("idle", idle),
-            ("busy", busy),
-            ("stopping", stopping),
+            ("starting", s.starting),
+            ("idle", s.idle),
+            ("busy", s.busy),
+            ("stopping", s.stopping),
         ] {
             gauge!(WORKERS, "pool" => pool.clone(), "state" => state).set(n as f64);
         }
-        let size = p.target.load(Ordering::Acquire);
-        gauge!(POOL_SIZE, "pool" => pool.clone()).set(size as f64);
-        gauge!(POOL_UTILIZATION, "pool" => pool.clone()).set(if size == 0 {
+        gauge!(POOL_SIZE, "pool" => pool.clone()).set(s.size as f64);
+        gauge!(POOL_UTILIZATION, "pool" => pool.clone()).set(if s.size == 0 {
             0.0
         } else {
-            busy as f64 / size as f64
+            s.busy as f64 / s.size as f64
         });
-        gauge!(QUEUE_DEPTH, "pool" => pool.clone()).set(p.queued.load(Ordering::Acquire) as f64);
+        gauge!(QUEUE_DEPTH, "pool" => pool.clone()).set(s.queued as f64);
         gauge!(QUEUE_CAPACITY, "pool" => pool.clone()).set(p.config.queue_capacity as f64);
-        if let Some((min, max)) = p.autoscale() {
-            gauge!(AUTOSCALE_MIN, "pool" => pool.clone()).set(min as f64);
-            gauge!(AUTOSCALE_MAX, "pool" => pool.clone()).set(max as f64);
-        }
+        // A pool that does not autoscale has its fixed size as both bounds.
+        let (min, max) = s.autoscale.unwrap_or((s.size, s.size));
+        gauge!(AUTOSCALE_MIN, "pool" => pool.clone()).set(min as f64);
+        gauge!(AUTOSCALE_MAX, "pool" => pool.clone()).set(max as f64);
     }
     handle.run_upkeep();
     let mut text = handle.render();
@@ -198,27 +288,30 @@ pub fn render(pools: &[std::sync::Arc<PoolShared>]) -> String {
         let secs = p.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         text.push_str(&format!(
             "{POOL_BUSY_SECONDS}{{pool=\"{}\"}} {secs}\n",
-            p.name
+            escape_label(&p.name)
         ));
     }
     text
 }
 
-/// A task was accepted.
-pub fn submitted(task: &str, n: usize) {
-    counter!(TASKS_SUBMITTED, "task" => task.to_string()).increment(n as u64);
+/// Tasks were accepted.
+pub fn submitted(pool: &str, task: &str, n: usize) {
+    counter!(TASKS_SUBMITTED, "pool" => pool.to_string(), "task" => task.to_string())
+        .increment(n as u64);
 }
 
 /// A task reached a final state.
-pub fn finished(f: &crate::store::Finished) {
-    counter!(TASKS_FINISHED, "task" => f.task.to_string(), "state" => f.state.as_str())
+pub fn finished(pool: &str, f: &crate::store::Finished) {
+    counter!(TASKS_FINISHED, "pool" => pool.to_string(), "task" => f.task.to_string(), "state" => f.state.as_str())
         .increment(1);
-    histogram!(LATENCY, "task" => f.task.to_string()).record(f.latency.as_secs_f64());
+    histogram!(LATENCY, "pool" => pool.to_string(), "task" => f.task.to_string())
+        .record(f.latency.as_secs_f64());
 }
 
 /// A worker started a task after it waited `waited` in the queue.
-pub fn started(task: &str, waited: Duration) {
-    histogram!(QUEUE_WAIT, "task" => task.to_string()).record(waited.as_secs_f64());
+pub fn started(pool: &str, task: &str, waited: Duration) {
+    histogram!(QUEUE_WAIT, "pool" => pool.to_string(), "task" => task.to_string())
+        .record(waited.as_secs_f64());
 }
 
 /// A worker ran a batch of `jobs` jobs for `elapsed`.
@@ -228,15 +321,15 @@ pub fn ran_batch(pool: &PoolShared, task: &str, jobs: usize, elapsed: Duration) 
     let pool = &pool.name;
     histogram!(BATCH_SIZE, "pool" => pool.to_string()).record(jobs as f64);
     let each = elapsed.as_secs_f64() / jobs.max(1) as f64;
-    let h = histogram!(RUN_TIME, "task" => task.to_string());
+    let h = histogram!(RUN_TIME, "pool" => pool.to_string(), "task" => task.to_string());
     for _ in 0..jobs {
         h.record(each);
     }
 }
 
 /// A model batch was padded to `padded` tokens for `real` tokens.
-pub fn padding(task: &str, padded: usize, real: usize) {
-    histogram!(PADDING_RATIO, "task" => task.to_string())
+pub fn padding(pool: &str, task: &str, padded: usize, real: usize) {
+    histogram!(PADDING_RATIO, "pool" => pool.to_string(), "task" => task.to_string())
         .record(padded as f64 / real.max(1) as f64);
 }
 
@@ -245,9 +338,10 @@ pub fn rejected(code: &'static str) {
     counter!(REJECTIONS, "reason" => code).increment(1);
 }
 
-/// A worker was rebuilt.
-pub fn restarted(pool: &str) {
-    counter!(RESTARTS, "pool" => pool.to_string()).increment(1);
+/// `n` workers were replaced, or task instances rebuilt, for `reason`.
+pub fn restarted(pool: &str, reason: Restart, n: u32) {
+    counter!(RESTARTS, "pool" => pool.to_string(), "reason" => reason.as_str())
+        .increment(u64::from(n));
 }
 
 /// A model was loaded in `seconds`.
@@ -269,45 +363,20 @@ pub fn http(route: &'static str, method: &str, status: u16, elapsed: Duration) {
     histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed.as_secs_f64());
 }
 
-/// The route template of a path, for the `route` label (never the raw path).
-pub fn route_of(method: &str, path: &str) -> &'static str {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method, segs.as_slice()) {
-        ("POST", ["v1", "tasks", _]) => "/v1/tasks/:task",
-        ("POST", ["v1", "tasks", _, "batch"]) => "/v1/tasks/:task/batch",
-        (_, ["v1", "tasks", _]) => "/v1/tasks/:id",
-        (_, ["v1", "admin", "pools"]) => "/v1/admin/pools",
-        (_, ["v1", "admin", "pools", _]) => "/v1/admin/pools/:pool",
-        (_, ["metrics"]) => "/metrics",
-        (_, ["health", "live"]) => "/health/live",
-        (_, ["health", "ready"]) => "/health/ready",
-        (_, ["openapi.json"]) => "/openapi.json",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_are_prefixed_and_routes_are_templates() {
+    fn names_are_prefixed() {
         for n in ALL {
             assert!(n.starts_with("celeriac_"), "{n}");
         }
-        assert_eq!(
-            route_of("POST", "/v1/tasks/spam.predict"),
-            "/v1/tasks/:task"
-        );
-        assert_eq!(route_of("GET", "/v1/tasks/0f0e"), "/v1/tasks/:id");
-        assert_eq!(
-            route_of("POST", "/v1/tasks/x/batch"),
-            "/v1/tasks/:task/batch"
-        );
-        assert_eq!(
-            route_of("GET", "/v1/admin/pools/default"),
-            "/v1/admin/pools/:pool"
-        );
-        assert_eq!(route_of("GET", "/some/random/path"), "other");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("plain"), "plain");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

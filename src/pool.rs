@@ -1,68 +1,81 @@
-//! What the HTTP side and the actors share about a pool: its settings and live counters.
+//! What the HTTP side reads about a pool: its settings, the status its pool actor
+//! publishes, and the admission gate of its queue.
 //!
-//! The counters are atomics so a submit can be admitted or refused (429) at once,
-//! without a round trip to the dispatcher.
+//! One actor owns a pool's workers and queue ([`crate::actors::pool`]); it publishes a
+//! [`PoolStatus`] snapshot after every change, and everyone else reads that snapshot.
+//! The one number written from two sides is the admission gate: a submit reserves queue
+//! places at once (so a full queue is a 429 without a round trip to the actor), and the
+//! pool actor gives them back as jobs leave its queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
-
-use serde_json::Value;
+use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::config::PoolConfig;
-use crate::store::TaskId;
 
-/// A unit of work on its way to a worker.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// The task's id in the store.
-    pub id: TaskId,
-    /// The registered task name.
-    pub task: Arc<str>,
-    /// The validated input.
-    pub input: Arc<Value>,
-    /// When it was queued (for the autoscaler's queue-wait signal).
-    pub enqueued: std::time::Instant,
+/// A pool's state as its actor last published it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    /// The configured size: worker slots, as set by the config, the admin API or the
+    /// autoscaler.
+    pub size: usize,
+    /// Slots waiting to start a worker (after a failed start).
+    pub starting: usize,
+    /// Workers waiting for work.
+    pub idle: usize,
+    /// Workers running a batch.
+    pub busy: usize,
+    /// Workers chosen by a shrink that finish what they hold, then stop.
+    pub stopping: usize,
+    /// Slots left down because the restart budget for failed starts was spent.
+    pub parked: usize,
+    /// Jobs in the queue, not yet handed to a worker.
+    pub queued: usize,
+    /// Age of the oldest queued job, in ms, as of the last tick.
+    pub oldest_wait_ms: u64,
+    /// Autoscale bounds `(min, max)`, when autoscaling.
+    pub autoscale: Option<(usize, usize)>,
+    /// Workers replaced after a loss (time limit, crash), since start.
+    pub replaced: u64,
+    /// Task instances rebuilt after a task panicked, since start.
+    pub panics: u64,
+    /// Failed worker starts, since start.
+    pub failed_starts: u64,
 }
 
-/// A job handed to a worker, with the attempt number its answer must carry.
-#[derive(Debug, Clone)]
-pub struct StartedJob {
-    /// The job.
-    pub job: Job,
-    /// From [`crate::store::TaskStore::start`].
-    pub attempt: u32,
+impl PoolStatus {
+    /// Workers that take or hold work.
+    pub fn live(&self) -> usize {
+        self.idle + self.busy + self.stopping
+    }
+
+    /// Whether no worker is left and none will come back (every slot parked).
+    pub fn is_dead(&self) -> bool {
+        self.live() == 0 && self.size > 0 && self.parked >= self.size
+    }
+
+    /// The fewest live workers the pool needs to be ready: its autoscale lower bound,
+    /// else one.
+    pub fn minimum(&self) -> usize {
+        self.autoscale.map_or(1, |(min, _)| min)
+    }
 }
 
-/// One pool's settings and counters.
+/// One pool, as the HTTP side and the metrics see it.
 #[derive(Debug)]
 pub struct PoolShared {
     /// The pool's name in config.
     pub name: String,
     /// Its settings.
     pub config: PoolConfig,
-    /// Jobs queued and not yet handed to a worker (revoked ones included until skipped).
-    pub queued: AtomicUsize,
-    /// Workers registered with the dispatcher.
-    pub live: AtomicUsize,
-    /// Workers running a batch (those being drained for a shrink count as `stopping`).
-    pub busy: AtomicUsize,
-    /// Workers being built (their tasks and model instances).
-    pub starting: AtomicUsize,
-    /// Workers chosen by a shrink that finish what they hold, then stop.
-    pub stopping: AtomicUsize,
-    /// The configured size, as changed by the admin API or the autoscaler.
-    pub target: AtomicUsize,
-    /// Autoscale bounds `(min, max)`, when autoscaling.
-    pub autoscale: Mutex<Option<(usize, usize)>>,
-    /// Age of the oldest queued job, in ms (updated by the dispatcher).
-    pub oldest_wait_ms: AtomicU64,
-    /// Worker slots left down because the restart budget was spent.
-    pub parked: AtomicUsize,
-    /// Workers rebuilt after a loss, since start.
-    pub restarts: AtomicU64,
-    /// Nanoseconds workers spent running tasks, since start.
+    /// Queue places reserved by submits and not yet given back by the pool actor.
+    admitted: AtomicUsize,
+    /// Written only by the pool actor.
+    status: watch::Sender<PoolStatus>,
+    /// Nanoseconds workers spent running tasks, since start (a metric, added to by the
+    /// workers).
     pub busy_nanos: AtomicU64,
 }
 
@@ -70,65 +83,77 @@ impl PoolShared {
     /// A pool with no workers yet.
     pub fn new(name: String, config: PoolConfig) -> Arc<Self> {
         let autoscale = config.autoscale.as_ref().map(|a| (a.min, a.max));
-        let target = match autoscale {
+        let size = match autoscale {
             Some((min, max)) => config.size().clamp(min, max),
             None => config.size(),
         };
+        let (status, _) = watch::channel(PoolStatus {
+            size,
+            autoscale,
+            ..PoolStatus::default()
+        });
         Arc::new(PoolShared {
             name,
             config,
-            queued: AtomicUsize::new(0),
-            live: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
-            starting: AtomicUsize::new(0),
-            stopping: AtomicUsize::new(0),
-            target: AtomicUsize::new(target),
-            autoscale: Mutex::new(autoscale),
-            parked: AtomicUsize::new(0),
-            oldest_wait_ms: AtomicU64::new(0),
-            restarts: AtomicU64::new(0),
+            admitted: AtomicUsize::new(0),
+            status,
             busy_nanos: AtomicU64::new(0),
         })
     }
 
+    /// The last published status.
+    pub fn status(&self) -> PoolStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits for the next published change.
+    pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
+        self.status.subscribe()
+    }
+
+    /// Publishes a new status (the pool actor only).
+    pub(crate) fn publish(&self, status: PoolStatus) {
+        self.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
+
     /// Reserves `n` queue places, or none if that would pass the capacity.
-    pub fn try_reserve(&self, n: usize) -> bool {
+    pub fn try_admit(&self, n: usize) -> bool {
         let cap = self.config.queue_capacity;
-        self.queued
+        self.admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q + n <= cap).then_some(q + n)
             })
             .is_ok()
     }
 
-    /// Gives back `n` queue places.
+    /// Gives back `n` queue places: the jobs left the queue, or were never sent.
     pub fn release(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.admitted.fetch_sub(n, Ordering::AcqRel);
     }
 
-    /// Whether no worker is left and none will come back (every slot parked).
-    pub fn is_dead(&self) -> bool {
-        self.live.load(Ordering::Acquire) == 0
-            && self.parked.load(Ordering::Acquire) >= self.target.load(Ordering::Acquire)
+    /// Takes one place for a job put back in the queue (a retry after a lost worker),
+    /// even past the capacity: an admitted task is never dropped.
+    pub(crate) fn readmit(&self) {
+        self.admitted.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether nothing is queued or running.
+    /// Jobs admitted and not yet handed to a worker (those on their way to the pool
+    /// actor included).
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing is admitted, queued or running.
     pub fn is_drained(&self) -> bool {
-        self.queued.load(Ordering::Acquire) == 0
-            && self.busy.load(Ordering::Acquire) == 0
-            && self.stopping.load(Ordering::Acquire) == 0
-    }
-
-    /// The autoscale bounds, when autoscaling.
-    pub fn autoscale(&self) -> Option<(usize, usize)> {
-        *self.autoscale.lock()
-    }
-
-    /// Workers idle and taking work.
-    pub fn idle(&self) -> usize {
-        self.live.load(Ordering::Acquire).saturating_sub(
-            self.busy.load(Ordering::Acquire) + self.stopping.load(Ordering::Acquire),
-        )
+        let s = self.status.borrow();
+        self.admitted() == 0 && s.busy == 0 && s.stopping == 0
     }
 }
 
@@ -137,14 +162,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reservations_respect_capacity() {
+    fn admission_respects_capacity() {
         let cfg: PoolConfig = toml::from_str("queue_capacity = 3").unwrap();
         let p = PoolShared::new("p".into(), cfg);
-        assert!(p.try_reserve(2));
-        assert!(!p.try_reserve(2), "all or nothing");
-        assert!(p.try_reserve(1));
-        assert!(!p.try_reserve(1));
-        p.release(3);
+        assert!(p.try_admit(2));
+        assert!(!p.try_admit(2), "all or nothing");
+        assert!(p.try_admit(1));
+        assert!(!p.try_admit(1));
+        p.readmit();
+        assert_eq!(p.admitted(), 4, "a retry is taken back even past capacity");
+        p.release(4);
         assert!(p.is_drained());
+    }
+
+    #[test]
+    fn a_pool_is_dead_only_when_every_slot_is_parked() {
+        let mut s = PoolStatus {
+            size: 2,
+            parked: 1,
+            ..PoolStatus::default()
+        };
+        assert!(!s.is_dead());
+        s.parked = 2;
+        assert!(s.is_dead());
+        s.idle = 1;
+        assert!(!s.is_dead());
     }
 }

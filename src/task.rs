@@ -39,6 +39,8 @@ pub struct WorkerContext {
     pub intra_op_threads: usize,
     /// A name for threads and logs, e.g. `default-3`.
     pub name: String,
+    /// The worker's pool, for metric labels.
+    pub pool: String,
     /// Scheduling niceness of the worker's threads (`pools.NAME.nice`).
     pub nice: i32,
 }
@@ -89,6 +91,12 @@ pub trait TaskFactory: Send + Sync {
     fn batching(&self) -> bool {
         false
     }
+
+    /// Whether its batches report a padding ratio (models that pad inputs to a common
+    /// length), so the metric is registered from the start.
+    fn pads_batches(&self) -> bool {
+        false
+    }
 }
 
 /// Every registered task: name → factory and pool.
@@ -118,6 +126,7 @@ fn kinds() -> &'static [(&'static str, KindBuilder)] {
         ("debug.sleep", debug::sleep),
         ("debug.fail", debug::fail),
         ("debug.panic", debug::panic),
+        ("debug.crash_worker", debug::crash_worker),
         ("text_classifier", text_classifier::factory),
     ]
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use celeriac::config::Config;
+use celeriac::config::{AutoscaleConfig, Config};
 
 fn load(name: &str) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +19,13 @@ fn default_and_debug_configs_validate() {
     assert!(default.tasks.contains_key("spam.predict"));
     assert_eq!(default.tasks["spam.predict"].kind, "text_classifier");
     let debug = load("debug.toml");
-    for t in ["debug.echo", "debug.sleep", "debug.fail", "debug.panic"] {
+    for t in [
+        "debug.echo",
+        "debug.sleep",
+        "debug.fail",
+        "debug.panic",
+        "debug.crash_worker",
+    ] {
         assert!(debug.tasks.contains_key(t), "debug.toml registers {t}");
     }
 }
@@ -63,4 +69,60 @@ fn debug_config_is_the_default_plus_debug_tasks() {
     {
         assert!(name.starts_with("debug."), "{name}");
     }
+}
+
+/// `config/default.toml` says it lists every setting with its default: it must, so the
+/// file parses to the same tree as a file that sets nothing but the route, and its
+/// commented-out autoscale table holds the code's autoscale defaults.
+#[test]
+fn default_toml_lists_the_real_defaults() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/default.toml")).unwrap();
+    let file = load("default.toml");
+    let minimal = Config::from_toml(
+        r#"
+        [pools.default]
+        [tasks."spam.predict"]
+        kind = "text_classifier"
+        pool = "default"
+        model = "models/spam-minilm"
+        "#,
+        root,
+    )
+    .unwrap();
+    let (file, minimal) = (
+        serde_json::to_value(&file).unwrap(),
+        serde_json::to_value(&minimal).unwrap(),
+    );
+    assert_eq!(
+        file, minimal,
+        "default.toml differs from the code's defaults"
+    );
+
+    // The optional autoscale table, as commented out in the file.
+    let block: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# [pools.default.autoscale]"))
+        .skip(1)
+        .take_while(|l| l.starts_with("# ") && l.contains(" = "))
+        .map(|l| {
+            l.trim_start_matches("# ")
+                .split(" #")
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    assert!(
+        block.contains("check_interval_ms"),
+        "autoscale block: {block}"
+    );
+    let commented: AutoscaleConfig = toml::from_str(&block).unwrap();
+    assert_eq!(
+        serde_json::to_value(&commented).unwrap(),
+        serde_json::to_value(AutoscaleConfig::with_bounds(commented.min, commented.max)).unwrap(),
+        "the commented autoscale defaults differ from the code's"
+    );
 }

@@ -1,6 +1,8 @@
 //! The Grafana dashboard (`grafana/dashboards/celeriac.json`) queries only metrics that
 //! `src/metrics.rs` declares, covers the core ones, and uses the provisioned datasource.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -255,4 +257,46 @@ fn scanner_catches_undeclared_names() {
         identifiers("sum(xceleriac_workers) + celeriac_workers{pool=\"a\"}"),
         [metrics::WORKERS]
     );
+}
+
+/// A fresh server on the shipped default config, scraped before any task ran, exports
+/// every series the dashboard queries: counters and histograms exist at zero, so the
+/// panels and `increase()` work from the first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_exports_every_metric_the_dashboard_uses() {
+    let toml = read("config/default.toml");
+    let s = common::start(&toml).await;
+    let scrape = s.scrape().await;
+    let exported: BTreeSet<&str> = scrape.samples.iter().map(|x| x.metric.as_str()).collect();
+    let dash = dashboard();
+    let mut missing = BTreeSet::new();
+    for expr in all_exprs(&dash) {
+        for ident in identifiers(expr) {
+            // The parser files a histogram's `_bucket` lines under its base name.
+            let bucket_of = ident.strip_suffix("_bucket");
+            if !exported.contains(ident) && !bucket_of.is_some_and(|b| exported.contains(b)) {
+                missing.insert(ident.to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "series the dashboard queries that a fresh server does not export: {missing:?}"
+    );
+    // Task series carry the pool, so the dashboard's pool filter applies to them.
+    for name in [
+        metrics::TASKS_SUBMITTED,
+        metrics::TASKS_FINISHED,
+        "celeriac_task_latency_seconds_count",
+        "celeriac_task_queue_wait_seconds_count",
+        "celeriac_task_run_seconds_count",
+        "celeriac_batch_padding_ratio_count",
+    ] {
+        let series: Vec<_> = scrape.samples.iter().filter(|x| x.metric == name).collect();
+        assert!(!series.is_empty(), "{name}");
+        for x in series {
+            assert_eq!(x.labels.get("pool"), Some("default"), "{name}");
+        }
+    }
+    s.shutdown().await;
 }

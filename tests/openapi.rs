@@ -13,22 +13,27 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "t0ken";
 
-/// Every route the server has (`celeriac::http::routes`), as method and OpenAPI path
+/// Every route the server has (`celeriac::http::ROUTES`), as method and OpenAPI path
 /// template. Submit, poll and revoke share one template: OpenAPI forbids two templates
 /// that differ only in a parameter's name (`/v1/tasks/{task}` and `/v1/tasks/{id}`), so
 /// the segment is the task name for `POST` and the task id for `GET` and `DELETE`.
-const ROUTES: [(&str, &str); 10] = [
-    ("POST", "/v1/tasks/{task}"),
-    ("GET", "/v1/tasks/{task}"),
-    ("DELETE", "/v1/tasks/{task}"),
-    ("POST", "/v1/tasks/{task}/batch"),
-    ("GET", "/v1/admin/pools"),
-    ("PUT", "/v1/admin/pools/{pool}"),
-    ("GET", "/health/live"),
-    ("GET", "/health/ready"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-];
+fn routes() -> Vec<(&'static str, String)> {
+    celeriac::http::ROUTES
+        .iter()
+        .map(|(method, template)| {
+            let path = template
+                .split('/')
+                .map(|seg| match seg.strip_prefix(':') {
+                    Some("id") => "{task}".to_string(),
+                    Some(name) => format!("{{{name}}}"),
+                    None => seg.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            (*method, path)
+        })
+        .collect()
+}
 
 /// The keys of a path item that are operations.
 const METHODS: [&str; 8] = [
@@ -58,9 +63,14 @@ async fn document(s: &Server) -> Value {
         "application/json"
     );
     assert!(r.body.is_object(), "/openapi.json is not a JSON object");
-    let compiled: Value =
-        serde_json::from_str(celeriac::http::OPENAPI).expect("openapi.json parses");
-    assert_eq!(r.body, compiled);
+    assert_eq!(r.body, celeriac::http::openapi_document(&s.state));
+    // The bounds the server enforces from its config are stated.
+    let update = &r.body["components"]["schemas"]["PoolUpdate"]["oneOf"];
+    assert_eq!(update[0]["properties"]["concurrency"]["maximum"], 16);
+    assert_eq!(
+        update[1]["properties"]["autoscale"]["properties"]["max"]["maximum"],
+        16
+    );
     r.body
 }
 
@@ -334,9 +344,9 @@ async fn the_document_lists_exactly_the_routes_the_server_has() {
         .into_iter()
         .map(|(method, path, _)| (method, path))
         .collect();
-    let served: BTreeSet<(String, String)> = ROUTES
-        .iter()
-        .map(|(method, path)| (method.to_string(), path.to_string()))
+    let served: BTreeSet<(String, String)> = routes()
+        .into_iter()
+        .map(|(method, path)| (method.to_string(), path))
         .collect();
     let missing: Vec<_> = served.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&served).collect();
@@ -350,13 +360,20 @@ async fn the_document_lists_exactly_the_routes_the_server_has() {
     );
 
     // Each route is served: a request with a wrong method is a 405, not an unrouted 404.
-    for (method, template) in ROUTES {
+    // The 405 names the allowed methods in `Allow` (RFC 9110).
+    for (method, template) in routes() {
         let path = template
             .replace("{task}", "debug.echo")
             .replace("{pool}", "p");
         let wrong = if method == "PUT" { "PATCH" } else { "PUT" };
         let r = send(&s, wrong, &path, None, false).await;
         r.assert_error(405, "method_not_allowed");
+        let allow = r.headers["allow"].to_str().unwrap();
+        assert!(
+            allow.split(", ").any(|m| m == method),
+            "{wrong} {path}: Allow `{allow}` lacks {method}"
+        );
+        assert!(!allow.contains(wrong), "{wrong} {path}: Allow `{allow}`");
     }
 
     // Operation ids are unique; admin operations, and only they, need the bearer token.

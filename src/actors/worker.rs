@@ -2,9 +2,14 @@
 //! pool.
 //!
 //! Kind `threads`: the actor owns an OS thread that builds the task instances and runs
-//! every job, fed by a channel, so inference never blocks the async runtime. Kind
-//! `solo`: the actor runs jobs inline, in `block_in_place`. Either way a panic in a task
-//! takes the worker down, and the supervisor rebuilds it.
+//! every batch, fed by a channel, so inference never blocks the async runtime. Kind
+//! `solo`: the actor runs batches inline, in `block_in_place`.
+//!
+//! A task that panics fails that task alone (`FAILURE` with the panic message); the
+//! worker rebuilds that task's instance (the weights are shared, so this costs
+//! microseconds) and goes on. When a batch panics, its jobs are run again one at a
+//! time, so only the poison input fails. The worker itself fails only when an instance
+//! cannot be rebuilt; its pool then replaces it.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -12,11 +17,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::Value;
 
-use super::WorkerId;
-use super::dispatcher::DispatcherMessage;
+use super::protocol::{PoolMessage, StartedJob, WorkerId, WorkerMessage};
 use crate::config::PoolKind;
-use crate::pool::{PoolShared, StartedJob};
+use crate::pool::PoolShared;
 use crate::store::TaskStore;
 use crate::task::{LoadError, Registered, Task, WorkerContext};
 
@@ -25,14 +30,10 @@ pub struct Worker;
 
 /// What a worker is built from.
 pub struct WorkerArgs {
-    /// Unique for the life of the process (a restarted worker gets a new one).
+    /// Unique for the life of the process (a replacement worker gets a new one).
     pub id: WorkerId,
-    /// Pool index.
-    pub pool: usize,
-    /// The pool's shared counters.
+    /// The pool's settings, and its busy-time metric.
     pub shared: Arc<PoolShared>,
-    /// How it runs tasks.
-    pub kind: PoolKind,
     /// Its device and thread budget.
     pub context: WorkerContext,
     /// The tasks routed to its pool.
@@ -40,36 +41,9 @@ pub struct WorkerArgs {
     /// Where answers are written.
     pub store: Arc<TaskStore>,
     /// Where it reports `Ready`.
-    pub dispatcher: ActorRef<DispatcherMessage>,
-}
-
-/// Messages to a worker.
-pub enum WorkerMessage {
-    /// Jobs to run inline (`solo` workers only).
-    Run(Vec<StartedJob>),
-    /// The worker's thread died (a task panicked); the worker fails with this message.
-    Died(String),
-}
-
-/// How the dispatcher reaches a worker.
-pub enum Inbox {
-    /// The worker's thread, through a channel.
-    Thread(mpsc::Sender<Vec<StartedJob>>),
-    /// The worker actor itself (`solo`).
-    Inline(ActorRef<WorkerMessage>),
-}
-
-impl Inbox {
-    /// Hands a batch over; gives it back if the worker is gone.
-    pub fn send(&self, batch: Vec<StartedJob>) -> Result<(), Vec<StartedJob>> {
-        match self {
-            Inbox::Thread(tx) => tx.send(batch).map_err(|e| e.0),
-            Inbox::Inline(actor) => actor.cast(WorkerMessage::Run(batch)).map_err(|e| match e {
-                ractor::MessagingErr::SendErr(WorkerMessage::Run(b)) => b,
-                _ => Vec::new(),
-            }),
-        }
-    }
+    pub pool: ActorRef<PoolMessage>,
+    /// Its batches, for kind `threads` (the pool holds the sending side).
+    pub batches: Option<mpsc::Receiver<Vec<StartedJob>>>,
 }
 
 /// A worker's state.
@@ -77,11 +51,13 @@ pub struct WorkerState {
     id: WorkerId,
     /// The task instances, for `solo` workers (a `threads` worker's live on its thread).
     inline: Option<Runner>,
-    dispatcher: ActorRef<DispatcherMessage>,
+    pool: ActorRef<PoolMessage>,
 }
 
 /// The task instances of one worker, and how it runs a batch.
 struct Runner {
+    registered: Vec<Registered>,
+    context: WorkerContext,
     tasks: HashMap<Arc<str>, Box<dyn Task>>,
     store: Arc<TaskStore>,
     pool: Arc<PoolShared>,
@@ -89,64 +65,114 @@ struct Runner {
 
 impl Runner {
     fn build(
-        tasks: &[Registered],
-        ctx: &WorkerContext,
+        registered: Vec<Registered>,
+        context: WorkerContext,
         store: Arc<TaskStore>,
         pool: Arc<PoolShared>,
     ) -> Result<Self, LoadError> {
-        let mut built = HashMap::new();
-        for t in tasks {
-            built.insert(t.name.clone(), t.factory.build(ctx)?);
+        let mut tasks = HashMap::new();
+        for t in &registered {
+            tasks.insert(t.name.clone(), t.factory.build(&context)?);
         }
         Ok(Runner {
-            tasks: built,
+            registered,
+            context,
+            tasks,
             store,
             pool,
         })
     }
 
-    /// Runs a batch and records each answer. Several jobs (always of one task) go
-    /// through the task's batch entry point at once. On a panic, stops and returns its
-    /// message; unanswered jobs stay `STARTED` for the dispatcher to re-queue.
-    fn run_batch(&mut self, batch: Vec<StartedJob>) -> Result<(), String> {
-        let Some(first) = batch.first() else {
-            return Ok(());
-        };
-        let name = first.job.task.clone();
-        let task = self
-            .tasks
-            .get_mut(&name)
+    /// Replaces the instance of `name` after it panicked (its state may be broken).
+    fn rebuild(&mut self, name: &Arc<str>) -> Result<(), String> {
+        let reg = self
+            .registered
+            .iter()
+            .find(|r| r.name == *name)
             .expect("jobs are routed to pools that run their task. This is a bug.");
-        let t0 = std::time::Instant::now();
-        let outcomes = if batch.len() == 1 {
-            let input = &first.job.input;
-            vec![
-                std::panic::catch_unwind(AssertUnwindSafe(|| task.run(input)))
-                    .map_err(|payload| panic_message(payload.as_ref()))?,
-            ]
-        } else {
-            let inputs: Vec<&serde_json::Value> = batch.iter().map(|s| &*s.job.input).collect();
-            std::panic::catch_unwind(AssertUnwindSafe(|| task.run_batch(&inputs)))
-                .map_err(|payload| panic_message(payload.as_ref()))?
-        };
-        if outcomes.len() != batch.len() {
-            // A broken task: treat like a panic, so the jobs are retried elsewhere.
-            return Err(format!(
-                "task `{name}` answered {} times for {} inputs",
-                outcomes.len(),
-                batch.len()
-            ));
-        }
-        crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
-        for (started, outcome) in batch.iter().zip(outcomes) {
-            if let Some(f) =
-                self.store
-                    .finish(&started.job.id, started.attempt, outcome.map_err(|e| e.0))
-            {
-                crate::metrics::finished(&f);
+        let task = reg.factory.build(&self.context).map_err(|e| {
+            format!("could not rebuild the instance of `{name}` after a task panicked: {e}")
+        })?;
+        self.tasks.insert(name.clone(), task);
+        Ok(())
+    }
+
+    fn task(&mut self, name: &Arc<str>) -> &mut Box<dyn Task> {
+        self.tasks
+            .get_mut(name)
+            .expect("jobs are routed to pools that run their task. This is a bug.")
+    }
+
+    /// Runs one input; a panic becomes its error, and the instance is rebuilt.
+    fn run_one(
+        &mut self,
+        name: &Arc<str>,
+        input: &Value,
+        panics: &mut u32,
+    ) -> Result<Result<Value, String>, String> {
+        let task = self.task(name);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| task.run(input))) {
+            Ok(outcome) => Ok(outcome.map_err(|e| e.0)),
+            Err(payload) => {
+                *panics += 1;
+                self.rebuild(name)?;
+                Ok(Err(panic_message(payload.as_ref())))
             }
         }
-        Ok(())
+    }
+
+    /// Runs a batch (always of one task) and records each answer. Several jobs go
+    /// through the task's batch entry point at once; if that panics, they are run again
+    /// one at a time so only the input that panics fails. Returns how many instances
+    /// were rebuilt after a panic; an error only when an instance could not be rebuilt.
+    fn run_batch(&mut self, batch: Vec<StartedJob>) -> Result<u32, String> {
+        let Some(first) = batch.first() else {
+            return Ok(0);
+        };
+        let name = first.job.task.clone();
+        let t0 = std::time::Instant::now();
+        let mut panics = 0;
+        let outcomes: Vec<Result<Value, String>> = if batch.len() == 1 {
+            vec![self.run_one(&name, &first.job.input, &mut panics)?]
+        } else {
+            let inputs: Vec<&Value> = batch.iter().map(|s| &*s.job.input).collect();
+            let task = self.task(&name);
+            match std::panic::catch_unwind(AssertUnwindSafe(|| task.run_batch(&inputs))) {
+                Ok(out) if out.len() == batch.len() => {
+                    out.into_iter().map(|o| o.map_err(|e| e.0)).collect()
+                }
+                Ok(out) => {
+                    let why = format!(
+                        "task `{name}` answered {} times for a batch of {} inputs",
+                        out.len(),
+                        batch.len()
+                    );
+                    vec![Err(why); batch.len()]
+                }
+                Err(payload) => {
+                    panics += 1;
+                    self.rebuild(&name)?;
+                    tracing::warn!(
+                        task = %name,
+                        jobs = batch.len(),
+                        "a batch panicked ({}); running its jobs one at a time",
+                        panic_message(payload.as_ref())
+                    );
+                    let mut out = Vec::with_capacity(batch.len());
+                    for s in &batch {
+                        out.push(self.run_one(&name, &s.job.input, &mut panics)?);
+                    }
+                    out
+                }
+            }
+        };
+        crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
+        for (started, outcome) in batch.iter().zip(outcomes) {
+            if let Some(f) = self.store.finish(&started.job.id, started.attempt, outcome) {
+                crate::metrics::finished(&self.pool.name, &f);
+            }
+        }
+        Ok(panics)
     }
 }
 
@@ -171,30 +197,27 @@ impl Actor for Worker {
     ) -> Result<WorkerState, ActorProcessingErr> {
         let WorkerArgs {
             id,
-            pool,
             shared,
-            kind,
             context,
             tasks,
             store,
-            dispatcher,
+            pool,
+            batches,
         } = args;
-        let (inbox, inline) = match kind {
-            PoolKind::Solo => {
-                let runner =
-                    tokio::task::block_in_place(|| Runner::build(&tasks, &context, store, shared))?;
-                (Inbox::Inline(myself.clone()), Some(runner))
-            }
-            PoolKind::Threads => {
-                let (tx, rx) = mpsc::channel::<Vec<StartedJob>>();
+        let inline = match (shared.config.kind, batches) {
+            (PoolKind::Solo, _) => Some(tokio::task::block_in_place(|| {
+                Runner::build(tasks, context, store, shared)
+            })?),
+            (PoolKind::Threads, Some(rx)) => {
                 let (built_tx, built_rx) = tokio::sync::oneshot::channel();
                 let me = myself.clone();
-                let ready_to = dispatcher.clone();
+                let ready_to = pool.clone();
+                let nice = context.nice;
                 std::thread::Builder::new()
                     .name(format!("celeriac-{}-{id}", shared.name))
                     .spawn(move || {
-                        crate::task::set_thread_nice(context.nice);
-                        let mut runner = match Runner::build(&tasks, &context, store, shared) {
+                        crate::task::set_thread_nice(nice);
+                        let mut runner = match Runner::build(tasks, context, store, shared) {
                             Ok(r) => {
                                 let _ = built_tx.send(Ok(()));
                                 r
@@ -205,30 +228,28 @@ impl Actor for Worker {
                             }
                         };
                         while let Ok(batch) = rx.recv() {
-                            if let Err(msg) = runner.run_batch(batch) {
-                                let _ = me.cast(WorkerMessage::Died(msg));
-                                return;
+                            match runner.run_batch(batch) {
+                                Ok(panics) => {
+                                    let _ =
+                                        ready_to.cast(PoolMessage::Ready { worker: id, panics });
+                                }
+                                Err(why) => {
+                                    let _ = me.cast(WorkerMessage::Died(why));
+                                    return;
+                                }
                             }
-                            let _ = ready_to.cast(DispatcherMessage::Ready { worker: id });
                         }
                     })?;
                 built_rx
                     .await
                     .map_err(|_| "worker thread exited while building its tasks")??;
-                (Inbox::Thread(tx), None)
+                None
+            }
+            (PoolKind::Threads, None) => {
+                return Err("a threads worker needs its batch channel. This is a bug.".into());
             }
         };
-        dispatcher.cast(DispatcherMessage::Register {
-            worker: id,
-            pool,
-            inbox,
-            actor: myself,
-        })?;
-        Ok(WorkerState {
-            id,
-            inline,
-            dispatcher,
-        })
+        Ok(WorkerState { id, inline, pool })
     }
 
     async fn handle(
@@ -244,12 +265,147 @@ impl Actor for Worker {
                     .inline
                     .as_mut()
                     .expect("only solo workers get Run. This is a bug.");
-                tokio::task::block_in_place(|| runner.run_batch(batch))?;
-                state
-                    .dispatcher
-                    .cast(DispatcherMessage::Ready { worker: state.id })?;
+                let panics = tokio::task::block_in_place(|| runner.run_batch(batch))?;
+                state.pool.cast(PoolMessage::Ready {
+                    worker: state.id,
+                    panics,
+                })?;
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::actors::protocol::Job;
+    use crate::store::TaskState;
+    use crate::task::{TaskError, TaskFactory};
+
+    /// Echoes its input, panics on `"poison"` (in a batch too); counts its builds and
+    /// fails every build after `builds_ok`.
+    struct Poisonable {
+        builds: Arc<AtomicUsize>,
+        builds_ok: usize,
+    }
+
+    struct PoisonableTask;
+
+    impl Task for PoisonableTask {
+        fn run(&mut self, input: &Value) -> Result<Value, TaskError> {
+            assert_ne!(input, "poison", "poisoned");
+            Ok(input.clone())
+        }
+
+        fn run_batch(&mut self, inputs: &[&Value]) -> Vec<Result<Value, TaskError>> {
+            assert!(inputs.iter().all(|i| *i != "poison"), "poisoned batch");
+            inputs.iter().map(|i| Ok((*i).clone())).collect()
+        }
+    }
+
+    impl TaskFactory for Poisonable {
+        fn validate(&self, _: &Value) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
+            if self.builds.fetch_add(1, Ordering::AcqRel) < self.builds_ok {
+                Ok(Box::new(PoisonableTask))
+            } else {
+                Err(LoadError {
+                    task: "t".into(),
+                    message: "device gone".into(),
+                })
+            }
+        }
+
+        fn batching(&self) -> bool {
+            true
+        }
+    }
+
+    fn runner(builds_ok: usize) -> (Runner, Arc<TaskStore>, Arc<AtomicUsize>) {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let registered = vec![Registered {
+            name: Arc::from("t"),
+            pool: 0,
+            factory: Arc::new(Poisonable {
+                builds: builds.clone(),
+                builds_ok,
+            }),
+        }];
+        let store = Arc::new(TaskStore::new(std::time::Duration::from_secs(60)));
+        let context = WorkerContext {
+            device: crate::config::DeviceSpec::Cpu,
+            intra_op_threads: 1,
+            name: "t-1".into(),
+            pool: "p".into(),
+            nice: 0,
+        };
+        let pool = PoolShared::new("p".into(), toml::from_str("").unwrap());
+        let r = Runner::build(registered, context, store.clone(), pool).unwrap();
+        (r, store, builds)
+    }
+
+    fn started(store: &TaskStore, inputs: &[Value]) -> Vec<StartedJob> {
+        inputs
+            .iter()
+            .map(|input| {
+                let id = store.insert(Arc::from("t"));
+                let (attempt, _) = store.start(&id).unwrap();
+                StartedJob {
+                    job: Job {
+                        id,
+                        task: Arc::from("t"),
+                        input: Arc::new(input.clone()),
+                        enqueued: std::time::Instant::now(),
+                    },
+                    attempt,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_poison_input_in_a_batch_fails_alone_and_the_instance_is_rebuilt() {
+        let (mut r, store, builds) = runner(usize::MAX);
+        let batch = started(&store, &[json!(1), json!("poison"), json!(3)]);
+        let ids: Vec<_> = batch.iter().map(|s| s.job.id).collect();
+        // The batch panics, then the poison panics again when run alone.
+        assert_eq!(r.run_batch(batch), Ok(2));
+        assert_eq!(
+            builds.load(Ordering::Acquire),
+            3,
+            "built, then rebuilt twice"
+        );
+        let views: Vec<_> = ids.iter().map(|id| store.get(id).unwrap()).collect();
+        assert_eq!(views[0].state, TaskState::Success);
+        assert_eq!(views[0].result, Some(json!(1)));
+        assert_eq!(views[1].state, TaskState::Failure);
+        let err = views[1].error.as_deref().unwrap();
+        assert!(
+            err.contains("task panicked") && err.contains("poisoned"),
+            "{err}"
+        );
+        assert_eq!(views[2].result, Some(json!(3)));
+        // The rebuilt instance serves the next batch.
+        let batch = started(&store, &[json!("a"), json!("b")]);
+        assert_eq!(r.run_batch(batch), Ok(0));
+    }
+
+    #[test]
+    fn a_worker_whose_instance_cannot_be_rebuilt_gives_up() {
+        let (mut r, store, _) = runner(1);
+        let batch = started(&store, &[json!("poison")]);
+        let id = batch[0].job.id;
+        let err = r.run_batch(batch).unwrap_err();
+        assert!(err.contains("device gone"), "{err}");
+        // The job is left STARTED for the pool to settle as a lost worker's.
+        assert_eq!(store.get(&id).unwrap().state, TaskState::Started);
     }
 }

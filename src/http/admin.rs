@@ -6,7 +6,6 @@
 //! what they hold. Nothing queued or running is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -15,11 +14,11 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::{Reply, json_body, json_reply, no_query, with_state};
-use crate::actors::supervisor::{Resize, ResizeError, SupervisorMessage};
-use crate::app::AppState;
+use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
 use crate::config::DeviceSpec;
 use crate::error::ApiError;
 use crate::pool::PoolShared;
+use crate::state::AppState;
 
 fn reject(e: ApiError) -> Rejection {
     warp::reject::custom(e)
@@ -94,7 +93,13 @@ pub struct PoolView {
     workers: WorkerCounts,
     queue: QueueView,
     autoscale: Option<Bounds>,
+    /// Workers replaced after a loss (time limit, crash), since start.
     restarts: u64,
+    /// Task instances rebuilt after a task panicked (each failed only its task).
+    panics: u64,
+    /// Worker starts that failed (back-off and budget apply to these).
+    failed_starts: u64,
+    /// Slots parked after the restart budget for failed starts ran out.
     parked: usize,
 }
 
@@ -120,25 +125,28 @@ struct Bounds {
 
 impl From<&PoolShared> for PoolView {
     fn from(p: &PoolShared) -> Self {
+        let s = p.status();
         PoolView {
             pool: p.name.clone(),
             kind: p.config.kind.as_str(),
             devices: p.config.devices.clone(),
-            size: p.target.load(Ordering::Acquire),
+            size: s.size,
             max_concurrency: p.config.ceiling(),
             workers: WorkerCounts {
-                starting: p.starting.load(Ordering::Acquire),
-                idle: p.idle(),
-                busy: p.busy.load(Ordering::Acquire),
-                stopping: p.stopping.load(Ordering::Acquire),
+                starting: s.starting,
+                idle: s.idle,
+                busy: s.busy,
+                stopping: s.stopping,
             },
             queue: QueueView {
-                depth: p.queued.load(Ordering::Acquire),
+                depth: s.queued,
                 capacity: p.config.queue_capacity,
             },
-            autoscale: p.autoscale().map(|(min, max)| Bounds { min, max }),
-            restarts: p.restarts.load(Ordering::Acquire),
-            parked: p.parked.load(Ordering::Acquire),
+            autoscale: s.autoscale.map(|(min, max)| Bounds { min, max }),
+            restarts: s.replaced,
+            panics: s.panics,
+            failed_starts: s.failed_starts,
+            parked: s.parked,
         }
     }
 }
@@ -168,19 +176,9 @@ pub fn parse_update(body: &Value) -> Result<Resize, ApiError> {
     match (obj.get("concurrency"), obj.get("autoscale")) {
         (Some(c), None) => Ok(Resize::Concurrency(positive_int(c, "concurrency")?)),
         (None, Some(Value::Null)) => Ok(Resize::Autoscale(None)),
-        (None, Some(Value::Object(a))) => {
-            if let Some(k) = a.keys().find(|k| *k != "min" && *k != "max") {
-                return Err(ApiError::InvalidBody(format!(
-                    "unknown field `autoscale.{k}`; expected `min` and `max`"
-                )));
-            }
-            let get = |k: &str| {
-                a.get(k)
-                    .ok_or_else(|| ApiError::InvalidBody(format!("`autoscale.{k}` is missing")))
-                    .and_then(|v| positive_int(v, &format!("autoscale.{k}")))
-            };
-            Ok(Resize::Autoscale(Some((get("min")?, get("max")?))))
-        }
+        (None, Some(a @ Value::Object(_))) => serde_json::from_value::<AutoscaleUpdate>(a.clone())
+            .map(|u| Resize::Autoscale(Some(u)))
+            .map_err(|e| ApiError::InvalidBody(format!("`autoscale`: {e}"))),
         (None, Some(other)) => Err(ApiError::InvalidBody(format!(
             "`autoscale` must be {{\"min\": A, \"max\": B}} or null, got {other}"
         ))),
@@ -217,12 +215,8 @@ async fn update_handler(
         serde_json::from_slice(&body).map_err(|e| reject(ApiError::InvalidJson(e.to_string())))?;
     let change = parse_update(&body).map_err(reject)?;
     let outcome = ractor::call_t!(
-        state.supervisor,
-        |reply| SupervisorMessage::Resize {
-            pool: index,
-            change,
-            reply
-        },
+        state.pool_actors[index],
+        |reply| PoolMessage::Resize { change, reply },
         60_000
     )
     .map_err(|e| {
@@ -255,13 +249,20 @@ mod tests {
         );
         assert_eq!(
             parse_update(&json!({"autoscale": {"min": 1, "max": 3}})).unwrap(),
-            Resize::Autoscale(Some((1, 3)))
+            Resize::Autoscale(Some(AutoscaleUpdate::bounds(1, 3)))
         );
         assert_eq!(
             parse_update(&json!({"autoscale": null})).unwrap(),
             Resize::Autoscale(None)
         );
+        let tuned = json!({"autoscale": {"min": 1, "max": 3, "scale_down_idle_seconds": 0.5}});
+        let Resize::Autoscale(Some(u)) = parse_update(&tuned).unwrap() else {
+            panic!("an autoscale update")
+        };
+        assert_eq!(u.scale_down_idle_seconds, Some(0.5));
         for bad in [
+            json!({"autoscale": {"min": -1, "max": 2}}),
+            json!({"autoscale": {"min": 1, "max": 2, "scale_up_wait_ms": "x"}}),
             json!({"concurency": 4}),
             json!({"concurrency": 2.5}),
             json!({"concurrency": -1}),

@@ -8,7 +8,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::{Reply, json_reply, with_state};
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `GET /health/live`
 pub fn live() -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
@@ -48,21 +48,22 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
             if !state.accepting.load(Ordering::Acquire) {
                 reasons.push("shutting down".to_string());
             }
+            let statuses: Vec<_> = state.pools.iter().map(|p| p.status()).collect();
             let pools: Vec<PoolHealth> = state
                 .pools
                 .iter()
-                .map(|p| PoolHealth {
+                .zip(&statuses)
+                .map(|(p, s)| PoolHealth {
                     pool: p.name.clone(),
-                    live: p.live.load(Ordering::Acquire),
-                    size: p.target.load(Ordering::Acquire),
-                    parked: p.parked.load(Ordering::Acquire),
-                    queued: p.queued.load(Ordering::Acquire),
-                    busy: p.busy.load(Ordering::Acquire),
+                    live: s.live(),
+                    size: s.size,
+                    parked: s.parked,
+                    queued: s.queued,
+                    busy: s.busy,
                 })
                 .collect();
-            for (p, shared) in pools.iter().zip(&state.pools) {
-                // The minimum: the autoscale lower bound, else one worker.
-                let min = shared.autoscale().map_or(1, |(min, _)| min);
+            for (p, s) in pools.iter().zip(&statuses) {
+                let min = s.minimum();
                 if p.live == 0 {
                     reasons.push(format!("pool `{}` has no live worker", p.pool));
                 } else if p.live < min {

@@ -11,10 +11,9 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
 use super::{Reply, json_body, json_reply, no_query, wait_param, with_state};
-use crate::actors::dispatcher::DispatcherMessage;
-use crate::app::AppState;
+use crate::actors::protocol::{Job, PoolMessage};
 use crate::error::ApiError;
-use crate::pool::Job;
+use crate::state::AppState;
 use crate::store::{StoreError, TaskId, TaskState};
 
 fn reject(e: ApiError) -> Rejection {
@@ -123,10 +122,10 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
             })?;
     }
     let pool = &state.pools[reg.pool];
-    if pool.is_dead() {
+    if pool.status().is_dead() {
         return Err(ApiError::NoLiveWorker(pool.name.clone()));
     }
-    if !pool.try_reserve(inputs.len()) {
+    if !pool.try_admit(inputs.len()) {
         return Err(ApiError::QueueFull(pool.name.clone()));
     }
     let jobs: Vec<Job> = inputs
@@ -139,12 +138,8 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
         })
         .collect();
     let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
-    if state
-        .dispatcher
-        .cast(DispatcherMessage::Submit {
-            pool: reg.pool,
-            jobs,
-        })
+    if state.pool_actors[reg.pool]
+        .cast(PoolMessage::Submit(jobs))
         .is_err()
     {
         for id in &ids {
@@ -153,7 +148,7 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
         pool.release(ids.len());
         return Err(ApiError::ShuttingDown);
     }
-    crate::metrics::submitted(&reg.name, ids.len());
+    crate::metrics::submitted(&pool.name, &reg.name, ids.len());
     Ok(ids)
 }
 
@@ -239,7 +234,9 @@ async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejec
     let task_id = parse_id(&id).map_err(reject)?;
     match state.store.revoke(&task_id) {
         Ok((view, finished)) => {
-            crate::metrics::finished(&finished);
+            if let Some(reg) = state.registry.get(&finished.task) {
+                crate::metrics::finished(&state.pools[reg.pool].name, &finished);
+            }
             Ok(json_reply(StatusCode::OK, &view))
         }
         Err(StoreError::NotFound) => Err(reject(ApiError::TaskNotFound(id))),

@@ -1,8 +1,9 @@
 //! Built-in tasks for demos, tests and load tests: `debug.echo`, `debug.sleep`,
-//! `debug.fail` and `debug.panic`. Enabled by registering them in config (see
+//! `debug.fail`, `debug.panic` and `debug.crash_worker`. Enabled by registering them in config (see
 //! `config/debug.toml`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -110,7 +111,77 @@ pub fn fail(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFacto
     })
 }
 
-/// `debug.panic`: panics inside the worker, which the supervisor then rebuilds.
+/// Most `failed_starts` a `debug.crash_worker` task may ask for.
+pub const MAX_FAILED_STARTS: u64 = 1000;
+
+fn failed_starts(input: &Value) -> Result<u64, String> {
+    match input.get("failed_starts") {
+        None => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= MAX_FAILED_STARTS)
+            .ok_or_else(|| {
+                format!("`failed_starts` must be an integer from 0 to {MAX_FAILED_STARTS}, got {v}")
+            }),
+    }
+}
+
+/// `debug.crash_worker`: breaks its worker the way a lost device would. It panics, and
+/// then the next `{"failed_starts": N}` + 1 builds of this task fail: the instance
+/// rebuild after the panic (so the worker is lost), then N starts of its replacement
+/// (so back-off and the restart budget apply). Builds succeed again after that.
+pub fn crash_worker(
+    name: &str,
+    spec: &TaskSpec,
+    _: &Config,
+) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    no_model(name, spec)?;
+    Ok(Arc::new(CrashFactory {
+        task: name.to_string(),
+        failing_builds: Arc::new(AtomicU64::new(0)),
+    }))
+}
+
+struct CrashFactory {
+    task: String,
+    /// Builds left to fail, shared with every instance.
+    failing_builds: Arc<AtomicU64>,
+}
+
+struct CrashTask(Arc<AtomicU64>);
+
+impl TaskFactory for CrashFactory {
+    fn validate(&self, input: &Value) -> Result<(), String> {
+        failed_starts(input).map(drop)
+    }
+
+    fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
+        let took = self
+            .failing_builds
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        match took {
+            Ok(left) => Err(LoadError {
+                task: self.task.clone(),
+                message: format!(
+                    "debug.crash_worker: failing this build as asked ({} more to fail)",
+                    left - 1
+                ),
+            }),
+            Err(_) => Ok(Box::new(CrashTask(self.failing_builds.clone()))),
+        }
+    }
+}
+
+impl Task for CrashTask {
+    fn run(&mut self, input: &Value) -> Result<Value, TaskError> {
+        let n = failed_starts(input).map_err(TaskError)?;
+        self.0.store(n + 1, Ordering::Release);
+        panic!("debug.crash_worker: breaking the worker as asked")
+    }
+}
+
+/// `debug.panic`: panics inside the worker; that task fails, and the worker rebuilds
+/// its instance and goes on.
 pub fn panic(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
     factory(name, spec, any_input, |_| {
         panic!("debug.panic: panicking inside the worker as asked")
@@ -123,6 +194,7 @@ mod tests {
 
     fn ctx() -> WorkerContext {
         WorkerContext {
+            pool: "p".into(),
             device: crate::config::DeviceSpec::Cpu,
             intra_op_threads: 1,
             name: "test".into(),
@@ -164,6 +236,26 @@ mod tests {
             .build(&ctx())
             .unwrap();
         assert_eq!(f.run(&json!({"message": "nope"})).unwrap_err().0, "nope");
+    }
+
+    #[test]
+    fn crash_worker_fails_the_asked_number_of_builds() {
+        let cfg = Config::from_toml("", std::path::Path::new(".")).unwrap();
+        let f = crash_worker("c", &spec("debug.crash_worker"), &cfg).unwrap();
+        assert!(f.validate(&json!({"failed_starts": 2})).is_ok());
+        assert!(f.validate(&json!({"failed_starts": -1})).is_err());
+        assert!(
+            f.validate(&json!({"failed_starts": MAX_FAILED_STARTS + 1}))
+                .is_err()
+        );
+        let mut t = f.build(&ctx()).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = t.run(&json!({"failed_starts": 1}));
+        }));
+        assert!(panicked.is_err());
+        assert!(f.build(&ctx()).is_err(), "the rebuild fails");
+        assert!(f.build(&ctx()).is_err(), "one start fails");
+        assert!(f.build(&ctx()).is_ok(), "then builds succeed again");
     }
 
     #[test]

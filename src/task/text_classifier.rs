@@ -129,9 +129,14 @@ impl TaskFactory for ClassifierFactory {
             })?;
         Ok(Box::new(ClassifierTask {
             task: self.task.clone(),
+            pool: ctx.pool.clone(),
             model,
             threads,
         }))
+    }
+
+    fn pads_batches(&self) -> bool {
+        true
     }
 
     fn batching(&self) -> bool {
@@ -141,6 +146,8 @@ impl TaskFactory for ClassifierFactory {
 
 struct ClassifierTask {
     task: String,
+    /// The worker's pool, for the metrics' `pool` label.
+    pool: String,
     model: Arc<TextClassifier>,
     /// This worker's intra-op threads: matmuls run inside it.
     threads: rayon::ThreadPool,
@@ -198,7 +205,7 @@ impl Task for ClassifierTask {
             out[i] = Some(p.map(|p| self.answer(&p)).map_err(TaskError));
         }
         if real > 0 {
-            crate::metrics::padding(&self.task, padded, real);
+            crate::metrics::padding(&self.pool, &self.task, padded, real);
         }
         out.into_iter()
             .map(|o| o.expect("every input answered"))

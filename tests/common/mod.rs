@@ -193,6 +193,12 @@ where
 
 /// A test config: one pool `p` with the given settings and all debug tasks routed to it.
 pub fn debug_config(pool: &str, extra: &str) -> String {
+    debug_config_in("p", pool, extra)
+}
+
+/// [`debug_config`] with the pool named `name` (metrics are per process: a test that
+/// reads them uses a pool of its own).
+pub fn debug_config_in(name: &str, pool: &str, extra: &str) -> String {
     format!(
         r#"
         [server]
@@ -204,20 +210,23 @@ pub fn debug_config(pool: &str, extra: &str) -> String {
         backoff_max_ms = 200
         time_limit_check_ms = 10
         {extra}
-        [pools.p]
+        [pools.{name}]
         {pool}
         [tasks."debug.echo"]
         kind = "debug.echo"
-        pool = "p"
+        pool = "{name}"
         [tasks."debug.sleep"]
         kind = "debug.sleep"
-        pool = "p"
+        pool = "{name}"
         [tasks."debug.fail"]
         kind = "debug.fail"
-        pool = "p"
+        pool = "{name}"
         [tasks."debug.panic"]
         kind = "debug.panic"
-        pool = "p"
+        pool = "{name}"
+        [tasks."debug.crash_worker"]
+        kind = "debug.crash_worker"
+        pool = "{name}"
         "#
     )
 }

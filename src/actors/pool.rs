@@ -1,0 +1,767 @@
+//! A pool actor: the one owner of a pool's queue, workers, size and autoscale bounds.
+//!
+//! - **Queue.** Jobs wait here in submit order. Work goes to a worker only after it said
+//!   it is idle (pull, not push), so no job waits behind a busy worker while another sits
+//!   idle. Jobs of a task that takes batches go out up to `max_batch_size` at a time; a
+//!   short queue may wait up to `max_batch_delay_ms` to fill a batch while another worker
+//!   is busy. Revoked jobs are skipped.
+//! - **Workers.** Spawned linked to this actor, one per slot. The pool remembers what each
+//!   worker holds until it reports `Ready` (acks-late). A worker that is lost (a crash, or
+//!   a time limit that abandons it) is replaced at once; what it held is re-queued as
+//!   `RETRY` while `max_retries` allows, else failed with "worker lost". A task that
+//!   panics never costs a worker: the worker fails that task and goes on.
+//! - **Failed starts.** A slot whose worker fails to start tries again after an
+//!   exponential back-off, inside a restart budget per pool; past the budget the slot is
+//!   parked until the pool is resized. When every slot is parked, queued tasks fail with
+//!   "no live worker" and submits get 503.
+//! - **Size.** Grow starts workers on new slots (the model is already loaded: this costs a
+//!   thread and a task instance). Shrink removes parked and waiting slots first, then
+//!   retires idle workers, then busy ones, which finish what they hold and stop. Nothing
+//!   queued or running is dropped. The autoscaler ([`super::autoscale`]) runs on the
+//!   pool's tick whenever the pool has bounds, from the file or from the admin API.
+//!
+//! After every message the actor publishes a [`PoolStatus`] snapshot; the HTTP side,
+//! readiness and the metrics read only that.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::autoscale::{Autoscaler, Load};
+use super::protocol::{
+    Inbox, Job, PoolMessage, Resize, ResizeError, StartedJob, WorkerId, WorkerMessage,
+};
+use super::worker::{Worker, WorkerArgs};
+use crate::config::{AutoscaleConfig, PoolKind, SupervisorConfig, secs};
+use crate::pool::{PoolShared, PoolStatus};
+use crate::store::{Requeue, TaskStore};
+use crate::task::{Registered, WorkerContext};
+
+/// Worker ids, unique for the life of the process.
+static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
+
+/// The name a worker actor is registered under (`ractor::registry`), for operators'
+/// tooling and tests.
+pub fn worker_name(pool: &str, worker: WorkerId) -> String {
+    format!("celeriac-worker/{pool}/{worker}")
+}
+
+/// The pool actor.
+pub struct Pool;
+
+/// What a pool actor starts with.
+pub struct PoolArgs {
+    /// The pool's settings and where its status is published.
+    pub shared: Arc<PoolShared>,
+    /// Back-off and budget for failed starts; the time-limit check interval.
+    pub supervisor: SupervisorConfig,
+    /// The tasks routed to this pool.
+    pub tasks: Vec<Registered>,
+    /// Task records.
+    pub store: Arc<TaskStore>,
+}
+
+struct Running {
+    jobs: Vec<StartedJob>,
+    since: Instant,
+}
+
+struct WorkerEntry {
+    /// `None` once a shrink retired it (its slot is gone).
+    slot: Option<usize>,
+    inbox: Inbox,
+    actor: ActorRef<WorkerMessage>,
+    running: Option<Running>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Running(WorkerId),
+    /// Its worker failed to start; a `Restart` is scheduled.
+    Waiting,
+    /// Its worker failed to start and the budget is spent.
+    Parked,
+}
+
+struct Slot {
+    state: SlotState,
+    /// Consecutive failed starts, for the back-off.
+    failures: u32,
+}
+
+/// Why a worker left, for logs and the restart metric's `reason`.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    TimeLimit,
+    Crash,
+}
+
+/// A pool actor's state.
+pub struct PoolState {
+    shared: Arc<PoolShared>,
+    supervisor: SupervisorConfig,
+    tasks: Vec<Registered>,
+    store: Arc<TaskStore>,
+    myself: ActorRef<PoolMessage>,
+    /// Tasks of this pool that take batches.
+    batching: HashSet<Arc<str>>,
+    queue: VecDeque<Job>,
+    /// Idle workers; the most recently idle is used first (warm caches).
+    idle: Vec<WorkerId>,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    /// Linked worker actors not yet seen exiting.
+    actors: HashMap<ActorId, WorkerId>,
+    slots: BTreeMap<usize, Slot>,
+    /// Failed starts within the budget window.
+    failed_starts: VecDeque<Instant>,
+    /// Bounds and tuning, when autoscaling.
+    autoscale: Option<AutoscaleConfig>,
+    autoscaler: Autoscaler,
+    last_autoscale: Instant,
+    flush_pending: bool,
+    shutting_down: bool,
+    oldest_wait_ms: u64,
+    replaced: u64,
+    panics: u64,
+    failed_starts_total: u64,
+}
+
+impl Actor for Pool {
+    type Msg = PoolMessage;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let PoolArgs {
+            shared,
+            supervisor,
+            tasks,
+            store,
+        } = args;
+        let size = shared.status().size;
+        myself.send_interval(
+            Duration::from_millis(supervisor.time_limit_check_ms),
+            || PoolMessage::Tick,
+        );
+        let mut state = PoolState {
+            batching: tasks
+                .iter()
+                .filter(|t| t.factory.batching())
+                .map(|t| t.name.clone())
+                .collect(),
+            autoscale: shared.config.autoscale.clone(),
+            shared,
+            supervisor,
+            tasks,
+            store,
+            myself,
+            queue: VecDeque::new(),
+            idle: Vec::new(),
+            workers: HashMap::new(),
+            actors: HashMap::new(),
+            slots: BTreeMap::new(),
+            failed_starts: VecDeque::new(),
+            autoscaler: Autoscaler::default(),
+            last_autoscale: Instant::now(),
+            flush_pending: false,
+            shutting_down: false,
+            oldest_wait_ms: 0,
+            replaced: 0,
+            panics: 0,
+            failed_starts_total: 0,
+        };
+        for slot in 0..size {
+            state.spawn_worker(slot).await.map_err(|e| {
+                format!("pool `{}`: worker failed to start: {e}", state.shared.name)
+            })?;
+        }
+        state.publish();
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: PoolMessage,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PoolMessage::Submit(jobs) => {
+                state.queue.extend(jobs);
+                if state.status().is_dead() {
+                    state.fail_queued();
+                }
+                state.dispatch();
+            }
+            PoolMessage::Ready { worker, panics } => state.ready(worker, panics),
+            PoolMessage::Resize { change, reply } => {
+                let outcome = state.resize(change).await;
+                let _ = reply.send(outcome);
+            }
+            PoolMessage::Restart { slot } => {
+                let waiting = state
+                    .slots
+                    .get(&slot)
+                    .is_some_and(|s| s.state == SlotState::Waiting);
+                if waiting && !state.shutting_down {
+                    state.start_or_retry(slot).await;
+                    state.dispatch();
+                }
+            }
+            PoolMessage::Tick => state.tick().await,
+            PoolMessage::Flush => {
+                state.flush_pending = false;
+                state.dispatch();
+            }
+            PoolMessage::ShuttingDown => state.shutting_down = true,
+        }
+        state.publish();
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        // Workers this pool let go itself (shrink, time limit) are no longer in
+        // `workers`: their exit is expected.
+        if let Some(worker) = state.actors.remove(&cell.get_id())
+            && state.workers.contains_key(&worker)
+        {
+            state.lost(worker, Loss::Crash, &why).await;
+            state.dispatch();
+        }
+        state.publish();
+        Ok(())
+    }
+}
+
+impl PoolState {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The state as the rest of the process sees it.
+    fn status(&self) -> PoolStatus {
+        let mut s = PoolStatus {
+            size: self.slots.len(),
+            idle: self.idle.len(),
+            queued: self.queue.len(),
+            oldest_wait_ms: self.oldest_wait_ms,
+            autoscale: self.autoscale.as_ref().map(|a| (a.min, a.max)),
+            replaced: self.replaced,
+            panics: self.panics,
+            failed_starts: self.failed_starts_total,
+            ..PoolStatus::default()
+        };
+        for slot in self.slots.values() {
+            match slot.state {
+                SlotState::Running(_) => {}
+                SlotState::Waiting => s.starting += 1,
+                SlotState::Parked => s.parked += 1,
+            }
+        }
+        for w in self.workers.values() {
+            match (w.slot, &w.running) {
+                (None, _) => s.stopping += 1,
+                (Some(_), Some(_)) => s.busy += 1,
+                (Some(_), None) => {}
+            }
+        }
+        s
+    }
+
+    fn publish(&self) {
+        self.shared.publish(self.status());
+    }
+
+    /// Spawns a worker on `slot`, linked to this actor; it is idle at once.
+    async fn spawn_worker(&mut self, slot: usize) -> Result<(), String> {
+        let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        let config = &self.shared.config;
+        let (tx, rx) = match config.kind {
+            PoolKind::Threads => {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            PoolKind::Solo => (None, None),
+        };
+        let spawned = Actor::spawn_linked(
+            Some(worker_name(self.name(), id)),
+            Worker,
+            WorkerArgs {
+                id,
+                shared: self.shared.clone(),
+                context: WorkerContext {
+                    device: config.device_for(slot),
+                    intra_op_threads: config.threads_per_worker(),
+                    name: format!("{}-{id}", self.shared.name),
+                    pool: self.shared.name.clone(),
+                    nice: config.nice,
+                },
+                tasks: self.tasks.clone(),
+                store: self.store.clone(),
+                pool: self.myself.clone(),
+                batches: rx,
+            },
+            self.myself.get_cell(),
+        )
+        .await;
+        let actor = match spawned {
+            Ok((actor, _)) => actor,
+            Err(e) => {
+                self.failed_starts_total += 1;
+                return Err(e.to_string());
+            }
+        };
+        let inbox = match tx {
+            Some(tx) => Inbox::Thread(tx),
+            None => Inbox::Inline(actor.clone()),
+        };
+        self.actors.insert(actor.get_id(), id);
+        self.workers.insert(
+            id,
+            WorkerEntry {
+                slot: Some(slot),
+                inbox,
+                actor,
+                running: None,
+            },
+        );
+        self.slots.insert(
+            slot,
+            Slot {
+                state: SlotState::Running(id),
+                failures: 0,
+            },
+        );
+        self.idle.push(id);
+        Ok(())
+    }
+
+    /// Starts a worker on a slot that has none; on failure, schedules another try after
+    /// the back-off, or parks the slot when the budget is spent.
+    async fn start_or_retry(&mut self, slot: usize) {
+        let failures = self.slots.get(&slot).map_or(0, |s| s.failures);
+        if let Err(e) = self.spawn_worker(slot).await {
+            tracing::error!(pool = %self.name(), slot, "worker failed to start: {e}");
+            self.slots.insert(
+                slot,
+                Slot {
+                    state: SlotState::Waiting,
+                    failures: failures + 1,
+                },
+            );
+            self.schedule_retry(slot);
+        }
+    }
+
+    fn schedule_retry(&mut self, slot: usize) {
+        let cfg = &self.supervisor;
+        let window = secs(cfg.restart_window_seconds);
+        while self
+            .failed_starts
+            .front()
+            .is_some_and(|t| t.elapsed() > window)
+        {
+            self.failed_starts.pop_front();
+        }
+        let Some(s) = self.slots.get_mut(&slot) else {
+            return;
+        };
+        if self.failed_starts.len() >= cfg.restart_budget as usize {
+            s.state = SlotState::Parked;
+            tracing::error!(
+                pool = %self.shared.name,
+                slot,
+                "restart budget spent ({} failed starts in {window:?}; supervisor.restart_budget): slot parked until the pool is resized",
+                self.failed_starts.len(),
+            );
+            if self.status().is_dead() {
+                self.fail_queued();
+            }
+            return;
+        }
+        self.failed_starts.push_back(Instant::now());
+        s.state = SlotState::Waiting;
+        let delay = Duration::from_millis(cfg.backoff_initial_ms)
+            .saturating_mul(1u32 << s.failures.saturating_sub(1).min(20))
+            .min(Duration::from_millis(cfg.backoff_max_ms));
+        self.myself
+            .send_after(delay, move || PoolMessage::Restart { slot });
+    }
+
+    /// A worker finished its batch.
+    fn ready(&mut self, worker: WorkerId, panics: u32) {
+        if panics > 0 {
+            self.panics += u64::from(panics);
+            crate::metrics::restarted(&self.shared.name, crate::metrics::Restart::Panic, panics);
+        }
+        // Unknown ids are workers already written off (time limit): ignore them.
+        let Some(entry) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if entry.running.take().is_none() {
+            return;
+        }
+        if entry.slot.is_none() {
+            let entry = self.workers.remove(&worker).expect("just found");
+            entry.actor.stop(Some("scaled down".into()));
+        } else {
+            self.idle.push(worker);
+            self.dispatch();
+        }
+    }
+
+    /// A worker is gone while the pool still counted on it: settle what it held and,
+    /// unless it was retiring, replace it at once.
+    async fn lost(&mut self, worker: WorkerId, loss: Loss, why: &str) {
+        let Some(entry) = self.workers.remove(&worker) else {
+            return;
+        };
+        self.idle.retain(|w| *w != worker);
+        if let Some(running) = entry.running {
+            match loss {
+                Loss::TimeLimit => {
+                    for started in &running.jobs {
+                        if let Some(f) =
+                            self.store
+                                .fail(&started.job.id, Some(started.attempt), why.to_string())
+                        {
+                            crate::metrics::finished(&self.shared.name, &f);
+                        }
+                    }
+                }
+                Loss::Crash => self.requeue_or_fail(running.jobs, why),
+            }
+        }
+        tracing::warn!(pool = %self.shared.name, worker, ?loss, "worker lost: {why}");
+        let Some(slot) = entry.slot else { return };
+        if self.shutting_down {
+            self.slots.remove(&slot);
+            return;
+        }
+        self.replaced += 1;
+        let reason = match loss {
+            Loss::TimeLimit => crate::metrics::Restart::TimeLimit,
+            Loss::Crash => crate::metrics::Restart::Lost,
+        };
+        crate::metrics::restarted(&self.shared.name, reason, 1);
+        self.start_or_retry(slot).await;
+    }
+
+    /// Jobs whose worker was lost: back to the front of the queue as `RETRY` while
+    /// `max_retries` allows, else `FAILURE` with "worker lost".
+    fn requeue_or_fail(&mut self, jobs: Vec<StartedJob>, why: &str) {
+        let max_retries = self.shared.config.max_retries;
+        for started in jobs.into_iter().rev() {
+            let (outcome, finished) =
+                self.store
+                    .requeue_or_fail(&started.job.id, started.attempt, max_retries, why);
+            if let Some(f) = finished {
+                crate::metrics::finished(&self.shared.name, &f);
+            }
+            if outcome == Requeue::Retry {
+                self.shared.readmit();
+                self.queue.push_front(started.job);
+            }
+        }
+    }
+
+    /// Hands queued jobs to idle workers until one side runs out. A job of a task that
+    /// takes batches goes out with up to `max_batch_size - 1` more jobs of the same task
+    /// from the front of the queue. While the queue is shorter than a batch and another
+    /// worker is busy, it waits up to `max_batch_delay_ms` for the batch to fill.
+    fn dispatch(&mut self) {
+        let max_batch = self.shared.config.max_batch_size;
+        let max_delay = Duration::from_secs_f64(self.shared.config.max_batch_delay_ms / 1e3);
+        while !self.queue.is_empty() {
+            let Some(&worker) = self.idle.last() else {
+                break;
+            };
+            if max_batch > 1 && self.queue.len() < max_batch && !max_delay.is_zero() {
+                let front = self.queue.front().expect("not empty");
+                let waited = front.enqueued.elapsed();
+                let busy = self.workers.values().any(|w| w.running.is_some());
+                if busy && waited < max_delay && self.batching.contains(&front.task) {
+                    if !self.flush_pending {
+                        self.flush_pending = true;
+                        self.myself
+                            .send_after(max_delay - waited, || PoolMessage::Flush);
+                    }
+                    break;
+                }
+            }
+            let mut batch: Vec<StartedJob> = Vec::new();
+            while let Some(job) = self.queue.front() {
+                let fits = match batch.first() {
+                    None => true,
+                    Some(first) => {
+                        batch.len() < max_batch
+                            && job.task == first.job.task
+                            && self.batching.contains(&job.task)
+                    }
+                };
+                if !fits {
+                    break;
+                }
+                let job = self.queue.pop_front().expect("peeked");
+                self.shared.release(1);
+                // Revoked (or expired) while queued: skip it.
+                if let Some((attempt, waited)) = self.store.start(&job.id) {
+                    crate::metrics::started(&self.shared.name, &job.task, waited);
+                    batch.push(StartedJob { job, attempt });
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.idle.pop();
+            let entry = self
+                .workers
+                .get_mut(&worker)
+                .expect("idle workers are registered. This is a bug.");
+            entry.running = Some(Running {
+                jobs: batch.clone(),
+                since: Instant::now(),
+            });
+            if entry.inbox.send(batch).is_err() {
+                // Its thread is gone. Settle what it was handed now; stopping the actor
+                // brings its exit through `lost`, which replaces it.
+                if let Some(running) = entry.running.take() {
+                    entry.actor.stop(Some("worker thread exited".into()));
+                    self.requeue_or_fail(running.jobs, "worker thread exited");
+                }
+            }
+        }
+    }
+
+    fn fail_queued(&mut self) {
+        let why = format!(
+            "no live worker in pool `{}`: its workers fail to start and the restart budget is spent",
+            self.shared.name
+        );
+        for job in self.queue.drain(..) {
+            self.shared.release(1);
+            if let Some(f) = self.store.fail(&job.id, None, why.clone()) {
+                crate::metrics::finished(&self.shared.name, &f);
+            }
+        }
+    }
+
+    /// Periodic: time limits, the oldest job's age, the autoscaler.
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let limit = secs(self.shared.config.time_limit_seconds);
+        let over: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, e)| e.running.as_ref().is_some_and(|r| now - r.since > limit))
+            .map(|(w, _)| *w)
+            .collect();
+        for worker in over {
+            let why = format!(
+                "time limit exceeded: ran longer than {limit:?} (pools.{}.time_limit_seconds)",
+                self.shared.name
+            );
+            if let Some(entry) = self.workers.get(&worker) {
+                entry.actor.stop(Some("time limit exceeded".into()));
+            }
+            self.lost(worker, Loss::TimeLimit, &why).await;
+        }
+        self.oldest_wait_ms = self
+            .queue
+            .front()
+            .map_or(0, |j| j.enqueued.elapsed().as_millis() as u64);
+        if let Some(tuning) = self.autoscale.clone()
+            && now - self.last_autoscale >= Duration::from_millis(tuning.check_interval_ms)
+            && !self.shutting_down
+        {
+            self.last_autoscale = now;
+            let status = self.status();
+            let target = self.autoscaler.decide(
+                (tuning.min, tuning.max),
+                &tuning,
+                Load {
+                    size: status.size,
+                    queued: status.queued,
+                    oldest_wait: Duration::from_millis(status.oldest_wait_ms),
+                    idle: status.idle,
+                },
+                now,
+            );
+            if target != status.size {
+                tracing::info!(pool = %self.shared.name, from = status.size, to = target, queued = status.queued, "autoscaling");
+                if let Err(e) = self.set_size(target).await {
+                    tracing::error!(pool = %self.shared.name, "autoscale failed: {e}");
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    async fn resize(&mut self, change: Resize) -> Result<(), ResizeError> {
+        let ceiling = self.shared.config.ceiling();
+        let current = self.slots.len();
+        let name = &self.shared.name;
+        let target = match change {
+            Resize::Concurrency(n) => {
+                if n == 0 || n > ceiling {
+                    return Err(ResizeError::Invalid(format!(
+                        "concurrency must be between 1 and {ceiling} (pools.{name}.max_concurrency), got {n}"
+                    )));
+                }
+                if let Some(a) = &self.autoscale
+                    && !(a.min..=a.max).contains(&n)
+                {
+                    return Err(ResizeError::Invalid(format!(
+                        "pool `{name}` autoscales between {} and {}: set a concurrency within them, or change the bounds first",
+                        a.min, a.max
+                    )));
+                }
+                n
+            }
+            Resize::Autoscale(Some(update)) => {
+                let (min, max) = (update.min, update.max);
+                if min == 0 || min > max || max > ceiling {
+                    return Err(ResizeError::Invalid(format!(
+                        "autoscale needs 1 <= min <= max <= {ceiling} (pools.{name}.max_concurrency), got min {min} max {max}"
+                    )));
+                }
+                // The file's tuning when it has some, else the defaults; then the
+                // request's.
+                let mut a = self
+                    .shared
+                    .config
+                    .autoscale
+                    .clone()
+                    .unwrap_or_else(|| AutoscaleConfig::with_bounds(min, max));
+                (a.min, a.max) = (min, max);
+                if let Some(v) = update.scale_up_queue_depth {
+                    a.scale_up_queue_depth = v;
+                }
+                if let Some(v) = update.scale_up_wait_ms {
+                    a.scale_up_wait_ms = v;
+                }
+                if let Some(v) = update.scale_up_cooldown_seconds {
+                    a.scale_up_cooldown_seconds = v;
+                }
+                if let Some(v) = update.scale_down_idle_seconds {
+                    a.scale_down_idle_seconds = v;
+                }
+                if let Some(v) = update.check_interval_ms {
+                    a.check_interval_ms = v;
+                }
+                a.validate_tuning().map_err(|(field, why)| {
+                    ResizeError::Invalid(format!("autoscale.{field} {why}"))
+                })?;
+                self.autoscale = Some(a);
+                self.autoscaler = Autoscaler::default();
+                current.clamp(min, max)
+            }
+            Resize::Autoscale(None) => {
+                self.autoscale = None;
+                current
+            }
+        };
+        self.set_size(target).await
+    }
+
+    /// Grows or shrinks the pool to `target` slots. Parked slots that stay get a fresh
+    /// start (and the budget a fresh window): a resize is the operator's word that the
+    /// cause is fixed.
+    async fn set_size(&mut self, target: usize) -> Result<(), ResizeError> {
+        let current = self.slots.len();
+        let parked: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.state == SlotState::Parked)
+            .map(|(k, _)| *k)
+            .collect();
+        if !parked.is_empty() && target >= current {
+            self.failed_starts.clear();
+            for slot in parked {
+                self.slots.insert(
+                    slot,
+                    Slot {
+                        state: SlotState::Waiting,
+                        failures: 0,
+                    },
+                );
+                let _ = self.myself.send_message(PoolMessage::Restart { slot });
+            }
+        }
+        if target > current {
+            for _ in current..target {
+                let slot = (0..)
+                    .find(|s| !self.slots.contains_key(s))
+                    .expect("unbounded");
+                self.spawn_worker(slot).await.map_err(ResizeError::Spawn)?;
+            }
+            self.dispatch();
+        } else if target < current {
+            let mut excess = current - target;
+            // Parked and waiting slots go first: nothing runs on them.
+            for wanted in [SlotState::Parked, SlotState::Waiting] {
+                let drop: Vec<usize> = self
+                    .slots
+                    .iter()
+                    .rev()
+                    .filter(|(_, s)| s.state == wanted)
+                    .map(|(k, _)| *k)
+                    .take(excess)
+                    .collect();
+                for k in drop {
+                    self.slots.remove(&k);
+                    excess -= 1;
+                }
+            }
+            // Then idle workers, which stop at once.
+            while excess > 0 {
+                let Some(w) = self.idle.pop() else { break };
+                let entry = self
+                    .workers
+                    .remove(&w)
+                    .expect("idle workers are registered. This is a bug.");
+                if let Some(slot) = entry.slot {
+                    self.slots.remove(&slot);
+                }
+                entry.actor.stop(Some("scaled down".into()));
+                excess -= 1;
+            }
+            // Then busy ones, newest first: they stop once they report what they hold.
+            let mut busy: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|(_, e)| e.slot.is_some() && e.running.is_some())
+                .map(|(w, _)| *w)
+                .collect();
+            busy.sort_unstable_by(|a, b| b.cmp(a));
+            for w in busy.into_iter().take(excess) {
+                let e = self.workers.get_mut(&w).expect("listed above");
+                if let Some(slot) = e.slot.take() {
+                    self.slots.remove(&slot);
+                }
+            }
+        }
+        tracing::info!(pool = %self.shared.name, size = self.slots.len(), "pool resized");
+        Ok(())
+    }
+}

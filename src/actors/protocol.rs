@@ -1,0 +1,169 @@
+//! The actor protocol on one page: what travels between the HTTP side, the pool actors
+//! and the workers. Every actor module imports from here, and from nowhere else in
+//! `actors`, so there are no import cycles between them.
+//!
+//! ```text
+//!  HTTP ──Submit──▶ Pool ──batch (Inbox)──▶ Worker
+//!  HTTP ──Resize──▶ Pool ◀──Ready────────── Worker
+//!                   Pool ◀──ActorFailed / ActorTerminated (linked)
+//! ```
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ractor::{ActorRef, RpcReplyPort};
+use serde_json::Value;
+
+use crate::store::TaskId;
+
+/// A worker's id, unique for the life of the process.
+pub type WorkerId = u64;
+
+/// A unit of work on its way to a worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The task's id in the store.
+    pub id: TaskId,
+    /// The registered task name.
+    pub task: Arc<str>,
+    /// The validated input.
+    pub input: Arc<Value>,
+    /// When it was queued (for the autoscaler's queue-wait signal).
+    pub enqueued: Instant,
+}
+
+/// A job handed to a worker, with the attempt number its answer must carry.
+#[derive(Debug, Clone)]
+pub struct StartedJob {
+    /// The job.
+    pub job: Job,
+    /// From [`crate::store::TaskStore::start`].
+    pub attempt: u32,
+}
+
+/// Messages to a pool actor, the one owner of a pool's queue and workers.
+pub enum PoolMessage {
+    /// New jobs, already recorded `PENDING` and admitted (see
+    /// [`crate::pool::PoolShared::try_admit`]).
+    Submit(Vec<Job>),
+    /// A worker finished what it was handed and wants more.
+    Ready {
+        /// Its id.
+        worker: WorkerId,
+        /// Task instances it rebuilt after a task panicked while running the batch.
+        panics: u32,
+    },
+    /// Change the pool's size or autoscale bounds; answers once new workers run and
+    /// retired ones were told to stop.
+    Resize {
+        /// The change.
+        change: Resize,
+        /// The outcome.
+        reply: RpcReplyPort<Result<(), ResizeError>>,
+    },
+    /// Start a worker in a slot whose previous start failed (sent to itself after the
+    /// back-off).
+    Restart {
+        /// The slot.
+        slot: usize,
+    },
+    /// Periodic: enforce time limits, measure the oldest queued job's age, autoscale.
+    Tick,
+    /// A batch-fill wait ran out: dispatch what is queued.
+    Flush,
+    /// Stop replacing workers: the process is shutting down.
+    ShuttingDown,
+}
+
+/// A change of a pool's size or autoscale bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resize {
+    /// Set the size; within the autoscale bounds when autoscaling.
+    Concurrency(usize),
+    /// Autoscale between bounds (the size is clamped into them at once), or stop
+    /// autoscaling (`None`) at the current size.
+    Autoscale(Option<AutoscaleUpdate>),
+}
+
+/// Autoscale bounds from the admin API, and optionally its tuning; a tuning field left
+/// out keeps the pool's `[pools.NAME.autoscale]` value, else the default.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleUpdate {
+    /// Fewest workers.
+    pub min: usize,
+    /// Most workers.
+    pub max: usize,
+    /// See [`crate::config::AutoscaleConfig::scale_up_queue_depth`].
+    #[serde(default)]
+    pub scale_up_queue_depth: Option<usize>,
+    /// See [`crate::config::AutoscaleConfig::scale_up_wait_ms`].
+    #[serde(default)]
+    pub scale_up_wait_ms: Option<u64>,
+    /// See [`crate::config::AutoscaleConfig::scale_up_cooldown_seconds`].
+    #[serde(default)]
+    pub scale_up_cooldown_seconds: Option<f64>,
+    /// See [`crate::config::AutoscaleConfig::scale_down_idle_seconds`].
+    #[serde(default)]
+    pub scale_down_idle_seconds: Option<f64>,
+    /// See [`crate::config::AutoscaleConfig::check_interval_ms`].
+    #[serde(default)]
+    pub check_interval_ms: Option<u64>,
+}
+
+impl AutoscaleUpdate {
+    /// Bounds only, with the pool's tuning.
+    pub fn bounds(min: usize, max: usize) -> Self {
+        AutoscaleUpdate {
+            min,
+            max,
+            scale_up_queue_depth: None,
+            scale_up_wait_ms: None,
+            scale_up_cooldown_seconds: None,
+            scale_down_idle_seconds: None,
+            check_interval_ms: None,
+        }
+    }
+}
+
+/// Why a resize was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResizeError {
+    /// The request is out of range; the message says which bound.
+    #[error("{0}")]
+    Invalid(String),
+    /// A new worker failed to start.
+    #[error("a new worker failed to start: {0}")]
+    Spawn(String),
+}
+
+/// Messages to a worker actor.
+pub enum WorkerMessage {
+    /// Jobs to run inline (`solo` workers only).
+    Run(Vec<StartedJob>),
+    /// The worker's thread cannot go on (its tasks could not be rebuilt); the worker
+    /// fails with this message and its pool replaces it.
+    Died(String),
+}
+
+/// How a pool hands a batch to one of its workers.
+pub enum Inbox {
+    /// The worker's own thread, through a channel (`threads`).
+    Thread(mpsc::Sender<Vec<StartedJob>>),
+    /// The worker actor itself, which runs jobs inline (`solo`).
+    Inline(ActorRef<WorkerMessage>),
+}
+
+impl Inbox {
+    /// Hands a batch over; gives it back if the worker is gone.
+    pub fn send(&self, batch: Vec<StartedJob>) -> Result<(), Vec<StartedJob>> {
+        match self {
+            Inbox::Thread(tx) => tx.send(batch).map_err(|e| e.0),
+            Inbox::Inline(actor) => actor.cast(WorkerMessage::Run(batch)).map_err(|e| match e {
+                ractor::MessagingErr::SendErr(WorkerMessage::Run(b)) => b,
+                _ => Vec::new(),
+            }),
+        }
+    }
+}

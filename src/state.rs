@@ -1,0 +1,37 @@
+//! What the HTTP handlers share: the config, the store, the registry, and each pool's
+//! published status and actor. Built by [`crate::app`], read by [`crate::http`]; it
+//! depends on neither, so the two do not import each other.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use ractor::ActorRef;
+
+use crate::actors::protocol::PoolMessage;
+use crate::config::Config;
+use crate::pool::PoolShared;
+use crate::store::TaskStore;
+use crate::task::Registry;
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Task records.
+    pub store: Arc<TaskStore>,
+    /// Registered tasks.
+    pub registry: Arc<Registry>,
+    /// Every pool, by index (config order): settings and published status.
+    pub pools: Vec<Arc<PoolShared>>,
+    /// Every pool's actor, by the same index: where submits and resizes go.
+    pub pool_actors: Vec<ActorRef<PoolMessage>>,
+    /// Cleared when shutdown starts: submits then get 503.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    /// Whether every queued and running task has finished.
+    pub fn drained(&self) -> bool {
+        self.pools.iter().all(|p| p.is_drained())
+    }
+}
