@@ -4,13 +4,14 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/celeriac-target}
-CELERIAC=$CARGO_TARGET_DIR/release/celeriac
+# CELERIAC_BIN=path measures another build (e.g. an older commit's) side by side.
+CELERIAC=${CELERIAC_BIN:-$CARGO_TARGET_DIR/release/celeriac}
 LOADGEN=${LOADGEN:-$HOME/.cache/celeriac-baseline/loadgen-target/release/loadgen}
 PORT=${PORT:-18080}
 BASE=http://127.0.0.1:$PORT
 
 build_all() {
-  (cd "$ROOT" && cargo build --release --bin celeriac) >&2
+  [ -n "${CELERIAC_BIN:-}" ] || (cd "$ROOT" && cargo build --release --bin celeriac) >&2
   if [ ! -x "$LOADGEN" ]; then
     [ -f "$SHARED/bench/loadgen/Cargo.toml" ] || { echo "no load generator: $SHARED/bench/loadgen missing (set LOADGEN)" >&2; exit 1; }
     cargo build --release --locked --manifest-path "$SHARED/bench/loadgen/Cargo.toml" \

@@ -10,7 +10,7 @@ N=${N:-40000}
 N1=${N1:-3000}
 
 build_all
-start_server "$ROOT/config/debug.toml"
+start_server "${CONFIG:-$ROOT/config/debug.toml}"
 trap stop_server EXIT
 
 printf '%s\n' "celeriac debug.echo over HTTP, $(date -u +%FT%TZ), $(nproc) cores, load generator on the same machine (1 thread)"

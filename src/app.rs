@@ -117,7 +117,7 @@ impl App {
         let server = tokio::spawn(server);
 
         shutdown.await;
-        state.accepting.store(false, Ordering::Release);
+        state.accepting.store(false, Ordering::SeqCst);
         let drain = secs(state.config.server.drain_timeout_seconds);
         tracing::info!(?drain, "shutting down: draining queued and running tasks");
         let drained = tokio::time::timeout(drain, async {

@@ -77,8 +77,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 fn template_matches(template: &str, path: &str) -> bool {
-    let mut t = template.trim_matches('/').split('/');
-    let mut p = path.trim_matches('/').split('/');
+    // Only the leading `/` goes: `/metrics/` is another path than `/metrics`, as for
+    // warp's own matching.
+    let mut t = template.trim_start_matches('/').split('/');
+    let mut p = path.trim_start_matches('/').split('/');
     loop {
         match (t.next(), p.next()) {
             (None, None) => return true,
@@ -359,5 +361,9 @@ mod tests {
         assert_eq!(allowed_methods("/v1/tasks/x"), ["POST", "GET", "DELETE"]);
         assert_eq!(allowed_methods("/metrics"), ["GET"]);
         assert!(allowed_methods("/v1/nothing").is_empty());
+        assert!(
+            allowed_methods("/metrics/").is_empty(),
+            "as warp: another path"
+        );
     }
 }

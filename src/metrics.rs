@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::pool::PoolShared;
 
-/// Workers by pool and state (`starting`, `idle`, `busy`, `stopping`).
+/// Workers by pool and state (`starting`, `idle`, `busy`, `stopping`; `parked`: slots
+/// whose workers failed to start past the restart budget).
 pub const WORKERS: &str = "celeriac_workers";
 /// Configured (target) pool size.
 pub const POOL_SIZE: &str = "celeriac_pool_size";
@@ -109,7 +110,7 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("no other metrics recorder is installed");
         describe_gauge!(
             WORKERS,
-            "Workers by pool and state (starting, idle, busy, stopping)."
+            "Workers by pool and state (starting, idle, busy, stopping; parked: slots whose workers failed to start past the restart budget)."
         );
         describe_gauge!(
             POOL_SIZE,
@@ -262,6 +263,7 @@ pub fn render(pools: &[std::sync::Arc<PoolShared>]) -> String {
             ("idle", s.idle),
             ("busy", s.busy),
             ("stopping", s.stopping),
+            ("parked", s.parked),
         ] {
             gauge!(WORKERS, "pool" => pool.clone(), "state" => state).set(n as f64);
         }

@@ -106,6 +106,11 @@ impl PoolShared {
         self.status.borrow().clone()
     }
 
+    /// Whether the pool is dead ([`PoolStatus::is_dead`]), without copying the status.
+    pub fn is_dead(&self) -> bool {
+        self.status.borrow().is_dead()
+    }
+
     /// Waits for the next published change.
     pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
         self.status.subscribe()
@@ -123,11 +128,13 @@ impl PoolShared {
         });
     }
 
-    /// Reserves `n` queue places, or none if that would pass the capacity.
+    /// Reserves `n` queue places, or none if that would pass the capacity. (Sequentially
+    /// consistent, like the app's `accepting` flag, so a submit racing the start of a
+    /// drain is either refused or seen by the drain.)
     pub fn try_admit(&self, n: usize) -> bool {
         let cap = self.config.queue_capacity;
         self.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
                 (q + n <= cap).then_some(q + n)
             })
             .is_ok()
@@ -135,19 +142,19 @@ impl PoolShared {
 
     /// Gives back `n` queue places: the jobs left the queue, or were never sent.
     pub fn release(&self, n: usize) {
-        self.admitted.fetch_sub(n, Ordering::AcqRel);
+        self.admitted.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// Takes one place for a job put back in the queue (a retry after a lost worker),
     /// even past the capacity: an admitted task is never dropped.
     pub(crate) fn readmit(&self) {
-        self.admitted.fetch_add(1, Ordering::AcqRel);
+        self.admitted.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Jobs admitted and not yet handed to a worker (those on their way to the pool
     /// actor included).
     pub fn admitted(&self) -> usize {
-        self.admitted.load(Ordering::Acquire)
+        self.admitted.load(Ordering::SeqCst)
     }
 
     /// Whether nothing is admitted, queued or running.

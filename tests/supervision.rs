@@ -33,6 +33,11 @@ async fn resize(s: &Server, pool: &str, body: Value) -> common::Resp {
     common::Resp::from_response(r).await
 }
 
+/// Nothing admitted, queued or running, within 5 s.
+async fn drained(s: &Server) -> bool {
+    wait_until(Duration::from_secs(5), || async { s.state.drained() }).await
+}
+
 async fn pool_full(s: &Server, size: usize) -> bool {
     wait_until(Duration::from_secs(10), || async {
         let r = s.get("/health/ready").await;
@@ -192,10 +197,10 @@ async fn poison_tasks_mixed_with_normal_ones_under_resizes_cost_only_themselves(
             _ => panic!("a counter"),
         });
     assert_eq!(failed, Some(300.0));
+    assert!(drained(&s).await);
     let status = s.state.pools[0].status();
     assert_eq!(status.panics, 300);
     assert_eq!(status.replaced, 0);
-    assert!(s.state.drained());
     Arc::into_inner(s).unwrap().shutdown().await;
 }
 
@@ -217,9 +222,11 @@ async fn time_limit_fails_the_task_and_replaces_the_worker() {
     assert_eq!(v["state"], "SUCCESS", "{v}");
     assert!(pool_full(&s, 1).await);
     assert_eq!(s.state.pools[0].status().replaced, 1);
-    // The abandoned thread's late answer does not overwrite the FAILURE.
+    // The abandoned thread's late answer does not overwrite the FAILURE, and the
+    // queue's admission count is back to zero.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(s.state_of(&id).await, "FAILURE");
+    assert!(drained(&s).await, "{:?}", s.state.pools[0].status());
     s.shutdown().await;
 }
 
@@ -268,6 +275,10 @@ async fn max_retries_requeues_work_held_by_a_lost_worker() {
     let status = s.state.pools[0].status();
     assert_eq!(status.replaced, 2);
     assert!(status.failed_starts >= 2, "{status:?}");
+    assert!(
+        drained(&s).await,
+        "a retried job was admitted once and released once"
+    );
     s.shutdown().await;
 }
 

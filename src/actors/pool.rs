@@ -91,6 +91,8 @@ struct Slot {
     state: SlotState,
     /// Consecutive failed starts, for the back-off.
     failures: u32,
+    /// The tag of the `Restart` it waits for.
+    generation: u64,
 }
 
 /// Why a worker left, for logs and the restart metric's `reason`.
@@ -124,6 +126,10 @@ pub struct PoolState {
     last_autoscale: Instant,
     flush_pending: bool,
     shutting_down: bool,
+    /// Queue places to give back once the status is published ([`PoolState::settle`]).
+    released: usize,
+    /// Tags each scheduled `Restart`, so a stale one is ignored.
+    next_generation: u64,
     oldest_wait_ms: u64,
     replaced: u64,
     panics: u64,
@@ -173,6 +179,8 @@ impl Actor for Pool {
             last_autoscale: Instant::now(),
             flush_pending: false,
             shutting_down: false,
+            released: 0,
+            next_generation: 0,
             oldest_wait_ms: 0,
             replaced: 0,
             panics: 0,
@@ -183,7 +191,7 @@ impl Actor for Pool {
                 format!("pool `{}`: worker failed to start: {e}", state.shared.name)
             })?;
         }
-        state.publish();
+        state.settle();
         Ok(state)
     }
 
@@ -204,13 +212,15 @@ impl Actor for Pool {
             PoolMessage::Ready { worker, panics } => state.ready(worker, panics),
             PoolMessage::Resize { change, reply } => {
                 let outcome = state.resize(change).await;
+                // The caller reads the published status: publish before answering.
+                state.settle();
                 let _ = reply.send(outcome);
             }
-            PoolMessage::Restart { slot } => {
+            PoolMessage::Restart { slot, generation } => {
                 let waiting = state
                     .slots
                     .get(&slot)
-                    .is_some_and(|s| s.state == SlotState::Waiting);
+                    .is_some_and(|s| s.state == SlotState::Waiting && s.generation == generation);
                 if waiting && !state.shutting_down {
                     state.start_or_retry(slot).await;
                     state.dispatch();
@@ -223,7 +233,7 @@ impl Actor for Pool {
             }
             PoolMessage::ShuttingDown => state.shutting_down = true,
         }
-        state.publish();
+        state.settle();
         Ok(())
     }
 
@@ -248,7 +258,7 @@ impl Actor for Pool {
             state.lost(worker, Loss::Crash, &why).await;
             state.dispatch();
         }
-        state.publish();
+        state.settle();
         Ok(())
     }
 }
@@ -288,8 +298,18 @@ impl PoolState {
         s
     }
 
-    fn publish(&self) {
+    /// Ends every message: fails the queue of a pool that has become dead, publishes
+    /// the status, and only then gives back the queue places of jobs that left the
+    /// queue, so a reader never sees a job neither admitted nor busy (the drain check).
+    fn settle(&mut self) {
+        if !self.queue.is_empty() && self.status().is_dead() {
+            self.fail_queued();
+        }
         self.shared.publish(self.status());
+        let released = std::mem::take(&mut self.released);
+        if released > 0 {
+            self.shared.release(released);
+        }
     }
 
     /// Spawns a worker on `slot`, linked to this actor; it is idle at once.
@@ -350,6 +370,7 @@ impl PoolState {
             Slot {
                 state: SlotState::Running(id),
                 failures: 0,
+                generation: 0,
             },
         );
         self.idle.push(id);
@@ -367,6 +388,7 @@ impl PoolState {
                 Slot {
                     state: SlotState::Waiting,
                     failures: failures + 1,
+                    generation: 0,
                 },
             );
             self.schedule_retry(slot);
@@ -394,18 +416,18 @@ impl PoolState {
                 "restart budget spent ({} failed starts in {window:?}; supervisor.restart_budget): slot parked until the pool is resized",
                 self.failed_starts.len(),
             );
-            if self.status().is_dead() {
-                self.fail_queued();
-            }
             return;
         }
         self.failed_starts.push_back(Instant::now());
         s.state = SlotState::Waiting;
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        s.generation = generation;
         let delay = Duration::from_millis(cfg.backoff_initial_ms)
             .saturating_mul(1u32 << s.failures.saturating_sub(1).min(20))
             .min(Duration::from_millis(cfg.backoff_max_ms));
         self.myself
-            .send_after(delay, move || PoolMessage::Restart { slot });
+            .send_after(delay, move || PoolMessage::Restart { slot, generation });
     }
 
     /// A worker finished its batch.
@@ -523,7 +545,7 @@ impl PoolState {
                     break;
                 }
                 let job = self.queue.pop_front().expect("peeked");
-                self.shared.release(1);
+                self.released += 1;
                 // Revoked (or expired) while queued: skip it.
                 if let Some((attempt, waited)) = self.store.start(&job.id) {
                     crate::metrics::started(&self.shared.name, &job.task, waited);
@@ -559,7 +581,7 @@ impl PoolState {
             self.shared.name
         );
         for job in self.queue.drain(..) {
-            self.shared.release(1);
+            self.released += 1;
             if let Some(f) = self.store.fail(&job.id, None, why.clone()) {
                 crate::metrics::finished(&self.shared.name, &f);
             }
@@ -681,33 +703,45 @@ impl PoolState {
                 current
             }
         };
-        self.set_size(target).await
+        let outcome = self.set_size(target).await;
+        self.unpark();
+        outcome
     }
 
-    /// Grows or shrinks the pool to `target` slots. Parked slots that stay get a fresh
-    /// start (and the budget a fresh window): a resize is the operator's word that the
-    /// cause is fixed.
-    async fn set_size(&mut self, target: usize) -> Result<(), ResizeError> {
-        let current = self.slots.len();
+    /// After an operator's resize: parked slots that remain get a fresh start, and the
+    /// budget a fresh window (the operator's word that the cause is fixed). The
+    /// autoscaler never does this, so it cannot defeat the budget.
+    fn unpark(&mut self) {
         let parked: Vec<usize> = self
             .slots
             .iter()
             .filter(|(_, s)| s.state == SlotState::Parked)
             .map(|(k, _)| *k)
             .collect();
-        if !parked.is_empty() && target >= current {
-            self.failed_starts.clear();
-            for slot in parked {
-                self.slots.insert(
-                    slot,
-                    Slot {
-                        state: SlotState::Waiting,
-                        failures: 0,
-                    },
-                );
-                let _ = self.myself.send_message(PoolMessage::Restart { slot });
-            }
+        if parked.is_empty() {
+            return;
         }
+        self.failed_starts.clear();
+        for slot in parked {
+            self.next_generation += 1;
+            let generation = self.next_generation;
+            self.slots.insert(
+                slot,
+                Slot {
+                    state: SlotState::Waiting,
+                    failures: 0,
+                    generation,
+                },
+            );
+            let _ = self
+                .myself
+                .send_message(PoolMessage::Restart { slot, generation });
+        }
+    }
+
+    /// Grows or shrinks the pool to `target` slots.
+    async fn set_size(&mut self, target: usize) -> Result<(), ResizeError> {
+        let current = self.slots.len();
         if target > current {
             for _ in current..target {
                 let slot = (0..)

@@ -67,6 +67,9 @@ pub enum PoolMessage {
     Restart {
         /// The slot.
         slot: usize,
+        /// Which scheduled try this is; a stale one (the slot was removed, reused and
+        /// scheduled again meanwhile) is ignored.
+        generation: u64,
     },
     /// Periodic: enforce time limits, measure the oldest queued job's age, autoscale.
     Tick,

@@ -90,7 +90,10 @@ impl Runner {
             .iter()
             .find(|r| r.name == *name)
             .expect("jobs are routed to pools that run their task. This is a bug.");
-        let task = reg.factory.build(&self.context).map_err(|e| {
+        let built = std::panic::catch_unwind(AssertUnwindSafe(|| reg.factory.build(&self.context)))
+            .map_err(|payload| panic_message(payload.as_ref()))
+            .and_then(|b| b.map_err(|e| e.to_string()));
+        let task = built.map_err(|e| {
             format!("could not rebuild the instance of `{name}` after a task panicked: {e}")
         })?;
         self.tasks.insert(name.clone(), task);
@@ -132,6 +135,7 @@ impl Runner {
         let name = first.job.task.clone();
         let t0 = std::time::Instant::now();
         let mut panics = 0;
+        let mut recorded = 0;
         let outcomes: Vec<Result<Value, String>> = if batch.len() == 1 {
             vec![self.run_one(&name, &first.job.input, &mut panics)?]
         } else {
@@ -158,21 +162,28 @@ impl Runner {
                         "a batch panicked ({}); running its jobs one at a time",
                         panic_message(payload.as_ref())
                     );
-                    let mut out = Vec::with_capacity(batch.len());
+                    // Each answer is recorded as it comes, so if an instance cannot be
+                    // rebuilt, the jobs already answered keep their answers.
                     for s in &batch {
-                        out.push(self.run_one(&name, &s.job.input, &mut panics)?);
+                        let outcome = self.run_one(&name, &s.job.input, &mut panics)?;
+                        self.record(s, outcome);
+                        recorded += 1;
                     }
-                    out
+                    Vec::new()
                 }
             }
         };
         crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
-        for (started, outcome) in batch.iter().zip(outcomes) {
-            if let Some(f) = self.store.finish(&started.job.id, started.attempt, outcome) {
-                crate::metrics::finished(&self.pool.name, &f);
-            }
+        for (started, outcome) in batch[recorded..].iter().zip(outcomes) {
+            self.record(started, outcome);
         }
         Ok(panics)
+    }
+
+    fn record(&self, started: &StartedJob, outcome: Result<Value, String>) {
+        if let Some(f) = self.store.finish(&started.job.id, started.attempt, outcome) {
+            crate::metrics::finished(&self.pool.name, &f);
+        }
     }
 }
 
@@ -228,7 +239,13 @@ impl Actor for Worker {
                             }
                         };
                         while let Ok(batch) = rx.recv() {
-                            match runner.run_batch(batch) {
+                            // `run_batch` catches task panics; this catches the rest, so
+                            // the thread never ends without telling its actor.
+                            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                runner.run_batch(batch)
+                            }))
+                            .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
+                            match outcome {
                                 Ok(panics) => {
                                     let _ =
                                         ready_to.cast(PoolMessage::Ready { worker: id, panics });

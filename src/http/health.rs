@@ -62,9 +62,11 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
                     busy: s.busy,
                 })
                 .collect();
-            for (p, s) in pools.iter().zip(&statuses) {
+            for ((p, s), actor) in pools.iter().zip(&statuses).zip(&state.pool_actors) {
                 let min = s.minimum();
-                if p.live == 0 {
+                if !matches!(actor.get_status(), ractor::ActorStatus::Running) {
+                    reasons.push(format!("pool `{}` has stopped (its actor exited)", p.pool));
+                } else if p.live == 0 {
                     reasons.push(format!("pool `{}` has no live worker", p.pool));
                 } else if p.live < min {
                     reasons.push(format!(

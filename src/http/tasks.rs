@@ -98,7 +98,7 @@ fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
 
 /// Validates and queues `inputs` for `task`; all or none are accepted.
 fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskId>, ApiError> {
-    if !state.accepting.load(Ordering::Acquire) {
+    if !state.accepting.load(Ordering::SeqCst) {
         return Err(ApiError::ShuttingDown);
     }
     let reg = state
@@ -122,11 +122,17 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
             })?;
     }
     let pool = &state.pools[reg.pool];
-    if pool.status().is_dead() {
+    if pool.is_dead() {
         return Err(ApiError::NoLiveWorker(pool.name.clone()));
     }
     if !pool.try_admit(inputs.len()) {
         return Err(ApiError::QueueFull(pool.name.clone()));
+    }
+    // A drain that started since the check above may already have seen the queue
+    // empty: give the places back rather than accept work it will not wait for.
+    if !state.accepting.load(Ordering::SeqCst) {
+        pool.release(inputs.len());
+        return Err(ApiError::ShuttingDown);
     }
     let jobs: Vec<Job> = inputs
         .into_iter()
