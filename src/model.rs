@@ -238,7 +238,7 @@ impl TextClassifier {
                 "encoder weights are missing; fetch them with scripts/fetch-model.sh",
             ));
         }
-        // Safety: the file is not modified while mapped (fetch-model.sh replaces it by
+        // SAFETY: the file is not modified while mapped (fetch-model.sh replaces it by
         // rename, never in place).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| file_error(&weights, e))?;

@@ -54,7 +54,7 @@ pub fn set_thread_nice(nice: i32) {
         return;
     }
     #[cfg(target_os = "linux")]
-    // Safety: plain syscalls on the calling thread's own id.
+    // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {

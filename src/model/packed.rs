@@ -345,7 +345,7 @@ fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
     assert_eq!(x.len(), rows * d.inp);
     assert_eq!(out.len(), rows * d.out);
     assert_eq!(d.weight_t.len(), d.out * d.inp);
-    // Safety: the asserts above bound every access. dst is `out x rows` (unit row
+    // SAFETY: the asserts above bound every access. dst is `out x rows` (unit row
     // stride, column stride `out`) over `out`; lhs is `out x inp` over `weight_t`
     // (unit row stride, column stride `out`); rhs is `inp x rows` over `x` (unit row
     // stride, column stride `inp`); none overlap.
@@ -404,7 +404,7 @@ mod avx2 {
 fn gelu(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
-        // Safety: AVX2 and FMA were detected.
+        // SAFETY: AVX2 and FMA were detected.
         return unsafe { avx2::gelu(x) };
     }
     gelu_body(x)
@@ -414,7 +414,7 @@ fn gelu(x: &mut [f32]) {
 fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
-        // Safety: AVX2 and FMA were detected.
+        // SAFETY: AVX2 and FMA were detected.
         return unsafe { avx2::layer_norm(x, w, b, eps) };
     }
     layer_norm_body(x, w, b, eps)
@@ -431,7 +431,7 @@ fn attention(
 ) {
     #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
-        // Safety: AVX2 and FMA were detected.
+        // SAFETY: AVX2 and FMA were detected.
         return unsafe { avx2::attention(qkv, ctx, heads, d, scale, scratch) };
     }
     attention_body(qkv, ctx, heads, d, scale, scratch)

@@ -90,7 +90,7 @@ pub fn dense_acc(x: &[f32], inp: usize, panels: &[f32], out: &mut [f32], n_out: 
             }
             let xp = &xp;
             let run = |p: usize| {
-                // Safety: AVX2 and FMA are present (asserted above). Panel `p` writes
+                // SAFETY: AVX2 and FMA are present (asserted above). Panel `p` writes
                 // only columns `16p..16p+16`, so panels never touch the same element;
                 // rows `r0..r0+n`, columns `k0..k0+kc` of `x` and the panel's rows
                 // `k0..k0+kc` are inside the slices whose shapes are asserted above.
@@ -117,8 +117,9 @@ pub fn dense_acc(x: &[f32], inp: usize, panels: &[f32], out: &mut [f32], n_out: 
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// Safety: threads write disjoint columns through it (see `dense_acc`).
+// SAFETY: threads write disjoint columns through it (see `dense_acc`).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared only to write disjoint columns.
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     fn get(self) -> *mut f32 {
@@ -129,15 +130,25 @@ impl SendPtr {
 /// One panel over one block of rows and of `k`: `xp` the block's rows repacked
 /// (`[tile][k][TILE_ROWS]`), `w` at the panel's first `k` of the block, `out` at the
 /// block's first row and the panel's first column (row stride `ldo`).
+///
+/// # Safety
+/// AVX2 and FMA are present; `xp` holds `rows.div_ceil(TILE_ROWS) * kc * TILE_ROWS`
+/// values, `w` holds `kc * PANEL`, and `out` has `rows` rows of at least `PANEL`
+/// writable columns at stride `ldo`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn panel(xp: *const f32, rows: usize, w: *const f32, kc: usize, out: *mut f32, ldo: usize) {
     let mut t = 0;
     while t + TILE_ROWS <= rows {
+        // SAFETY: tile `t / TILE_ROWS` is whole (`t + TILE_ROWS <= rows`), so its
+        // repacked rows and its `TILE_ROWS` output rows are inside the caller's bounds.
         unsafe { tile::<TILE_ROWS>(xp.add(t * kc), w, kc, out.add(t * ldo), ldo) };
         t += TILE_ROWS;
     }
+    // SAFETY: `t <= rows`: at most one past the last whole tile, inside the buffers.
     let (xs, os) = unsafe { (xp.add(t * kc), out.add(t * ldo)) };
+    // SAFETY: the last tile has `rows - t < TILE_ROWS` rows, each inside the caller's
+    // bounds; `tile::<R>` touches only its first `R`.
     unsafe {
         match rows - t {
             0 => {}
@@ -161,6 +172,9 @@ unsafe fn panel(_: *const f32, _: usize, _: *const f32, _: usize, _: *mut f32, _
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
+/// # Safety
+/// AVX2 and FMA are present; `xp` holds `kc * TILE_ROWS` values, `w` holds
+/// `kc * PANEL`, and `out` has `R` rows of `PANEL` writable columns at stride `ldo`.
 unsafe fn tile<const R: usize>(
     xp: *const f32,
     w: *const f32,
@@ -170,7 +184,8 @@ unsafe fn tile<const R: usize>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for k in 0..kc {
-        // Safety (this block): the caller keeps `k < kc` inside the panel and the rows.
+        // SAFETY: `k < kc`, and the caller keeps `kc` values of `k` inside the panel
+        // (`w`) and the repacked rows (`xp`).
         unsafe {
             let w0 = _mm256_loadu_ps(w.add(k * PANEL));
             let w1 = _mm256_loadu_ps(w.add(k * PANEL + 8));
@@ -182,7 +197,7 @@ unsafe fn tile<const R: usize>(
         }
     }
     for (r, a) in acc.iter().enumerate() {
-        // Safety: row `r < R` of the tile, 16 columns inside `out`.
+        // SAFETY: row `r < R` of the tile, 16 columns inside `out`.
         unsafe {
             let o = out.add(r * ldo);
             _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), a[0]));
