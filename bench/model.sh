@@ -13,11 +13,13 @@ N=${N:-300}
 OUT=${OUT:-/tmp/celeriac-bench-model}
 mkdir -p "$OUT"
 : > "$OUT/model.jsonl"
-(cd "$ROOT" && cargo build --release --example bench_model) >&2
+# BENCH_MODEL_BIN=path measures another build's example (e.g. before an upgrade).
+BENCH_MODEL=${BENCH_MODEL_BIN:-$CARGO_TARGET_DIR/release/examples/bench_model}
+[ -n "${BENCH_MODEL_BIN:-}" ] || (cd "$ROOT" && cargo build --release --example bench_model) >&2
 "$ROOT/scripts/fetch-model.sh" models/spam-minilm >&2
 INPUTS=$SHARED/bench/inputs.jsonl
 for k in packed candle; do
-  (cd "$ROOT" && "$CARGO_TARGET_DIR/release/examples/bench_model" --kernels "$k" \
+  (cd "$ROOT" && "$BENCH_MODEL" --kernels "$k" \
     --threads "$THREADS" --n "$N" --inputs "$INPUTS") | tail -n 1 >> "$OUT/model.jsonl"
 done
 PY=${PY:-$HOME/.cache/celeriac-baseline/venv/bin/python}

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::DeviceSpec;
-use bert::{BertConfig, BertEncoder};
+use bert::{BertConfig, CandleEncoder};
 use packed::PackedEncoder;
 
 /// Which implementation runs the encoder.
@@ -26,7 +26,8 @@ use packed::PackedEncoder;
 pub enum Kernels {
     /// Packed batches and fused kernels on plain buffers ([`packed`]); CPU only.
     Packed,
-    /// One candle tensor op at a time on a padded batch ([`bert`]); CPU or CUDA.
+    /// candle-transformers' BERT, one tensor op at a time on a padded batch ([`bert`]);
+    /// CPU or CUDA.
     Candle,
 }
 
@@ -40,9 +41,78 @@ impl Kernels {
     }
 }
 
-enum Encoder {
-    Candle(BertEncoder),
-    Packed(PackedEncoder),
+/// What the classifier needs of an encoder: the packed CPU kernels and
+/// candle-transformers' BERT both provide it.
+trait Encoder: Send + Sync {
+    /// Pooled (L2-normalised when `normalize`) embeddings of tokenized texts run as one
+    /// batch, `[batch, hidden]`.
+    fn embed(&self, token_ids: &[Vec<u32>], normalize: bool, device: &Device) -> CResult;
+    /// The last hidden state of a padded batch, `[batch, seq, hidden]`.
+    fn hidden(&self, batch: &Batch, device: &Device) -> CResult;
+    /// Whether a batch runs unpadded, so grouping texts by length gains nothing.
+    fn packs_batches(&self) -> bool;
+}
+
+type CResult = candle_core::Result<Tensor>;
+
+impl Encoder for CandleEncoder {
+    fn embed(&self, token_ids: &[Vec<u32>], normalize: bool, device: &Device) -> CResult {
+        let batch = pad(token_ids.to_vec(), device)?;
+        let hidden = self.forward(&batch.ids, &batch.mask)?;
+        bert::mean_pool(&hidden, &batch.mask, normalize)
+    }
+
+    fn hidden(&self, batch: &Batch, _: &Device) -> CResult {
+        self.forward(&batch.ids, &batch.mask)
+    }
+
+    fn packs_batches(&self) -> bool {
+        false
+    }
+}
+
+impl Encoder for PackedEncoder {
+    fn embed(&self, token_ids: &[Vec<u32>], normalize: bool, device: &Device) -> CResult {
+        let h = self.hidden_size();
+        let packed = self.forward(token_ids)?;
+        let pooled = packed::mean_pool(&packed, token_ids, h, normalize);
+        Tensor::from_vec(pooled, (token_ids.len(), h), device)
+    }
+
+    fn hidden(&self, batch: &Batch, device: &Device) -> CResult {
+        let h = self.hidden_size();
+        let (b, t) = batch.ids.dims2()?;
+        let packed = self.forward(&batch.token_ids)?;
+        let mut padded = vec![0f32; b * t * h];
+        let mut start = 0;
+        for (i, ids) in batch.token_ids.iter().enumerate() {
+            let n = ids.len() * h;
+            padded[i * t * h..i * t * h + n].copy_from_slice(&packed[start..start + n]);
+            start += n;
+        }
+        Tensor::from_vec(padded, (b, t, h), device)
+    }
+
+    fn packs_batches(&self) -> bool {
+        true
+    }
+}
+
+/// Pads tokenized texts to the longest of them (at least one position).
+fn pad(token_ids: Vec<Vec<u32>>, device: &Device) -> candle_core::Result<Batch> {
+    let t = token_ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let b = token_ids.len();
+    let mut ids = vec![0u32; b * t];
+    let mut mask = vec![0u32; b * t];
+    for (row, toks) in token_ids.iter().enumerate() {
+        ids[row * t..row * t + toks.len()].copy_from_slice(toks);
+        mask[row * t..row * t + toks.len()].fill(1);
+    }
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (b, t), device)?,
+        mask: Tensor::from_vec(mask, (b, t), device)?,
+        token_ids,
+    })
 }
 
 /// A model could not be loaded or run; candle and tokenizer errors become text here.
@@ -145,7 +215,7 @@ impl Manifest {
 
 /// A loaded text classifier on one device.
 pub struct TextClassifier {
-    encoder: Encoder,
+    encoder: Box<dyn Encoder>,
     config: BertConfig,
     /// `weight` [labels, hidden] and `bias` [labels]; `None` when loaded for training.
     head: Option<(Tensor, Tensor)>,
@@ -242,11 +312,14 @@ impl TextClassifier {
         // rename, never in place).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| file_error(&weights, e))?;
-        let encoder = match kernels {
-            Kernels::Candle => BertEncoder::load(vb, &config).map(Encoder::Candle),
-            Kernels::Packed => PackedEncoder::load(vb, &config).map(Encoder::Packed),
-        }
-        .map_err(|e| file_error(&weights, e))?;
+        let encoder: Box<dyn Encoder> = match kernels {
+            Kernels::Candle => {
+                Box::new(CandleEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?)
+            }
+            Kernels::Packed => {
+                Box::new(PackedEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?)
+            }
+        };
         let tokenizer_path = dir.join(&manifest.tokenizer);
         let tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| file_error(&tokenizer_path, e))?;
@@ -298,47 +371,20 @@ impl TextClassifier {
 
     /// Pads tokenized texts to the longest of them.
     pub fn pad(&self, token_ids: Vec<Vec<u32>>) -> Result<Batch, ModelError> {
-        let t = token_ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let b = token_ids.len();
-        let mut ids = vec![0u32; b * t];
-        let mut mask = vec![0u32; b * t];
-        for (row, toks) in token_ids.iter().enumerate() {
-            ids[row * t..row * t + toks.len()].copy_from_slice(toks);
-            mask[row * t..row * t + toks.len()].fill(1);
-        }
-        Ok(Batch {
-            ids: Tensor::from_vec(ids, (b, t), &self.device).map_err(runtime)?,
-            mask: Tensor::from_vec(mask, (b, t), &self.device).map_err(runtime)?,
-            token_ids,
-        })
+        pad(token_ids, &self.device).map_err(runtime)
     }
 
     /// The last hidden state `[batch, seq, hidden]` and the batch it came from.
     pub fn hidden(&self, texts: &[&str]) -> Result<(Tensor, Batch), ModelError> {
         let batch = self.tokenize(texts)?;
-        let hidden = match &self.encoder {
-            Encoder::Candle(e) => e.forward(&batch.ids, &batch.mask).map_err(runtime)?,
-            Encoder::Packed(e) => {
-                let h = e.hidden_size();
-                let (b, t) = batch.ids.dims2().map_err(runtime)?;
-                let packed = e.forward(&batch.token_ids).map_err(runtime)?;
-                let mut padded = vec![0f32; b * t * h];
-                let mut start = 0;
-                for (i, ids) in batch.token_ids.iter().enumerate() {
-                    let n = ids.len() * h;
-                    padded[i * t * h..i * t * h + n].copy_from_slice(&packed[start..start + n]);
-                    start += n;
-                }
-                Tensor::from_vec(padded, (b, t, h), &self.device).map_err(runtime)?
-            }
-        };
+        let hidden = self.encoder.hidden(&batch, &self.device).map_err(runtime)?;
         Ok((hidden, batch))
     }
 
     /// Whether a batch runs packed (no padding), so grouping texts by length gains
     /// nothing.
     pub fn packs_batches(&self) -> bool {
-        matches!(self.encoder, Encoder::Packed(_))
+        self.encoder.packs_batches()
     }
 
     /// Pooled (and, per the manifest, normalised) embeddings, `[batch, hidden]`.
@@ -349,24 +395,9 @@ impl TextClassifier {
     /// Embeddings of tokenized texts run as one batch: packed, or padded to the
     /// longest of them (candle kernels).
     fn embed_tokens(&self, token_ids: Vec<Vec<u32>>) -> Result<Tensor, ModelError> {
-        match &self.encoder {
-            Encoder::Candle(e) => {
-                let batch = self.pad(token_ids)?;
-                let hidden = e.forward(&batch.ids, &batch.mask).map_err(runtime)?;
-                bert::mean_pool(&hidden, &batch.mask, self.manifest.normalize).map_err(runtime)
-            }
-            Encoder::Packed(e) => {
-                let packed = e.forward(&token_ids).map_err(runtime)?;
-                let pooled = packed::mean_pool(
-                    &packed,
-                    &token_ids,
-                    e.hidden_size(),
-                    self.manifest.normalize,
-                );
-                Tensor::from_vec(pooled, (token_ids.len(), e.hidden_size()), &self.device)
-                    .map_err(runtime)
-            }
-        }
+        self.encoder
+            .embed(&token_ids, self.manifest.normalize, &self.device)
+            .map_err(runtime)
     }
 
     /// Class probabilities per text, in label order.

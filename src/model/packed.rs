@@ -25,7 +25,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
-use super::bert::BertConfig;
+use super::bert::{BertConfig, checkpoint_root};
 use super::sgemm;
 
 /// A dense layer, `y = x · weightᵀ + bias`, its weight held transposed (`weight_t`,
@@ -126,27 +126,10 @@ impl Dense {
 
 impl PackedEncoder {
     /// Reads the encoder's weights from a var builder over the checkpoint (the same
-    /// names as [`super::bert::BertEncoder::load`]).
+    /// names, prefix and checks as [`super::bert::CandleEncoder::load`]).
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
-        if config.hidden_act != "gelu" {
-            candle_core::bail!(
-                "hidden_act `{}` is not supported (only `gelu`)",
-                config.hidden_act
-            );
-        }
-        let h = config.hidden_size;
-        let heads = config.num_attention_heads;
-        if h == 0 || heads == 0 || !h.is_multiple_of(heads) {
-            candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
-        }
-        if config.type_vocab_size == 0 || config.intermediate_size == 0 {
-            candle_core::bail!("type_vocab_size and intermediate_size must be at least 1");
-        }
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
+        let vb = checkpoint_root(vb, config)?;
+        let (h, heads) = (config.hidden_size, config.num_attention_heads);
         let e = vb.pp("embeddings");
         let token_types = flat(
             e.pp("token_type_embeddings")
