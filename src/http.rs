@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
@@ -255,52 +255,55 @@ pub fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejectio
         .and(warp::body::bytes())
 }
 
-/// Parses the query string of routes that take only `wait=SECONDS`; misspelled or
-/// unknown parameters are an error, never silently ignored.
+/// The query of routes that take `wait=SECONDS` and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default, deserialize_with = "seconds")]
+    wait: Option<f64>,
+}
+
+/// The query of routes that take none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
+/// A finite number of seconds >= 0, with a message naming the field and the value.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let raw = String::deserialize(d)?;
+    raw.parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`wait` must be a number of seconds >= 0, got `{raw}`"
+            ))
+        })
+}
+
+/// A query string as `T`; unknown, repeated or malformed parameters are a 400 that
+/// says which (a misspelled parameter is never silently ignored).
+fn query<T: serde::de::DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move {
+            serde_urlencoded::from_str::<T>(&q).map_err(|e| {
+                warp::reject::custom(ApiError::InvalidParameter(format!("query string: {e}")))
+            })
+        })
+}
+
+/// Parses the query string of routes that take only `wait=SECONDS`.
 pub fn wait_param() -> impl Filter<Extract = (Option<f64>,), Error = Rejection> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
-        .and_then(|q: String| async move {
-            parse_wait(&q).map_err(|m| warp::reject::custom(ApiError::InvalidParameter(m)))
-        })
+    query::<WaitQuery>().map(|q: WaitQuery| q.wait)
 }
 
-/// Rejects any query string, for routes that take no parameters (a misspelled
-/// parameter is an error, never silently ignored).
+/// Rejects any query string, for routes that take no parameters.
 pub fn no_query() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
-        .and_then(|q: String| async move {
-            match q.split('&').find(|p| !p.is_empty()) {
-                None => Ok(()),
-                Some(p) => Err(warp::reject::custom(ApiError::InvalidParameter(format!(
-                    "unknown query parameter `{}`; this route takes none",
-                    p.split('=').next().unwrap_or(p)
-                )))),
-            }
-        })
-        .untuple_one()
-}
-
-fn parse_wait(query: &str) -> Result<Option<f64>, String> {
-    let mut wait = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "wait" {
-            return Err(format!(
-                "unknown query parameter `{key}`; this route takes only `wait`"
-            ));
-        }
-        let secs: f64 = value
-            .parse()
-            .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| format!("`wait` must be a number of seconds >= 0, got `{value}`"))?;
-        wait = Some(secs);
-    }
-    Ok(wait)
+    query::<NoQuery>().map(|_: NoQuery| ()).untuple_one()
 }
 
 /// Turns every rejection into the JSON error body; unknown ones are logged as 500.
@@ -331,14 +334,38 @@ pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, 
 mod tests {
     use super::*;
 
+    fn parse_wait(q: &str) -> Result<Option<f64>, String> {
+        serde_urlencoded::from_str::<WaitQuery>(q)
+            .map(|w| w.wait)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn wait_parameter_parsing() {
         assert_eq!(parse_wait(""), Ok(None));
         assert_eq!(parse_wait("wait=2.5"), Ok(Some(2.5)));
-        assert!(parse_wait("wiat=2").unwrap_err().contains("wiat"));
-        assert!(parse_wait("wait=-1").is_err());
-        assert!(parse_wait("wait=abc").is_err());
-        assert!(parse_wait("wait=inf").is_err());
+        let e = parse_wait("wiat=2").unwrap_err();
+        assert!(
+            e.contains("unknown field `wiat`") && e.contains("`wait`"),
+            "{e}"
+        );
+        for bad in ["wait=-1", "wait=abc", "wait=inf", "wait="] {
+            let e = parse_wait(bad).unwrap_err();
+            assert!(
+                e.contains("`wait` must be a number of seconds >= 0"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(
+            parse_wait("wait=1&wait=2")
+                .unwrap_err()
+                .contains("duplicate")
+        );
+        let e = serde_urlencoded::from_str::<NoQuery>("x=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `x`"), "{e}");
+        assert!(serde_urlencoded::from_str::<NoQuery>("").is_ok());
     }
 
     #[test]

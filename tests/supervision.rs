@@ -348,3 +348,43 @@ async fn solo_pool_runs_inline_and_survives_panics() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shrink_gives_the_remaining_parked_slots_a_fresh_start() {
+    let s = start(&with_admin(&debug_config_in(
+        "reparked",
+        "concurrency = 2\nmax_concurrency = 4",
+        "restart_budget = 1\nrestart_window_seconds = 60.0",
+    )))
+    .await;
+    // Both workers break, and their replacements keep failing to start: both slots
+    // park, and the pool is down.
+    for _ in 0..2 {
+        s.submit("debug.crash_worker", json!({"failed_starts": 50}))
+            .await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let st = s.state.pools[0].status();
+            st.parked == 2 && st.is_dead()
+        })
+        .await,
+        "{:?}",
+        s.state.pools[0].status()
+    );
+    let tried = s.state.pools[0].status().failed_starts;
+    // Shrinking drops one parked slot; the other gets a fresh start (which fails here,
+    // as builds still fail): the operator's resize is honoured in either direction.
+    let r = resize(&s, "reparked", json!({"concurrency": 1})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["size"], 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            s.state.pools[0].status().failed_starts > tried
+        })
+        .await,
+        "no fresh start after the shrink: {:?}",
+        s.state.pools[0].status()
+    );
+    s.shutdown().await;
+}

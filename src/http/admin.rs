@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
@@ -151,43 +151,43 @@ impl From<&PoolShared> for PoolView {
     }
 }
 
-fn positive_int(v: &Value, what: &str) -> Result<usize, ApiError> {
-    v.as_u64().map(|n| n as usize).ok_or_else(|| {
-        ApiError::InvalidBody(format!("`{what}` must be a positive integer, got {v}"))
-    })
+/// The body of `PUT /v1/admin/pools/{pool}`: exactly one of the two fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolUpdate {
+    #[serde(default)]
+    concurrency: Option<usize>,
+    /// Absent: `None`; `null`: `Some(None)` (stop autoscaling).
+    #[serde(default, deserialize_with = "present")]
+    autoscale: Option<Option<AutoscaleUpdate>>,
 }
 
-/// Parses `{"concurrency": N}` or `{"autoscale": {"min": a, "max": b}}` (or
+/// A field that is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+const UPDATE_SHAPE: &str =
+    "expected {\"concurrency\": N} or {\"autoscale\": {\"min\": A, \"max\": B}} (or null)";
+
+/// Parses `{"concurrency": N}` or `{"autoscale": {"min": a, "max": b, ...}}` (or
 /// `{"autoscale": null}` to stop autoscaling). Anything else is a 400 naming the field.
 pub fn parse_update(body: &Value) -> Result<Resize, ApiError> {
-    let obj = body.as_object().ok_or_else(|| {
-        ApiError::InvalidBody(
-            "expected {\"concurrency\": N} or {\"autoscale\": {\"min\": A, \"max\": B}}".into(),
-        )
-    })?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| *k != "concurrency" && *k != "autoscale")
-    {
-        return Err(ApiError::InvalidBody(format!(
-            "unknown field `{k}`; expected `concurrency` or `autoscale`"
-        )));
+    // A derived struct also reads a JSON array as its fields in order: refuse it.
+    if !body.is_object() {
+        return Err(ApiError::InvalidBody(UPDATE_SHAPE.into()));
     }
-    match (obj.get("concurrency"), obj.get("autoscale")) {
-        (Some(c), None) => Ok(Resize::Concurrency(positive_int(c, "concurrency")?)),
-        (None, Some(Value::Null)) => Ok(Resize::Autoscale(None)),
-        (None, Some(a @ Value::Object(_))) => serde_json::from_value::<AutoscaleUpdate>(a.clone())
-            .map(|u| Resize::Autoscale(Some(u)))
-            .map_err(|e| ApiError::InvalidBody(format!("`autoscale`: {e}"))),
-        (None, Some(other)) => Err(ApiError::InvalidBody(format!(
-            "`autoscale` must be {{\"min\": A, \"max\": B}} or null, got {other}"
-        ))),
+    let update = PoolUpdate::deserialize(body)
+        .map_err(|e| ApiError::InvalidBody(format!("{e}; {UPDATE_SHAPE}")))?;
+    match (update.concurrency, update.autoscale) {
+        (Some(n), None) => Ok(Resize::Concurrency(n)),
+        (None, Some(a)) => Ok(Resize::Autoscale(a)),
         (Some(_), Some(_)) => Err(ApiError::InvalidBody(
             "give either `concurrency` or `autoscale`, not both".into(),
         )),
-        (None, None) => Err(ApiError::InvalidBody(
-            "expected {\"concurrency\": N} or {\"autoscale\": {\"min\": A, \"max\": B}}".into(),
-        )),
+        (None, None) => Err(ApiError::InvalidBody(UPDATE_SHAPE.into())),
     }
 }
 
