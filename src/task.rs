@@ -86,7 +86,7 @@ pub trait TaskFactory: Send + Sync {
     /// Builds one worker's instance for the worker described by `ctx`.
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError>;
 
-    /// Whether instances gain from [`Task::run_batch`]: then the dispatcher may hand a
+    /// Whether instances gain from [`Task::run_batch`]: then the pool actor may hand a
     /// worker up to the pool's `max_batch_size` jobs of this task at once.
     fn batching(&self) -> bool {
         false

@@ -1,5 +1,5 @@
 //! Dynamic batching against a real server: results and order are preserved, and the
-//! dispatcher respects `max_batch_size`, `max_batch_delay_ms` and revocation.
+//! pool actor respects `max_batch_size`, `max_batch_delay_ms` and revocation.
 
 mod common;
 
