@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Resp, Server, debug_config, start};
+use common::{Resp, Server, debug_config, start, with_admin_token};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -42,16 +42,11 @@ const METHODS: [&str; 8] = [
 
 /// One pool `p` (one worker) with the debug tasks, and the admin API enabled.
 async fn server() -> Server {
-    let base = debug_config("concurrency = 1", "");
-    let config = base.replace(
-        "[server]\n",
-        &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
-    );
-    assert_ne!(
-        config, base,
-        "debug_config no longer emits a `[server]` table"
-    );
-    start(&config).await
+    start(&with_admin_token(
+        &debug_config("concurrency = 1", ""),
+        TOKEN,
+    ))
+    .await
 }
 
 /// `GET /openapi.json`, parsed; checks it is the document compiled into the binary.

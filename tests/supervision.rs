@@ -8,29 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Server, debug_config, debug_config_in, start, wait_until, with_backoff};
+use common::{
+    Server, debug_config, debug_config_in, start, wait_until, with_admin_token, with_backoff,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "sup3rvisor";
 
 fn with_admin(config: &str) -> String {
-    config.replacen(
-        "[server]",
-        &format!("[server]\nadmin_token = \"{TOKEN}\""),
-        1,
-    )
+    with_admin_token(config, TOKEN)
 }
 
 async fn resize(s: &Server, pool: &str, body: Value) -> common::Resp {
-    let r = s
-        .client
-        .put(format!("{}/v1/admin/pools/{pool}", s.url))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    common::Resp::from_response(r).await
+    s.admin_put(pool, TOKEN, &body).await
 }
 
 /// Nothing admitted, queued or running, within 5 s.

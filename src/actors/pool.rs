@@ -203,10 +203,8 @@ impl Actor for Pool {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PoolMessage::Submit(jobs) => {
+                // A dead pool's queue is failed in `settle`.
                 state.queue.extend(jobs);
-                if state.status().is_dead() {
-                    state.fail_queued();
-                }
                 state.dispatch();
             }
             PoolMessage::Ready { worker, panics } => state.ready(worker, panics),
@@ -302,10 +300,12 @@ impl PoolState {
     /// the status, and only then gives back the queue places of jobs that left the
     /// queue, so a reader never sees a job neither admitted nor busy (the drain check).
     fn settle(&mut self) {
-        if !self.queue.is_empty() && self.status().is_dead() {
+        let mut status = self.status();
+        if status.queued > 0 && status.is_dead() {
             self.fail_queued();
+            status.queued = 0;
         }
-        self.shared.publish(self.status());
+        self.shared.publish(status);
         let released = std::mem::take(&mut self.released);
         if released > 0 {
             self.shared.release(released);
@@ -383,19 +383,13 @@ impl PoolState {
         let failures = self.slots.get(&slot).map_or(0, |s| s.failures);
         if let Err(e) = self.spawn_worker(slot).await {
             tracing::error!(pool = %self.name(), slot, "worker failed to start: {e}");
-            self.slots.insert(
-                slot,
-                Slot {
-                    state: SlotState::Waiting,
-                    failures: failures + 1,
-                    generation: 0,
-                },
-            );
-            self.schedule_retry(slot);
+            self.schedule_retry(slot, failures + 1);
         }
     }
 
-    fn schedule_retry(&mut self, slot: usize) {
+    /// After the `failures`-th consecutive failed start of `slot`: another try after
+    /// the back-off, or the slot parked when the pool's budget is spent.
+    fn schedule_retry(&mut self, slot: usize, failures: u32) {
         let cfg = &self.supervisor;
         let window = secs(cfg.restart_window_seconds);
         while self
@@ -405,27 +399,43 @@ impl PoolState {
         {
             self.failed_starts.pop_front();
         }
-        let Some(s) = self.slots.get_mut(&slot) else {
-            return;
-        };
         if self.failed_starts.len() >= cfg.restart_budget as usize {
-            s.state = SlotState::Parked;
             tracing::error!(
                 pool = %self.shared.name,
                 slot,
                 "restart budget spent ({} failed starts in {window:?}; supervisor.restart_budget): slot parked until the pool is resized",
                 self.failed_starts.len(),
             );
+            self.slots.insert(
+                slot,
+                Slot {
+                    state: SlotState::Parked,
+                    failures,
+                    generation: 0,
+                },
+            );
             return;
         }
         self.failed_starts.push_back(Instant::now());
-        s.state = SlotState::Waiting;
+        let delay = Duration::from_millis(cfg.backoff_initial_ms)
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+            .min(Duration::from_millis(cfg.backoff_max_ms));
+        self.restart_after(slot, failures, delay);
+    }
+
+    /// Puts `slot` in `Waiting` and schedules its `Restart` after `delay`; any
+    /// `Restart` scheduled for it before becomes stale.
+    fn restart_after(&mut self, slot: usize, failures: u32, delay: Duration) {
         self.next_generation += 1;
         let generation = self.next_generation;
-        s.generation = generation;
-        let delay = Duration::from_millis(cfg.backoff_initial_ms)
-            .saturating_mul(1u32 << s.failures.saturating_sub(1).min(20))
-            .min(Duration::from_millis(cfg.backoff_max_ms));
+        self.slots.insert(
+            slot,
+            Slot {
+                state: SlotState::Waiting,
+                failures,
+                generation,
+            },
+        );
         self.myself
             .send_after(delay, move || PoolMessage::Restart { slot, generation });
     }
@@ -723,19 +733,7 @@ impl PoolState {
         }
         self.failed_starts.clear();
         for slot in parked {
-            self.next_generation += 1;
-            let generation = self.next_generation;
-            self.slots.insert(
-                slot,
-                Slot {
-                    state: SlotState::Waiting,
-                    failures: 0,
-                    generation,
-                },
-            );
-            let _ = self
-                .myself
-                .send_message(PoolMessage::Restart { slot, generation });
+            self.restart_after(slot, 0, Duration::ZERO);
         }
     }
 

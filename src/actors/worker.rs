@@ -135,7 +135,6 @@ impl Runner {
         let name = first.job.task.clone();
         let t0 = std::time::Instant::now();
         let mut panics = 0;
-        let mut recorded = 0;
         let outcomes: Vec<Result<Value, String>> = if batch.len() == 1 {
             vec![self.run_one(&name, &first.job.input, &mut panics)?]
         } else {
@@ -167,14 +166,14 @@ impl Runner {
                     for s in &batch {
                         let outcome = self.run_one(&name, &s.job.input, &mut panics)?;
                         self.record(s, outcome);
-                        recorded += 1;
                     }
                     Vec::new()
                 }
             }
         };
         crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
-        for (started, outcome) in batch[recorded..].iter().zip(outcomes) {
+        // Empty when the jobs were run (and recorded) one at a time.
+        for (started, outcome) in batch.iter().zip(outcomes) {
             self.record(started, outcome);
         }
         Ok(panics)

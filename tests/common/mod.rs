@@ -125,6 +125,19 @@ impl Server {
         Resp::from_response(r).await
     }
 
+    /// `PUT /v1/admin/pools/{pool}` with `body`, as an operator holding `token`.
+    pub async fn admin_put(&self, pool: &str, token: &str, body: &Value) -> Resp {
+        let r = self
+            .client
+            .put(format!("{}/v1/admin/pools/{pool}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        Resp::from_response(r).await
+    }
+
     /// Submits one task and returns its id (asserting 202).
     pub async fn submit(&self, task: &str, input: Value) -> String {
         let r = self.post(&format!("/v1/tasks/{task}"), &input).await;
@@ -228,6 +241,19 @@ pub fn debug_config_in(name: &str, pool: &str, extra: &str) -> String {
         kind = "debug.crash_worker"
         pool = "{name}"
         "#
+    )
+}
+
+/// A config from [`debug_config`] with the admin API enabled under `token`.
+pub fn with_admin_token(config: &str, token: &str) -> String {
+    assert!(
+        config.contains("[server]\n"),
+        "debug_config no longer emits a `[server]` table"
+    );
+    config.replacen(
+        "[server]\n",
+        &format!("[server]\nadmin_token = \"{token}\"\n"),
+        1,
     )
 }
 
