@@ -11,9 +11,11 @@ use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};
+use crate::broker::Broker;
+use crate::broker::consumer::Consumers;
 use crate::config::{Config, secs};
 use crate::pool::PoolShared;
-pub use crate::state::AppState;
+pub use crate::state::{AppState, Role};
 use crate::store::TaskStore;
 use crate::task::Registry;
 
@@ -21,13 +23,38 @@ use crate::task::Registry;
 pub struct App {
     state: Arc<AppState>,
     supervisor: ActorRef<SupervisorMessage>,
+    consumers: Option<Consumers>,
 }
 
 impl App {
     /// Validates the config, loads every task and starts the actor tree. Loading
     /// errors name the task and the model or setting.
     pub async fn start(config: Config) -> anyhow::Result<App> {
+        Self::start_as(config, Role::Serve).await
+    }
+
+    /// [`App::start`] for a given role. A `worker` needs a broker.
+    pub async fn start_as(config: Config, role: Role) -> anyhow::Result<App> {
         config.validate()?;
+        if role == Role::Worker && config.broker.url.is_none() {
+            anyhow::bail!(
+                "`celeriac worker` takes its work from a broker: set [broker] url or CELERIAC_BROKER_URL"
+            );
+        }
+        let broker = match &config.broker.url {
+            Some(_) => {
+                let queues = config
+                    .pools
+                    .iter()
+                    .map(|(name, p)| p.queue_name(name))
+                    .collect();
+                let b = Broker::connect(&config.broker, secs(config.results.ttl_seconds), queues)
+                    .await?;
+                tracing::info!(broker = %b.url, node = %b.node, "connected to the broker");
+                Some(b)
+            }
+            None => None,
+        };
         let pools: Vec<Arc<PoolShared>> = config
             .pools
             .iter()
@@ -72,6 +99,8 @@ impl App {
             tracing::info!(pool = %p.name, kind = p.config.kind.as_str(), workers = p.config.size(), "pool started");
         }
         let state = Arc::new(AppState {
+            role,
+            broker: broker.clone(),
             config,
             store,
             registry,
@@ -79,7 +108,12 @@ impl App {
             pool_actors,
             accepting: AtomicBool::new(true),
         });
-        Ok(App { state, supervisor })
+        let consumers = broker.map(|b| crate::broker::consumer::start(state.clone(), b));
+        Ok(App {
+            state,
+            supervisor,
+            consumers,
+        })
     }
 
     /// The shared state (tests read pool counters through it).
@@ -91,7 +125,7 @@ impl App {
     /// get 503, queued and running tasks get up to `server.drain_timeout_seconds` to
     /// finish, then the server and the actor tree stop.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -118,6 +152,9 @@ impl App {
 
         shutdown.await;
         state.accepting.store(false, Ordering::SeqCst);
+        if let Some(c) = self.consumers.as_mut() {
+            c.stop_taking().await;
+        }
         let drain = secs(state.config.server.drain_timeout_seconds);
         tracing::info!(?drain, "shutting down: draining queued and running tasks");
         let drained = tokio::time::timeout(drain, async {
@@ -143,6 +180,20 @@ impl App {
                 "drain timeout reached (server.drain_timeout_seconds); stopping anyway"
             );
         }
+        if let (Some(c), Some(broker)) = (&self.consumers, &state.broker) {
+            // What is still held goes back to the queue for another node; results
+            // already computed are written first.
+            c.flush(Duration::from_secs(5)).await;
+            match broker.requeue(&broker.held()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(requeued = n, "put unfinished messages back in their queues")
+                }
+                Err(e) => tracing::error!(
+                    "could not put unfinished messages back ({e}): they return after the visibility timeout"
+                ),
+            }
+        }
         let _ = self.supervisor.cast(SupervisorMessage::ShuttingDown);
         let _ = stop_http.send(());
         // Open long polls end as their tasks are final; don't wait on idle clients.
@@ -163,5 +214,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    App::start(config).await?.serve(listener, shutdown).await
+    run_as(config, Role::Serve, listener, shutdown).await
+}
+
+/// [`run`] in a given role.
+pub async fn run_as(
+    config: Config,
+    role: Role,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    App::start_as(config, role)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }

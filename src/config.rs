@@ -65,6 +65,10 @@ pub struct Config {
     /// Registered tasks by name, each routed to one pool.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskSpec>,
+    /// Redis as broker and result backend (several nodes, Celery clients); without a
+    /// URL the queue and results stay in this process.
+    #[serde(default)]
+    pub broker: BrokerConfig,
     /// Directory that relative model paths are resolved against. Set by
     /// [`Config::from_file`] to the directory holding the file's `config/` folder;
     /// not read from the file.
@@ -103,6 +107,28 @@ pub struct ResultsConfig {
     /// How often expired records are swept.
     #[serde(default = "default_sweep_interval_seconds")]
     pub sweep_interval_seconds: f64,
+}
+
+/// `[broker]`: Redis as broker and result backend, in Celery's wire format.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `redis://[:PASSWORD@]HOST:PORT/DB`; `CELERIAC_BROKER_URL` overrides it. Unset: the
+    /// embedded in-memory queue and store.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A message taken by a node that stops renewing its lease (the node died) goes back
+    /// to its queue this long after the last renewal. Live nodes renew what they hold
+    /// every quarter of this, so long tasks are never handed out twice. Python Celery
+    /// workers on the same Redis restore with their own value: use one value everywhere.
+    #[serde(default = "default_visibility_timeout_seconds")]
+    pub visibility_timeout_seconds: f64,
+    /// How often a node looks for expired leases to restore.
+    #[serde(default = "default_restore_interval_seconds")]
+    pub restore_interval_seconds: f64,
+    /// The node's name in results and Celery's tooling; default `celeriac@HOSTNAME`.
+    #[serde(default)]
+    pub node_name: Option<String>,
 }
 
 /// `[supervisor]`: starting workers again.
@@ -201,6 +227,11 @@ pub struct PoolConfig {
     /// only while another worker of the pool is busy (an idle pool never waits).
     #[serde(default = "default_max_batch_delay_ms")]
     pub max_batch_delay_ms: f64,
+    /// With a broker: the Redis queue (Celery's queue name) this pool consumes and its
+    /// tasks are sent to. Default `celery` (Celery's default queue) for the pool named
+    /// `default`, else the pool's name.
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 /// `[pools.NAME.autoscale]`: grow when work queues, shrink after an idle cool-down.
@@ -321,6 +352,15 @@ impl serde::Serialize for DeviceSpec {
 }
 
 impl PoolConfig {
+    /// The broker queue of the pool named `pool` (see [`PoolConfig::queue`]).
+    pub fn queue_name(&self, pool: &str) -> String {
+        match &self.queue {
+            Some(q) => q.clone(),
+            None if pool == "default" => "celery".into(),
+            None => pool.into(),
+        }
+    }
+
     /// The largest size the pool may be given (1 for `solo`).
     pub fn ceiling(&self) -> usize {
         match self.kind {
@@ -446,6 +486,12 @@ fn default_scale_down_idle_seconds() -> f64 {
 fn default_autoscale_check_ms() -> u64 {
     200
 }
+fn default_visibility_timeout_seconds() -> f64 {
+    3600.0
+}
+fn default_restore_interval_seconds() -> f64 {
+    10.0
+}
 fn default_devices() -> Vec<DeviceSpec> {
     vec![DeviceSpec::Cpu]
 }
@@ -459,6 +505,31 @@ impl Default for ServerConfig {
             drain_timeout_seconds: default_drain_timeout_seconds(),
             admin_token: None,
         }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: None,
+            visibility_timeout_seconds: default_visibility_timeout_seconds(),
+            restore_interval_seconds: default_restore_interval_seconds(),
+            node_name: None,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The node's name: `node_name`, else `celeriac@HOSTNAME`.
+    pub fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("celeriac@{host}")
+        })
     }
 }
 
@@ -539,6 +610,9 @@ impl Config {
     ) -> Result<(), ConfigError> {
         if let Some(token) = get("CELERIAC_ADMIN_TOKEN") {
             self.server.admin_token = Some(token);
+        }
+        if let Some(url) = get("CELERIAC_BROKER_URL") {
+            self.broker.url = Some(url).filter(|u| !u.is_empty());
         }
         if let Some(listen) = get("CELERIAC_LISTEN") {
             self.server.listen = listen.parse().map_err(|e| {
@@ -679,6 +753,47 @@ impl Config {
         }
         if self.tasks.is_empty() {
             return Err(invalid("tasks", "register at least one task"));
+        }
+        let b = &self.broker;
+        if let Some(url) = &b.url
+            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "broker.url",
+                format!("`{url}` is not a Redis URL: use redis://HOST:PORT/DB"),
+            ));
+        }
+        positive(
+            "broker.visibility_timeout_seconds",
+            b.visibility_timeout_seconds,
+        )?;
+        positive(
+            "broker.restore_interval_seconds",
+            b.restore_interval_seconds,
+        )?;
+        if b.node_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid(
+                "broker.node_name",
+                "is empty; remove it or name the node",
+            ));
+        }
+        let mut queues: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, pool) in &self.pools {
+            let q = pool.queue_name(name);
+            if q.is_empty() || q.contains(['\x06', '\x16']) {
+                return Err(invalid(
+                    format!("pools.{name}.queue"),
+                    "must be a plain, non-empty name",
+                ));
+            }
+            if let Some(other) = queues.insert(q.clone(), name) {
+                return Err(invalid(
+                    format!("pools.{name}.queue"),
+                    format!(
+                        "pool `{other}` consumes queue `{q}` too: give each pool its own queue"
+                    ),
+                ));
+            }
         }
         for (name, task) in &self.tasks {
             if !valid_task_name(name) {

@@ -82,6 +82,14 @@ pub enum ApiError {
     /// A well-formed value out of its allowed range.
     #[error("{0}")]
     InvalidValue(String),
+    /// A task route asked of a `celeriac worker` node.
+    #[error(
+        "this node is a `celeriac worker` and serves no task routes: submit and poll on a `celeriac serve` node"
+    )]
+    WorkerNode,
+    /// The broker (Redis) could not be reached.
+    #[error("the task broker is unreachable ({0}); retry later")]
+    BrokerUnavailable(String),
     /// A bug; logged.
     #[error("internal error")]
     Internal,
@@ -98,16 +106,20 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             InvalidInput { .. } | InvalidValue(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            UnknownTask { .. } | TaskNotFound(_) | RouteNotFound | UnknownPool { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            UnknownTask { .. }
+            | TaskNotFound(_)
+            | RouteNotFound
+            | UnknownPool { .. }
+            | WorkerNode => StatusCode::NOT_FOUND,
             AdminDisabled => StatusCode::FORBIDDEN,
             Unauthorized => StatusCode::UNAUTHORIZED,
             NotRevocable(_) => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             LengthRequired => StatusCode::LENGTH_REQUIRED,
             QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ShuttingDown | NoLiveWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | NoLiveWorker(_) | BrokerUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -135,6 +147,8 @@ impl ApiError {
         "unauthorized",
         "unknown_pool",
         "invalid_value",
+        "worker_node",
+        "broker_unavailable",
         "internal",
     ];
 
@@ -161,6 +175,8 @@ impl ApiError {
             Unauthorized => "unauthorized",
             UnknownPool { .. } => "unknown_pool",
             InvalidValue(_) => "invalid_value",
+            WorkerNode => "worker_node",
+            BrokerUnavailable(_) => "broker_unavailable",
             Internal => "internal",
         }
     }
@@ -168,7 +184,7 @@ impl ApiError {
     /// Seconds for a `Retry-After` header, where the client should come back.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            ApiError::QueueFull(_) => Some(1),
+            ApiError::QueueFull(_) | ApiError::BrokerUnavailable(_) => Some(1),
             ApiError::ShuttingDown | ApiError::NoLiveWorker(_) => Some(5),
             _ => None,
         }
@@ -211,6 +227,8 @@ mod tests {
                 known: s(),
             },
             ApiError::InvalidValue(s()),
+            ApiError::WorkerNode,
+            ApiError::BrokerUnavailable(s()),
             ApiError::Internal,
         ];
         let codes: Vec<&str> = all.iter().map(ApiError::code).collect();
@@ -233,6 +251,7 @@ mod tests {
             (ApiError::QueueFull("p".into()), 429),
             (ApiError::ShuttingDown, 503),
             (ApiError::NoLiveWorker("p".into()), 503),
+            (ApiError::BrokerUnavailable("down".into()), 503),
             (ApiError::NotRevocable(TaskState::Started), 409),
         ];
         for (e, status) in cases {

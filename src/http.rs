@@ -27,13 +27,24 @@ pub fn routes(
     let doc: Bytes = serde_json::to_vec(&openapi_document(&state))
         .expect("JSON values serialize")
         .into();
-    tasks::submit(state.clone())
+    let serves_tasks = state.role == crate::state::Role::Serve;
+    let task_routes = tasks::submit(state.clone())
         .or(tasks::submit_batch(state.clone()))
         .unify()
         .or(tasks::get(state.clone()))
         .unify()
         .or(tasks::revoke(state.clone()))
-        .unify()
+        .unify();
+    warp::path::full()
+        .and_then(move |path: warp::path::FullPath| async move {
+            match (serves_tasks, path.as_str().starts_with("/v1/tasks/")) {
+                (true, _) => Ok(()),
+                (false, true) => Err(warp::reject::custom(ApiError::WorkerNode)),
+                (false, false) => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(task_routes)
         .or(health::live())
         .unify()
         .or(health::ready(state.clone()))
@@ -171,7 +182,11 @@ pub fn metrics_route(
         .and(warp::get())
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
-            let mut res = Reply::new(crate::metrics::render(&state.pools).into());
+            let mut text = crate::metrics::render(&state.pools);
+            if let Some(broker) = &state.broker {
+                text.push_str(&crate::metrics::render_broker(broker, &state.pools));
+            }
+            let mut res = Reply::new(text.into());
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),

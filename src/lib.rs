@@ -14,6 +14,8 @@
 //!   decision; the messages between them on one page (`actors::protocol`).
 //! - [`pool`]: what the HTTP side reads about a pool: settings, the status its actor
 //!   publishes, the queue's admission gate.
+//! - [`broker`]: Redis as broker and result backend in Celery's wire format (several
+//!   nodes, Python Celery clients): submit, take, leases, restores, results.
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
 //! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks and the
 //!   text classifier task.
@@ -25,6 +27,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod broker;
 pub mod config;
 pub mod error;
 pub mod http;

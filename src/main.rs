@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use celeriac::config::Config;
+use celeriac::state::Role;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,17 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve {
+        /// The configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Listen address, overriding `server.listen` and `CELERIAC_LISTEN`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the pools only, taking work from the broker (`[broker] url` or
+    /// `CELERIAC_BROKER_URL` is required). HTTP serves `/metrics`, `/health/*`,
+    /// `/v1/admin/*` and `/openapi.json`, no task routes.
+    Worker {
         /// The configuration file.
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
@@ -138,18 +150,26 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::Serve { config, listen } => {
-            let mut config = load(&config)?;
-            if let Some(addr) = listen {
-                config.server.listen = addr;
-            }
-            let addr = config.server.listen;
-            let app = celeriac::app::App::start(config).await?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr} (server.listen / --listen)"))?;
-            tracing::info!(addr = %listener.local_addr()?, "listening");
-            app.serve(listener, shutdown_signal()).await
-        }
+        Command::Serve { config, listen } => run(&config, listen, Role::Serve).await,
+        Command::Worker { config, listen } => run(&config, listen, Role::Worker).await,
     }
+}
+
+/// `serve` and `worker`: start the node, listen, serve until SIGTERM/SIGINT, drain.
+async fn run(
+    config: &std::path::Path,
+    listen: Option<SocketAddr>,
+    role: Role,
+) -> anyhow::Result<()> {
+    let mut config = load(config)?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let addr = config.server.listen;
+    let app = celeriac::app::App::start_as(config, role).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (server.listen / --listen)"))?;
+    tracing::info!(addr = %listener.local_addr()?, ?role, "listening");
+    app.serve(listener, shutdown_signal()).await
 }

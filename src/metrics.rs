@@ -57,6 +57,16 @@ pub const MODEL_LOAD: &str = "celeriac_model_load_seconds";
 pub const HTTP_REQUESTS: &str = "celeriac_http_requests_total";
 /// HTTP request durations by route and method.
 pub const HTTP_DURATION: &str = "celeriac_http_request_duration_seconds";
+/// Gauge: 1 while the broker is reachable (with a broker only).
+pub const BROKER_UP: &str = "celeriac_broker_up";
+/// Gauge{pool,queue}: messages in the pool's Redis queue.
+pub const BROKER_QUEUE_DEPTH: &str = "celeriac_broker_queue_depth";
+/// Counter: messages taken that another node had held.
+pub const BROKER_REDELIVERIES: &str = "celeriac_broker_redeliveries_total";
+/// Counter: messages put back after their lease expired.
+pub const BROKER_RESTORED: &str = "celeriac_broker_restored_total";
+/// Gauge: messages this node holds.
+pub const BROKER_HELD: &str = "celeriac_broker_held_messages";
 
 /// Every name above, for tests and the dashboard check.
 pub const ALL: &[&str] = &[
@@ -294,6 +304,50 @@ pub fn render(pools: &[std::sync::Arc<PoolShared>]) -> String {
         ));
     }
     text
+}
+
+/// The broker's metrics, in Prometheus text: whether Redis is reachable, each pool's
+/// queue depth as read from Redis, and messages redelivered and restored.
+pub fn render_broker(
+    broker: &crate::broker::Broker,
+    pools: &[std::sync::Arc<PoolShared>],
+) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# HELP {BROKER_UP} 1 while the node reaches its Redis broker, else 0.\n# TYPE {BROKER_UP} gauge\n{BROKER_UP} {}",
+        u8::from(broker.is_up())
+    );
+    let _ = writeln!(
+        t,
+        "# HELP {BROKER_QUEUE_DEPTH} Messages waiting in the pool's Redis queue (all nodes), read every second.\n# TYPE {BROKER_QUEUE_DEPTH} gauge"
+    );
+    for (p, q) in pools.iter().zip(&broker.queues) {
+        let _ = writeln!(
+            t,
+            "{BROKER_QUEUE_DEPTH}{{pool=\"{}\",queue=\"{}\"}} {}",
+            escape_label(&p.name),
+            escape_label(&q.name),
+            q.depth.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "# HELP {BROKER_REDELIVERIES} Messages this node took that another node had held (it died or stopped renewing its lease).\n# TYPE {BROKER_REDELIVERIES} counter\n{BROKER_REDELIVERIES} {}",
+        broker.redeliveries.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        t,
+        "# HELP {BROKER_RESTORED} Messages this node put back in their queue after their lease expired.\n# TYPE {BROKER_RESTORED} counter\n{BROKER_RESTORED} {}",
+        broker.restored.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        t,
+        "# HELP {BROKER_HELD} Messages this node holds (taken, not yet acknowledged).\n# TYPE {BROKER_HELD} gauge\n{BROKER_HELD} {}",
+        broker.held().len()
+    );
+    t
 }
 
 /// Tasks were accepted.

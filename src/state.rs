@@ -8,13 +8,29 @@ use std::sync::atomic::AtomicBool;
 use ractor::ActorRef;
 
 use crate::actors::protocol::PoolMessage;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::pool::PoolShared;
 use crate::store::TaskStore;
 use crate::task::Registry;
 
+/// What a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `celeriac serve`: the HTTP API and the pools.
+    Serve,
+    /// `celeriac worker`: the pools, taking work from the broker; HTTP serves only
+    /// `/metrics`, `/health/*`, `/v1/admin/*` and `/openapi.json`.
+    Worker,
+}
+
 /// What the HTTP handlers share.
 pub struct AppState {
+    /// What this node runs.
+    pub role: Role,
+    /// The Redis broker and result backend, when `[broker] url` is set: tasks are
+    /// queued there and results read from there.
+    pub broker: Option<Arc<Broker>>,
     /// The validated configuration.
     pub config: Config,
     /// Task records.

@@ -87,6 +87,8 @@ struct TaskRecord {
     expires_at: Option<Instant>,
     /// Created on the first long-poll; woken on every state change.
     notify: Option<Arc<Notify>>,
+    /// Taken from the broker: its `RETRY` and final states go to the result backend.
+    mirrored: bool,
 }
 
 /// The wire form of a task (`GET /v1/tasks/{id}`).
@@ -160,10 +162,17 @@ pub struct Finished {
 
 const SHARDS: usize = 32;
 
+/// Where the changes of tasks taken from a broker go (see [`TaskStore::mirror_to`]).
+struct Mirror {
+    tx: tokio::sync::mpsc::UnboundedSender<TaskView>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// The in-memory result store.
 pub struct TaskStore {
     shards: Vec<Mutex<HashMap<TaskId, TaskRecord>>>,
     ttl: Duration,
+    mirror: std::sync::OnceLock<Mirror>,
 }
 
 impl TaskStore {
@@ -172,7 +181,51 @@ impl TaskStore {
         TaskStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             ttl,
+            mirror: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends the `RETRY` and final views of tasks taken from a broker
+    /// ([`TaskStore::insert_taken`]) to `tx`, in order; `pending` counts those sent and
+    /// not yet written (the receiver decrements it). Set once.
+    pub fn mirror_to(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<TaskView>,
+        pending: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let _ = self.mirror.set(Mirror { tx, pending });
+    }
+
+    fn mirror(&self, id: TaskId, r: &TaskRecord) {
+        if r.mirrored
+            && let Some(m) = self.mirror.get()
+        {
+            m.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if m.tx.send(TaskView::new(id, r)).is_err() {
+                m.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Records a task taken from a broker under its own id: `PENDING` (the pool starts
+    /// it), submitted at `submitted_at`, after `retries` earlier deliveries. Its later
+    /// changes are mirrored ([`TaskStore::mirror_to`]).
+    pub fn insert_taken(&self, id: TaskId, task: Arc<str>, submitted_at: SystemTime, retries: u32) {
+        let record = TaskRecord {
+            task,
+            state: TaskState::Pending,
+            result: None,
+            error: None,
+            submitted_at,
+            started_at: None,
+            finished_at: None,
+            retries,
+            attempt: 0,
+            expires_at: None,
+            notify: None,
+            mirrored: true,
+        };
+        self.shard(&id).lock().insert(id, record);
     }
 
     fn shard(&self, id: &TaskId) -> &Mutex<HashMap<TaskId, TaskRecord>> {
@@ -195,6 +248,7 @@ impl TaskStore {
             attempt: 0,
             expires_at: None,
             notify: None,
+            mirrored: false,
         };
         self.shard(&id).lock().insert(id, record);
         id
@@ -273,12 +327,15 @@ impl TaskStore {
         Some((r.attempt, waited))
     }
 
-    fn finalize(&self, r: &mut TaskRecord, state: TaskState) -> Finished {
+    fn finalize(&self, id: &TaskId, r: &mut TaskRecord, state: TaskState) -> Finished {
         let now = SystemTime::now();
         r.state = state;
         r.finished_at = Some(now);
-        r.expires_at = Some(Instant::now() + self.ttl);
+        // A broker task's result lives in the result backend: keep no local copy.
+        let ttl = if r.mirrored { Duration::ZERO } else { self.ttl };
+        r.expires_at = Some(Instant::now() + ttl);
         Self::wake(r);
+        self.mirror(*id, r);
         Finished {
             task: r.task.clone(),
             state,
@@ -309,7 +366,7 @@ impl TaskStore {
                 TaskState::Failure
             }
         };
-        Some(self.finalize(r, state))
+        Some(self.finalize(id, r, state))
     }
 
     /// Fails a task that is not final yet, whatever its state (no live worker, time
@@ -321,7 +378,7 @@ impl TaskStore {
             return None;
         }
         r.error = Some(error);
-        Some(self.finalize(r, TaskState::Failure))
+        Some(self.finalize(id, r, TaskState::Failure))
     }
 
     /// The worker running `attempt` was lost: re-queue as `RETRY` while retries remain,
@@ -344,10 +401,11 @@ impl TaskStore {
             r.retries += 1;
             r.state = TaskState::Retry;
             Self::wake(r);
+            self.mirror(*id, r);
             (Requeue::Retry, None)
         } else {
             r.error = Some(format!("worker lost: {why} (after {} retries)", r.retries));
-            let f = self.finalize(r, TaskState::Failure);
+            let f = self.finalize(id, r, TaskState::Failure);
             (Requeue::Failed, Some(f))
         }
     }
@@ -363,7 +421,7 @@ impl TaskStore {
             return Err(StoreError::WrongState(r.state));
         }
         r.error = Some("revoked before it started".into());
-        let f = self.finalize(r, TaskState::Revoked);
+        let f = self.finalize(id, r, TaskState::Revoked);
         Ok((TaskView::new(*id, r), f))
     }
 

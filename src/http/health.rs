@@ -48,6 +48,11 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
             if !state.accepting.load(Ordering::Acquire) {
                 reasons.push("shutting down".to_string());
             }
+            if let Some(broker) = &state.broker
+                && let Some(why) = broker.down_reason()
+            {
+                reasons.push(format!("broker {} unreachable: {why}", broker.url));
+            }
             let statuses: Vec<_> = state.pools.iter().map(|p| p.status()).collect();
             let pools: Vec<PoolHealth> = state
                 .pools

@@ -12,6 +12,7 @@ use warp::{Filter, Rejection};
 
 use super::{Reply, json_body, json_reply, no_query, wait_param, with_state};
 use crate::actors::protocol::{Job, PoolMessage};
+use crate::broker::BrokerError;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{StoreError, TaskId, TaskState};
@@ -96,8 +97,13 @@ fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
         .map(|w| Duration::from_secs_f64(w.min(state.config.server.max_wait_seconds)))
 }
 
-/// Validates and queues `inputs` for `task`; all or none are accepted.
-fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskId>, ApiError> {
+/// Validates and queues `inputs` for `task`; all or none are accepted. With a broker
+/// the tasks go to the pool's Redis queue, for whichever node has an idle worker.
+async fn enqueue(
+    state: &AppState,
+    task: &str,
+    inputs: Vec<Value>,
+) -> Result<Vec<TaskId>, ApiError> {
     if !state.accepting.load(Ordering::SeqCst) {
         return Err(ApiError::ShuttingDown);
     }
@@ -122,6 +128,26 @@ fn enqueue(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskI
             })?;
     }
     let pool = &state.pools[reg.pool];
+    if let Some(broker) = &state.broker {
+        let tasks: Vec<_> = inputs
+            .into_iter()
+            .map(|input| (uuid::Uuid::new_v4(), reg.name.clone(), Arc::new(input)))
+            .collect();
+        broker
+            .submit(
+                reg.pool,
+                &tasks,
+                pool.config.queue_capacity,
+                pool.config.time_limit_seconds,
+            )
+            .await
+            .map_err(|e| match e {
+                BrokerError::QueueFull => ApiError::QueueFull(pool.name.clone()),
+                BrokerError::Down(why) => ApiError::BrokerUnavailable(why),
+            })?;
+        crate::metrics::submitted(&pool.name, &reg.name, tasks.len());
+        return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
+    }
     if pool.is_dead() {
         return Err(ApiError::NoLiveWorker(pool.name.clone()));
     }
@@ -181,9 +207,9 @@ async fn submit_handler(
     state: Arc<AppState>,
 ) -> Result<Reply, Rejection> {
     let input: Value = parse_json(&body).map_err(reject)?;
-    let id = enqueue(&state, &task, vec![input]).map_err(reject)?[0];
+    let id = enqueue(&state, &task, vec![input]).await.map_err(reject)?[0];
     if let Some(wait) = wait_duration(&state, wait)
-        && let Some(view) = state.store.wait_final(&id, wait).await
+        && let Some(view) = wait_final(&state, &id, wait).await.map_err(reject)?
     {
         if view.state.is_final() {
             return Ok(json_reply(StatusCode::OK, &view));
@@ -204,7 +230,7 @@ async fn submit_batch_handler(
             "`inputs` must hold at least one input".into(),
         )));
     }
-    let ids = enqueue(&state, &task, req.inputs).map_err(reject)?;
+    let ids = enqueue(&state, &task, req.inputs).await.map_err(reject)?;
     let body = BatchAccepted {
         tasks: ids
             .into_iter()
@@ -228,16 +254,58 @@ async fn get_handler(
     state: Arc<AppState>,
 ) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
-    let view = match wait_duration(&state, wait) {
-        Some(wait) => state.store.wait_final(&task_id, wait).await,
-        None => state.store.get(&task_id),
+    let view = match (wait_duration(&state, wait), &state.broker) {
+        (Some(wait), _) => wait_final(&state, &task_id, wait).await.map_err(reject)?,
+        (None, Some(broker)) => broker.get(&task_id).await.map_err(unavailable)?,
+        (None, None) => state.store.get(&task_id),
     };
     let view = view.ok_or_else(|| reject(ApiError::TaskNotFound(id)))?;
     Ok(json_reply(StatusCode::OK, &view))
 }
 
+fn unavailable(e: BrokerError) -> Rejection {
+    reject(ApiError::BrokerUnavailable(e.to_string()))
+}
+
+/// Waits for a task to be final, in the store or the broker's result backend.
+async fn wait_final(
+    state: &AppState,
+    id: &TaskId,
+    wait: Duration,
+) -> Result<Option<crate::store::TaskView>, ApiError> {
+    match &state.broker {
+        Some(broker) => broker
+            .wait_final(id, wait)
+            .await
+            .map_err(|e| ApiError::BrokerUnavailable(e.to_string())),
+        None => Ok(state.store.wait_final(id, wait).await),
+    }
+}
+
 async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
+    if let Some(broker) = &state.broker {
+        return match broker.revoke(&task_id).await.map_err(unavailable)? {
+            Ok(view) => {
+                if let Some(reg) = state.registry.get(&view.task) {
+                    crate::metrics::finished(
+                        &state.pools[reg.pool].name,
+                        &crate::store::Finished {
+                            task: view.task.clone(),
+                            state: TaskState::Revoked,
+                            latency: humantime::parse_rfc3339_weak(&view.submitted_at)
+                                .ok()
+                                .and_then(|t| t.elapsed().ok())
+                                .unwrap_or_default(),
+                        },
+                    );
+                }
+                Ok(json_reply(StatusCode::OK, &view))
+            }
+            Err(StoreError::NotFound) => Err(reject(ApiError::TaskNotFound(id))),
+            Err(StoreError::WrongState(s)) => Err(reject(ApiError::NotRevocable(s))),
+        };
+    }
     match state.store.revoke(&task_id) {
         Ok((view, finished)) => {
             if let Some(reg) = state.registry.get(&finished.task) {

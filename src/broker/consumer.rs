@@ -1,0 +1,300 @@
+//! A node's side of the broker: per pool, a loop that takes messages only for idle
+//! workers and hands them to the pool actor; one writer of results (in order, batched,
+//! retried until Redis takes them); and housekeeping (lease renewal, restores of dead
+//! nodes' messages, queue depths).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{Broker, Fetched, celery};
+use crate::actors::protocol::{Job, PoolMessage};
+use crate::state::AppState;
+use crate::store::TaskView;
+
+/// The running consumer tasks of a node.
+pub struct Consumers {
+    stop: watch::Sender<bool>,
+    fetchers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Starts taking work from `broker` for every pool of `state`, and writing results.
+pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
+    let (stop, _) = watch::channel(false);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    state.store.mirror_to(tx, pending.clone());
+    let fetchers = (0..state.pools.len())
+        .map(|pool| {
+            tokio::spawn(fetch_loop(
+                state.clone(),
+                broker.clone(),
+                pool,
+                stop.subscribe(),
+            ))
+        })
+        .collect();
+    let background = vec![
+        tokio::spawn(writer(broker.clone(), rx, pending.clone())),
+        tokio::spawn(housekeeping(broker)),
+    ];
+    Consumers {
+        stop,
+        fetchers,
+        background,
+        pending,
+    }
+}
+
+impl Consumers {
+    /// Stops taking new messages; returns once no fetch is in flight.
+    pub async fn stop_taking(&mut self) {
+        let _ = self.stop.send(true);
+        for f in self.fetchers.drain(..) {
+            let _ = f.await;
+        }
+    }
+
+    /// Waits up to `limit` for every result handed to the writer to be in Redis.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            while self.pending.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        for t in self.fetchers.iter().chain(&self.background) {
+            t.abort();
+        }
+    }
+}
+
+/// Sleeps `d` unless `stop` is raised first.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
+    let _ = tokio::time::timeout(d, stop.changed()).await;
+}
+
+/// Takes messages for pool `pool` while it has idle workers: as many as they can run
+/// at once (a batch each, for a pool whose tasks all take batches), never more.
+async fn fetch_loop(
+    state: Arc<AppState>,
+    broker: Arc<Broker>,
+    pool: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shared = state.pools[pool].clone();
+    let mut status = shared.subscribe();
+    let names: Vec<&str> = state.registry.names();
+    let routed: Vec<_> = names
+        .iter()
+        .filter_map(|n| state.registry.get(n))
+        .filter(|r| r.pool == pool)
+        .collect();
+    let per_worker = if !routed.is_empty() && routed.iter().all(|r| r.factory.batching()) {
+        shared.config.max_batch_size
+    } else {
+        1
+    };
+    let mut blocking = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let s = shared.status();
+        // Jobs taken and not yet with a worker count against the idle ones.
+        let free = s.idle.saturating_sub(shared.admitted());
+        if free == 0 {
+            let wait = if shared.admitted() > 0 {
+                Duration::from_millis(2)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = status.changed() => {}
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        match broker.fetch(pool, free * per_worker).await {
+            Err(_) => pause(&mut stop, Duration::from_millis(500)).await,
+            Ok(taken) if taken.is_empty() => {
+                if blocking.is_none() {
+                    blocking = broker.blocking_connection().await.ok();
+                }
+                let waited = match blocking.as_mut() {
+                    Some(conn) => broker.wait_for_work(conn, pool).await,
+                    None => Err(super::BrokerError::Down("no connection".into())),
+                };
+                if waited.is_err() {
+                    blocking = None;
+                    pause(&mut stop, Duration::from_millis(500)).await;
+                }
+            }
+            Ok(taken) => hand_over(&state, &broker, pool, taken).await,
+        }
+    }
+}
+
+/// Turns taken messages into jobs for the pool actor. A message celeriac cannot run
+/// (unknown task, bad input) fails at once, with the reason in its result.
+async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fetched>) {
+    let shared = &state.pools[pool];
+    let queue = &broker.queues[pool].name;
+    let mut jobs = Vec::new();
+    for f in taken {
+        let (raw, id, submitted, retries) = match f {
+            Fetched::Run {
+                raw,
+                id,
+                submitted,
+                retries,
+                ..
+            } => (raw, id, submitted, retries),
+            Fetched::Done { id, status } => {
+                tracing::debug!(%queue, %id, %status, "dropped a message whose task is already final");
+                continue;
+            }
+            Fetched::Bad { raw } => {
+                let shown: String = raw.chars().take(200).collect();
+                tracing::error!(%queue, "dropped a message that is not a Celery task message: {shown}");
+                continue;
+            }
+        };
+        let submitted_at =
+            humantime::parse_rfc3339_weak(&submitted).unwrap_or_else(|_| SystemTime::now());
+        let parsed = celery::parse_message(&raw);
+        let (name, input) = match &parsed {
+            Ok(m) => (m.task.clone(), m.input.clone()),
+            Err(e) => ("(unreadable)".to_string(), Err(e.clone())),
+        };
+        let reg = state.registry.get(&name).filter(|r| r.pool == pool);
+        let task: Arc<str> = reg.map_or_else(|| name.as_str().into(), |r| r.name.clone());
+        state
+            .store
+            .insert_taken(id, task.clone(), submitted_at, retries);
+        let input = match (reg, input) {
+            (None, _) => Err(format!(
+                "task `{name}` is not registered on node {} for queue `{queue}`; registered here: {}",
+                broker.node,
+                state.registry.names().join(", ")
+            )),
+            (Some(_), Err(e)) => Err(format!("invalid message for `{name}`: {e}")),
+            (Some(r), Ok(input)) => r
+                .factory
+                .validate(&input)
+                .map(|()| input)
+                .map_err(|m| format!("invalid input for `{name}`: {m}")),
+        };
+        match input {
+            Ok(input) => {
+                shared.readmit();
+                jobs.push(Job {
+                    id,
+                    task,
+                    input: Arc::new(input),
+                    enqueued: std::time::Instant::now(),
+                });
+            }
+            Err(why) => {
+                tracing::warn!(%queue, %id, "{why}");
+                if let Some(f) = state.store.fail(&id, None, why) {
+                    crate::metrics::finished(&shared.name, &f);
+                }
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
+    if state.pool_actors[pool]
+        .cast(PoolMessage::Submit(jobs))
+        .is_err()
+    {
+        // The pool is gone (shutting down): give the messages back to the queue.
+        shared.release(ids.len());
+        for id in &ids {
+            state.store.remove(id);
+        }
+        if let Err(e) = broker.requeue(&ids).await {
+            tracing::error!(
+                "could not put {} messages back: {e}; they return after the visibility timeout",
+                ids.len()
+            );
+        }
+    }
+}
+
+/// Writes results in the order the store reported them, up to 256 per round trip,
+/// retrying (the same batch, in order) until Redis takes them.
+async fn writer(
+    broker: Arc<Broker>,
+    mut rx: mpsc::UnboundedReceiver<TaskView>,
+    pending: Arc<AtomicUsize>,
+) {
+    let mut batch: Vec<TaskView> = Vec::new();
+    loop {
+        if rx.recv_many(&mut batch, 256).await == 0 {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = broker.finish(&batch).await {
+            tracing::warn!(
+                results = batch.len(),
+                "results not written yet ({e}); retrying in {delay:?}"
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        pending.fetch_sub(batch.len(), Ordering::SeqCst);
+        batch.clear();
+    }
+}
+
+/// Renews leases every quarter of the visibility timeout, restores expired ones every
+/// `restore_interval_seconds`, and reads queue depths every second.
+async fn housekeeping(broker: Arc<Broker>) {
+    let vt = broker.visibility_timeout();
+    let renew_every = (vt / 4).max(Duration::from_millis(50));
+    let restore_every = broker.restore_interval();
+    let tick = renew_every.min(restore_every).min(Duration::from_secs(1));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = tokio::time::Instant::now();
+    // One restore scan at start, as kombu does.
+    let (mut renewed, mut restored, mut measured) = (
+        start,
+        start.checked_sub(restore_every).unwrap_or(start),
+        start,
+    );
+    loop {
+        interval.tick().await;
+        let now = tokio::time::Instant::now();
+        if now - renewed >= renew_every {
+            renewed = now;
+            let _ = broker.renew().await;
+        }
+        if now - restored >= restore_every {
+            restored = now;
+            let _ = broker.restore_expired().await;
+        }
+        if now - measured >= Duration::from_secs(1) {
+            measured = now;
+            for pool in 0..broker.queues.len() {
+                let _ = broker.depth(pool).await;
+            }
+        }
+    }
+}
