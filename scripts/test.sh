@@ -10,4 +10,7 @@ cargo fmt --all -- --check
 # Lints on the release profile, so they share the test build's dependencies.
 cargo clippy --release --locked --all-targets -- -D warnings
 scripts/fetch-model.sh models/spam-minilm
+# redis-server and the Python celery client, for the broker tests.
+scripts/test-deps.sh
+export CELERIAC_PYTHON=${CELERIAC_PYTHON:-${CELERIAC_CACHE:-$HOME/.cache/celeriac}/pyenv/bin/python}
 cargo test --release --locked "$@"

@@ -185,11 +185,17 @@ async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fe
             .store
             .insert_taken(id, task.clone(), submitted_at, retries);
         let input = match (reg, input) {
-            (None, _) => Err(format!(
-                "task `{name}` is not registered on node {} for queue `{queue}`; registered here: {}",
-                broker.node,
-                state.registry.names().join(", ")
-            )),
+            (None, _) => Err(match state.registry.get(&name) {
+                Some(r) => format!(
+                    "task `{name}` is served from queue `{}` on node {}, not `{queue}`: send it there (send_task(..., queue='{}'))",
+                    broker.queues[r.pool].name, broker.node, broker.queues[r.pool].name
+                ),
+                None => format!(
+                    "task `{name}` is not registered on node {}; registered here: {}",
+                    broker.node,
+                    state.registry.names().join(", ")
+                ),
+            }),
             (Some(_), Err(e)) => Err(format!("invalid message for `{name}`: {e}")),
             (Some(r), Ok(input)) => r
                 .factory

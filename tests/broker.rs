@@ -1,0 +1,581 @@
+//! The Redis broker against a real `redis-server` (started here on a free port): nodes
+//! sharing a queue, polls on any node, revoke across nodes, `kill -9` of a node holding
+//! tasks, SIGTERM, a Redis restart, and the real Python `celery` client in both
+//! directions. `scripts/test-deps.sh` installs redis-server and the Python packages.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::broker::Broker;
+use celeriac::config::{BrokerConfig, Config};
+use celeriac::store::TaskState;
+use common::{Server, debug_config_in, start, wait_until};
+use serde_json::{Value, json};
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory of this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("celeriac-broker-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `redis-server` of our own, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test-deps.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.pings() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pings(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A raw command, for checks (`LLEN`, `HLEN`, `GET`).
+    async fn cmd(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await.unwrap()
+    }
+
+    async fn int(&self, args: &[&str]) -> i64 {
+        match self.cmd(args).await {
+            redis::Value::Int(n) => n,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// The result-backend meta of a task.
+    async fn meta(&self, id: &str) -> Value {
+        match self.cmd(&["GET", &format!("celery-task-meta-{id}")]).await {
+            redis::Value::BulkString(b) => serde_json::from_slice(&b).unwrap(),
+            redis::Value::Nil => Value::Null,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `[broker]` table for `redis`, with a short visibility timeout.
+fn broker_table(redis: &Redis, node: &str) -> String {
+    format!(
+        "[broker]\nurl = \"{}\"\nvisibility_timeout_seconds = 2.0\nrestore_interval_seconds = 0.25\nnode_name = \"{node}\"\n",
+        redis.url()
+    )
+}
+
+/// A debug config (pool `pool`, which is also its queue) on `redis` as node `node`.
+fn node_config(pool: &str, size: usize, redis: &Redis, node: &str) -> String {
+    debug_config_in(
+        pool,
+        &format!("concurrency = {size}\nmax_batch_size = 8"),
+        &broker_table(redis, node),
+    )
+}
+
+/// A client of the broker with no pools: submits as the HTTP API does.
+async fn client(redis: &Redis, queue: &str) -> Arc<Broker> {
+    let config = BrokerConfig {
+        url: Some(redis.url()),
+        node_name: Some("celeriac@test-client".into()),
+        ..BrokerConfig::default()
+    };
+    Broker::connect(&config, Duration::from_secs(600), vec![queue.into()])
+        .await
+        .unwrap()
+}
+
+async fn submit(b: &Broker, task: &str, input: Value) -> String {
+    let id = uuid::Uuid::new_v4();
+    b.submit(0, &[(id, task.into(), Arc::new(input))], 1000, 60.0)
+        .await
+        .unwrap();
+    id.to_string()
+}
+
+/// The `celeriac` binary as a child process.
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Node {
+    fn spawn(role: &str, config: &str, name: &str) -> Node {
+        let dir = scratch(name);
+        let path = dir.join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args([role, "--config"])
+            .arg(&path)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("CELERIAC_BROKER_URL")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Node {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/health/ready", self.url);
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let r = client.get(&url).send();
+                async move { r.await.is_ok_and(|r| r.status() == 200) }
+            })
+            .await,
+            "node did not become ready"
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_state(b: &Broker, id: &str, state: TaskState, secs: u64) -> bool {
+    let id: uuid::Uuid = id.parse().unwrap();
+    wait_until(Duration::from_secs(secs), || async move {
+        b.get(&id).await.unwrap().is_some_and(|v| v.state == state)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_share_a_queue_and_answer_for_each_other() {
+    let redis = Redis::start();
+    let a = start(&node_config("shared", 2, &redis, "celeriac@a")).await;
+    let b = start(&node_config("shared", 2, &redis, "celeriac@b")).await;
+    let ids: Vec<String> = futures_util::future::join_all(
+        (0..16).map(|i| a.submit("debug.sleep", json!({"ms": 100 + i}))),
+    )
+    .await;
+    let mut workers = std::collections::BTreeSet::new();
+    for id in &ids {
+        // Submitted on A, long-polled on B.
+        let v = b.wait_final(id, 10.0).await;
+        assert_eq!(v["state"], "SUCCESS", "{v}");
+        assert_eq!(v["task"], "debug.sleep");
+        let meta = redis.meta(id).await;
+        assert_eq!(meta["status"], "SUCCESS");
+        assert_eq!(meta["task_id"], id.as_str());
+        workers.insert(meta["worker"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        workers,
+        ["celeriac@a", "celeriac@b"].map(String::from).into(),
+        "both nodes took work from the one queue"
+    );
+    // A poll of a task never issued is a 404 on every node, not an eternal PENDING.
+    let missing = uuid::Uuid::new_v4();
+    b.get(&format!("/v1/tasks/{missing}"))
+        .await
+        .assert_error(404, "task_not_found");
+
+    // Revoke on B a task queued on A while every worker of both nodes is busy.
+    let busy: Vec<String> = futures_util::future::join_all(
+        (0..4).map(|_| a.submit("debug.sleep", json!({"ms": 1500}))),
+    )
+    .await;
+    let running = |s: &Server, id: String| {
+        let s = s.url.clone();
+        async move {
+            let v: Value = reqwest::get(format!("{s}/v1/tasks/{id}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["state"] == "STARTED"
+        }
+    };
+    for id in &busy {
+        assert!(wait_until(Duration::from_secs(5), || running(&a, id.clone())).await);
+    }
+    let queued = a.submit("debug.echo", json!({"n": 1})).await;
+    let r = b.delete(&format!("/v1/tasks/{queued}")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["state"], "REVOKED");
+    for id in &busy {
+        assert_eq!(a.wait_final(id, 10.0).await["state"], "SUCCESS");
+    }
+    // The message was taken and dropped; the task stays revoked, and a revoked task
+    // cannot be revoked again.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            redis.int(&["LLEN", "shared"]).await == 0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.wait_final(&queued, 1.0).await["state"], "REVOKED");
+    b.delete(&format!("/v1/tasks/{queued}"))
+        .await
+        .assert_error(409, "not_revocable");
+    // Nothing left in flight.
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_s_tasks_finish_exactly_once_on_another() {
+    let redis = Redis::start();
+    let w1 = Node::spawn("worker", &node_config("k", 4, &redis, "celeriac@w1"), "w1");
+    w1.wait_ready().await;
+    let b = client(&redis, "k").await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(submit(&b, "debug.sleep", json!({"ms": 1500})).await);
+    }
+    for id in &ids {
+        assert!(wait_state(&b, id, TaskState::Started, 10).await);
+        assert_eq!(redis.meta(id).await["worker"], "celeriac@w1");
+    }
+    w1.signal("-KILL");
+    let w2 = start(&node_config("k", 4, &redis, "celeriac@w2")).await;
+    for id in &ids {
+        assert!(
+            wait_state(&b, id, TaskState::Success, 20).await,
+            "{id}: {}",
+            redis.meta(id).await
+        );
+        let meta = redis.meta(id).await;
+        assert_eq!(meta["worker"], "celeriac@w2", "{meta}");
+        assert_eq!(meta["retries"], 1, "{meta}");
+    }
+    let broker = w2.state.broker.clone().unwrap();
+    assert_eq!(
+        broker
+            .redeliveries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    // Exactly once: after another visibility timeout nothing is in flight or queued
+    // again, and W2 ran each task once.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
+    assert_eq!(redis.int(&["LLEN", "k"]).await, 0);
+    assert_eq!(
+        broker
+            .redeliveries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    let finished = w2.scrape().await;
+    let runs: f64 = finished
+        .samples
+        .iter()
+        .filter(|s| s.metric == "celeriac_tasks_finished_total")
+        .filter(|s| s.labels.get("pool") == Some("k") && s.labels.get("state") == Some("SUCCESS"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(runs, 4.0);
+    w2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_puts_back_what_a_worker_cannot_finish() {
+    let redis = Redis::start();
+    let config = node_config("term", 2, &redis, "celeriac@t1").replace(
+        "drain_timeout_seconds = 20.0",
+        "drain_timeout_seconds = 0.5",
+    );
+    let w1 = Node::spawn("worker", &config, "t1");
+    w1.wait_ready().await;
+    let b = client(&redis, "term").await;
+    let long = [
+        submit(&b, "debug.sleep", json!({"ms": 3000})).await,
+        submit(&b, "debug.sleep", json!({"ms": 3000})).await,
+    ];
+    for id in &long {
+        assert!(wait_state(&b, id, TaskState::Started, 10).await);
+    }
+    let mut w1 = w1;
+    w1.signal("-TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = w1.child.wait().unwrap();
+        (s, w1)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(status.success(), "{status:?}");
+    // Back in the queue at once (not after the visibility timeout), nothing in flight.
+    assert_eq!(redis.int(&["LLEN", "term"]).await, 2);
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
+    let w2 = start(&node_config("term", 2, &redis, "celeriac@t2")).await;
+    for id in &long {
+        assert!(wait_state(&b, id, TaskState::Success, 10).await);
+        assert_eq!(redis.meta(id).await["worker"], "celeriac@t2");
+    }
+    w2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_is_a_clear_503_then_service_resumes() {
+    let mut redis = Redis::start();
+    let s = start(&node_config("rr", 2, &redis, "celeriac@rr")).await;
+    let id = s.submit("debug.echo", json!({"before": true})).await;
+    assert_eq!(s.wait_final(&id, 5.0).await["state"], "SUCCESS");
+    redis.stop();
+    let r = s.post("/v1/tasks/debug.echo", &json!({"x": 1})).await;
+    r.assert_error(503, "broker_unavailable");
+    assert!(r.headers.contains_key("retry-after"));
+    let ready = s.get("/health/ready").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("broker"),
+        "{}",
+        ready.body
+    );
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            s.post("/v1/tasks/debug.echo?wait=5", &json!({"after": true}))
+                .await
+                .body["state"]
+                == "SUCCESS"
+        })
+        .await,
+        "service did not resume after Redis came back"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            s.get("/health/ready").await.status == 200
+        })
+        .await
+    );
+    s.shutdown().await;
+}
+
+/// The test virtualenv's Python (scripts/test-deps.sh).
+fn python() -> PathBuf {
+    std::env::var_os("CELERIAC_PYTHON").map_or_else(
+        || {
+            let home = std::env::var("HOME").unwrap();
+            Path::new(&home).join(".cache/celeriac/pyenv/bin/python")
+        },
+        PathBuf::from,
+    )
+}
+
+/// Runs a Python script with the test virtualenv; returns its stdout.
+fn run_python(script: &str, args: &[&str]) -> String {
+    let dir = scratch("py");
+    let path = dir.join(format!("s{}.py", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test-deps.sh)", python().display()));
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const CLIENT: &str = r#"
+import json, sys
+from celery import Celery
+app = Celery("client", broker=sys.argv[1], backend=sys.argv[1])
+out = {}
+r = app.send_task("spam.predict", kwargs={"text": sys.argv[2]})
+out["result"] = r.get(timeout=20)
+bad = app.send_task("spam.predict", kwargs={"txt": "no text field"})
+try:
+    bad.get(timeout=20)
+    out["error"] = None
+except Exception as e:
+    out["error"] = [type(e).__name__, str(e)]
+out["state"] = bad.state
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_celery_calls_celeriac_with_the_default_config() {
+    let redis = Redis::start();
+    let mut config =
+        Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"))
+            .unwrap();
+    config.broker.url = Some(redis.url());
+    let app = celeriac::app::App::start(config).await.unwrap();
+    let state = app.state().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let text = "WINNER!! You have won a free cruise. Call now to claim";
+    let out = tokio::task::spawn_blocking({
+        let url = redis.url();
+        move || run_python(CLIENT, &[&url, text])
+    })
+    .await
+    .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    // The same JSON as the HTTP API gives.
+    let http: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/tasks/spam.predict?wait=10"))
+        .json(&json!({"text": text}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(http["state"], "SUCCESS");
+    assert_eq!(out["result"], http["result"], "{out}");
+    assert_eq!(out["state"], "FAILURE");
+    let error = out["error"][1].as_str().unwrap();
+    assert!(
+        error.contains("invalid input for `spam.predict`") && error.contains("text"),
+        "{error}"
+    );
+    assert_eq!(out["error"][0], "TaskError");
+    assert!(state.broker.is_some());
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
+
+const WORKER: &str = r#"
+from celery import Celery
+import os
+app = Celery("pyworker", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
+app.conf.worker_hijack_root_logger = False
+
+@app.task(name="debug.echo")
+def echo(**kwargs):
+    return {"python": True, "got": kwargs}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn celeriac_s_messages_run_on_a_python_celery_worker() {
+    let redis = Redis::start();
+    let dir = scratch("pyworker");
+    std::fs::write(dir.join("pyworker.py"), WORKER).unwrap();
+    let mut worker = Command::new(python())
+        .args([
+            "-m", "celery", "-A", "pyworker", "worker", "-Q", "pyq", "--pool", "solo",
+        ])
+        .args([
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "warning",
+        ])
+        .current_dir(&dir)
+        .env("BROKER", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The message celeriac's HTTP API writes (the same `Broker::submit`).
+    let b = client(&redis, "pyq").await;
+    let id = submit(&b, "debug.echo", json!({"text": "from rust"})).await;
+    let done = wait_state(&b, &id, TaskState::Success, 60).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(done, "{}", redis.meta(&id).await);
+    let view = b.get(&id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        view.result,
+        Some(json!({"python": true, "got": {"text": "from rust"}}))
+    );
+}
