@@ -161,7 +161,7 @@ pub struct SupervisorConfig {
 }
 
 /// How a pool's workers run tasks (Celery's `--pool`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolKind {
     /// Each worker runs tasks on its own OS thread.
@@ -344,6 +344,18 @@ impl<'de> Deserialize<'de> for DeviceSpec {
         s.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// On the wire, a string as [`DeviceSpec`]'s `FromStr` reads it: `cpu` or `cuda:N`.
+impl utoipa::PartialSchema for DeviceSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^(cpu|cuda:[0-9]+)$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DeviceSpec {}
 
 impl serde::Serialize for DeviceSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -3,6 +3,9 @@
 //! Every error leaves the server as JSON `{"error": "...", "code": "snake_case"}`;
 //! 429 and 503 carry `Retry-After`.
 
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use warp::http::StatusCode;
 
 use crate::store::TaskState;
@@ -189,6 +192,39 @@ impl ApiError {
             _ => None,
         }
     }
+}
+
+/// The JSON body of every error answer.
+// `deny_unknown_fields` only closes the OpenAPI schema: this type is never deserialized.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Error, example = json!({
+    "error": "no task named `nope`; registered tasks: debug.echo",
+    "code": "unknown_task"
+}))]
+pub struct ErrorBody {
+    /// A message for people.
+    pub error: String,
+    /// A stable machine-readable code: one of [`ApiError::CODES`].
+    #[schema(schema_with = code_schema)]
+    pub code: &'static str,
+}
+
+impl From<&ApiError> for ErrorBody {
+    fn from(e: &ApiError) -> Self {
+        ErrorBody {
+            error: e.to_string(),
+            code: e.code(),
+        }
+    }
+}
+
+/// `Error.code`: a string, one of [`ApiError::CODES`].
+fn code_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("A stable machine-readable code."))
+        .enum_values(Some(ApiError::CODES.iter().copied()))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod openapi;
 pub mod tasks;
 
 use std::convert::Infallible;
@@ -9,10 +10,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::path::{HttpMethod, Operation};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// A reply built by hand: status, JSON body and headers.
@@ -71,20 +73,95 @@ pub fn routes(
         }))
 }
 
-/// Every route: its method and path template (`:name` stands for one segment; the
-/// OpenAPI document writes it `{name}`). The metrics' `route` label, the `Allow` header
-/// of a 405 and the OpenAPI check read it.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/tasks/:task"),
-    ("POST", "/v1/tasks/:task/batch"),
-    ("GET", "/v1/tasks/:id"),
-    ("DELETE", "/v1/tasks/:id"),
-    ("GET", "/v1/admin/pools"),
-    ("PUT", "/v1/admin/pools/:pool"),
-    ("GET", "/metrics"),
-    ("GET", "/health/live"),
-    ("GET", "/health/ready"),
-    ("GET", "/openapi.json"),
+/// One route of the API. [`ROUTES`] lists them all: the `Allow` header of a 405, the
+/// metrics' `route` label and the paths of the OpenAPI document come from it.
+pub struct Route {
+    /// The HTTP method, upper case.
+    pub method: &'static str,
+    /// The path template: `:name` stands for one segment (OpenAPI writes it `{name}`:
+    /// [`Route::openapi_path`]). It is also the metrics' `route` label, where braces
+    /// would trip up some parsers of the Prometheus text format (prometheus-parse).
+    pub path: &'static str,
+    /// The OpenAPI tag the operation is listed under.
+    pub tag: &'static str,
+    /// The `#[utoipa::path]` annotation of the route's filter: its path, its methods and
+    /// the operation.
+    describe: fn() -> (String, Vec<HttpMethod>, Operation),
+}
+
+impl Route {
+    /// The route `method path`, documented by the `#[utoipa::path]` annotation `P` (the
+    /// type the annotation generates, `__path_<filter>`).
+    const fn new<P: utoipa::Path>(
+        method: &'static str,
+        path: &'static str,
+        tag: &'static str,
+    ) -> Self {
+        Route {
+            method,
+            path,
+            tag,
+            describe: describe::<P>,
+        }
+    }
+
+    /// [`Route::path`] as OpenAPI writes it: `{name}` for `:name`.
+    pub fn openapi_path(&self) -> String {
+        self.path
+            .split('/')
+            .map(|seg| match seg.strip_prefix(':') {
+                Some(name) => format!("{{{name}}}"),
+                None => seg.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// The route's OpenAPI operation, tagged. Panics when its annotation names another
+    /// path or method than the table: a bug, caught by any test that builds the document.
+    pub fn operation(&self) -> Operation {
+        let (path, methods, mut op) = (self.describe)();
+        assert!(
+            path == self.openapi_path() && methods == [self.http_method()],
+            "the #[utoipa::path] of `{} {}` names another path or method. This is a bug.",
+            self.method,
+            self.path
+        );
+        op.tags = Some(vec![self.tag.to_string()]);
+        op
+    }
+
+    /// [`Route::method`] as OpenAPI's method.
+    pub fn http_method(&self) -> HttpMethod {
+        match self.method {
+            "GET" => HttpMethod::Get,
+            "POST" => HttpMethod::Post,
+            "PUT" => HttpMethod::Put,
+            "DELETE" => HttpMethod::Delete,
+            "PATCH" => HttpMethod::Patch,
+            other => panic!("no route uses {other}. This is a bug."),
+        }
+    }
+}
+
+fn describe<P: utoipa::Path>() -> (String, Vec<HttpMethod>, Operation) {
+    (P::path(), P::methods(), P::operation())
+}
+
+/// Every route the server has (each a filter in [`routes`]). Submit, poll and revoke share a
+/// template: OpenAPI forbids two templates that differ only in a parameter's name, so
+/// the segment is the task name for `POST` and the task id for `GET` and `DELETE`.
+pub const ROUTES: &[Route] = &[
+    Route::new::<tasks::__path_submit>("POST", "/v1/tasks/:task", "tasks"),
+    Route::new::<tasks::__path_submit_batch>("POST", "/v1/tasks/:task/batch", "tasks"),
+    Route::new::<tasks::__path_get>("GET", "/v1/tasks/:task", "tasks"),
+    Route::new::<tasks::__path_revoke>("DELETE", "/v1/tasks/:task", "tasks"),
+    Route::new::<admin::__path_list>("GET", "/v1/admin/pools", "admin"),
+    Route::new::<admin::__path_update>("PUT", "/v1/admin/pools/:pool", "admin"),
+    Route::new::<__path_metrics_route>("GET", "/metrics", "operations"),
+    Route::new::<health::__path_live>("GET", "/health/live", "operations"),
+    Route::new::<health::__path_ready>("GET", "/health/ready", "operations"),
+    Route::new::<__path_openapi>("GET", "/openapi.json", "operations"),
 ];
 
 fn template_matches(template: &str, path: &str) -> bool {
@@ -106,17 +183,17 @@ fn template_matches(template: &str, path: &str) -> bool {
 pub fn route_of(method: &str, path: &str) -> &'static str {
     ROUTES
         .iter()
-        .find(|(m, t)| *m == method && template_matches(t, path))
-        .or_else(|| ROUTES.iter().find(|(_, t)| template_matches(t, path)))
-        .map_or("other", |(_, t)| t)
+        .find(|r| r.method == method && template_matches(r.path, path))
+        .or_else(|| ROUTES.iter().find(|r| template_matches(r.path, path)))
+        .map_or("other", |r| r.path)
 }
 
 /// The methods some route serves at `path`, in table order.
 pub fn allowed_methods(path: &str) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
-    for (m, t) in ROUTES {
-        if template_matches(t, path) && !out.contains(m) {
-            out.push(m);
+    for r in ROUTES {
+        if template_matches(r.path, path) && !out.contains(&r.method) {
+            out.push(r.method);
         }
     }
     out
@@ -139,30 +216,32 @@ fn method_not_allowed() -> impl Filter<Extract = (Reply,), Error = Rejection> + 
     )
 }
 
-/// The OpenAPI 3 description of every route, as written (without the bounds that
-/// depend on the config; see [`openapi_document`]).
-pub const OPENAPI: &str = include_str!("http/openapi.json");
-
-/// The OpenAPI document as served: [`OPENAPI`] with the bounds this server enforces
-/// that come from its config (the largest `max_concurrency` of its pools).
+/// The OpenAPI document as served: [`openapi::document`] with the bounds this server
+/// enforces that come from its config (the largest `max_concurrency` of its pools).
 pub fn openapi_document(state: &AppState) -> serde_json::Value {
-    let mut doc: serde_json::Value =
-        serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON. This is a bug.");
     let ceiling = state
         .pools
         .iter()
         .map(|p| p.config.ceiling())
         .max()
         .unwrap_or(1);
-    let update = &mut doc["components"]["schemas"]["PoolUpdate"]["oneOf"];
-    update[0]["properties"]["concurrency"]["maximum"] = ceiling.into();
-    for bound in ["min", "max"] {
-        update[1]["properties"]["autoscale"]["properties"][bound]["maximum"] = ceiling.into();
-    }
-    doc
+    serde_json::to_value(openapi::document(Some(ceiling)))
+        .expect("the OpenAPI document serializes. This is a bug.")
 }
 
 /// `GET /openapi.json`, serving `body` (from [`openapi_document`]).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    summary = "This document",
+    responses((
+        status = 200,
+        description = "The OpenAPI 3.1 description of every route, with the bounds this server enforces.",
+        body = Object,
+        content_type = "application/json",
+    )),
+)]
 pub fn openapi(body: Bytes) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     warp::path!("openapi.json").and(warp::get()).map(move || {
         let mut res = Reply::new(body.clone().into());
@@ -175,6 +254,18 @@ pub fn openapi(body: Bytes) -> impl Filter<Extract = (Reply,), Error = Rejection
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format 0.0.4; every metric is prefixed `celeriac_`.",
+        body = String,
+        content_type = "text/plain",
+    )),
+)]
 pub fn metrics_route(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
@@ -216,18 +307,7 @@ pub fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Reply {
 
 /// The error body and headers for an [`ApiError`].
 pub fn error_reply(err: &ApiError) -> Reply {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: String,
-        code: &'a str,
-    }
-    let mut res = json_reply(
-        err.status(),
-        &Body {
-            error: err.to_string(),
-            code: err.code(),
-        },
-    );
+    let mut res = json_reply(err.status(), &ErrorBody::from(err));
     if let Some(secs) = err.retry_after() {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -271,10 +351,16 @@ pub fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejectio
 }
 
 /// The query of routes that take `wait=SECONDS` and nothing else.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
+    /// Seconds to wait for the task to reach a final state, capped at
+    /// `server.max_wait_seconds`; 0 (or absent) does not wait. This route takes no other
+    /// query parameter: any other one, or a `wait` that is not a finite number >= 0, is a
+    /// 400 `invalid_parameter`.
     #[serde(default, deserialize_with = "seconds")]
+    #[param(minimum = 0)]
     wait: Option<f64>,
 }
 
@@ -389,7 +475,7 @@ mod tests {
             route_of("POST", "/v1/tasks/spam.predict"),
             "/v1/tasks/:task"
         );
-        assert_eq!(route_of("GET", "/v1/tasks/0f0e"), "/v1/tasks/:id");
+        assert_eq!(route_of("GET", "/v1/tasks/0f0e"), "/v1/tasks/:task");
         assert_eq!(
             route_of("POST", "/v1/tasks/x/batch"),
             "/v1/tasks/:task/batch"
@@ -407,5 +493,9 @@ mod tests {
             allowed_methods("/metrics/").is_empty(),
             "as warp: another path"
         );
+        let openapi: Vec<String> = ROUTES.iter().map(Route::openapi_path).collect();
+        assert_eq!(openapi[1], "/v1/tasks/{task}/batch");
+        assert_eq!(openapi[5], "/v1/admin/pools/{pool}");
+        assert_eq!(openapi[6], "/metrics");
     }
 }

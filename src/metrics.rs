@@ -236,15 +236,16 @@ pub fn register(pools: &[&str], tasks: &[(&str, &str, bool)]) {
     }
 }
 
-/// Registers, at zero, the HTTP series of every route (`(method, route template)`),
+/// Registers, at zero, the HTTP series of every route (its method and path template),
 /// with the status each answers when all goes well (202 for a submit, else 200).
-pub fn register_http(routes: &[(&'static str, &'static str)]) {
+pub fn register_http(routes: &[crate::http::Route]) {
     install();
-    for (method, route) in routes {
-        let status = if *method == "POST" { "202" } else { "200" };
-        counter!(HTTP_REQUESTS, "route" => *route, "method" => *method, "status" => status)
+    for r in routes {
+        let (method, route) = (r.method, r.path);
+        let status = if method == "POST" { "202" } else { "200" };
+        counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
             .absolute(0);
-        let _ = histogram!(HTTP_DURATION, "route" => *route, "method" => *method);
+        let _ = histogram!(HTTP_DURATION, "route" => route, "method" => method);
     }
 }
 

@@ -14,14 +14,22 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A task's id: a random UUID, so ids cannot be guessed or enumerated.
 pub type TaskId = Uuid;
 
 /// Celery's task states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
+#[schema(
+    description = "Celery's names. `PENDING` (queued) → `STARTED` (a worker took it) → \
+                   `SUCCESS` | `FAILURE`; `RETRY`: back in the queue after its worker was lost \
+                   (only when the pool's `max_retries` allows; a task that panics fails at \
+                   once); `REVOKED`: cancelled before it started. `SUCCESS`, `FAILURE` and \
+                   `REVOKED` are final."
+)]
 pub enum TaskState {
     /// Accepted and queued.
     Pending,
@@ -91,28 +99,48 @@ struct TaskRecord {
     mirrored: bool,
 }
 
-/// The wire form of a task (`GET /v1/tasks/{id}`).
-#[derive(Debug, Clone, Serialize)]
+/// A task, as the API shows it.
+// Its docs are the OpenAPI descriptions. `deny_unknown_fields` only closes the OpenAPI
+// schema (`additionalProperties: false`): this type is never deserialized.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "task_id": "2f6d4c1e-8a0b-4e5f-9c3d-1a2b3c4d5e6f",
+    "task": "spam.predict",
+    "state": "SUCCESS",
+    "result": {"label": "spam", "probabilities": {"ham": 0.03, "spam": 0.97}},
+    "submitted_at": "2026-11-25T20:01:02.123456Z",
+    "started_at": "2026-11-25T20:01:02.123501Z",
+    "finished_at": "2026-11-25T20:01:02.131277Z",
+    "retries": 0
+}))]
 pub struct TaskView {
-    /// The id.
+    /// The task id.
+    #[schema(value_type = uuid::Uuid)]
     pub task_id: TaskId,
     /// The task name.
+    #[schema(value_type = String)]
     pub task: Arc<str>,
     /// Current state.
     pub state: TaskState,
-    /// The result, on `SUCCESS`.
+    /// The result (any JSON value); present on `SUCCESS`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub result: Option<Value>,
-    /// The error, on `FAILURE` (and the reason, on `REVOKED`).
+    /// The error, on `FAILURE`; the reason, on `REVOKED`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub error: Option<String>,
-    /// RFC 3339, UTC.
+    /// RFC 3339, UTC, microseconds.
+    #[schema(format = DateTime)]
     pub submitted_at: String,
-    /// When a worker last started it.
+    /// When a worker last started it; absent until then.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Option<String>,
-    /// When it reached a final state.
+    /// When it reached a final state; absent until then.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = DateTime)]
     pub finished_at: Option<String>,
     /// How many times it was re-queued after a lost worker.
     pub retries: u32,

@@ -47,6 +47,10 @@ fn debug_config_is_the_default_plus_debug_tasks() {
         format!("{:?}", default.supervisor),
         format!("{:?}", debug.supervisor)
     );
+    assert_eq!(
+        format!("{:?}", default.broker),
+        format!("{:?}", debug.broker)
+    );
     for (name, pool) in &default.pools {
         assert_eq!(
             format!("{pool:?}"),

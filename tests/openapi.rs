@@ -13,25 +13,13 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "t0ken";
 
-/// Every route the server has (`celeriac::http::ROUTES`), as method and OpenAPI path
-/// template. Submit, poll and revoke share one template: OpenAPI forbids two templates
-/// that differ only in a parameter's name (`/v1/tasks/{task}` and `/v1/tasks/{id}`), so
-/// the segment is the task name for `POST` and the task id for `GET` and `DELETE`.
+/// Every route the server has (`celeriac::http::ROUTES`): its method and OpenAPI path
+/// template. Submit, poll and revoke share `/v1/tasks/{task}`: the segment is the task
+/// name for `POST` and the task id for `GET` and `DELETE`.
 fn routes() -> Vec<(&'static str, String)> {
     celeriac::http::ROUTES
         .iter()
-        .map(|(method, template)| {
-            let path = template
-                .split('/')
-                .map(|seg| match seg.strip_prefix(':') {
-                    Some("id") => "{task}".to_string(),
-                    Some(name) => format!("{{{name}}}"),
-                    None => seg.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("/");
-            (*method, path)
-        })
+        .map(|r| (r.method, r.openapi_path()))
         .collect()
 }
 

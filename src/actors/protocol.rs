@@ -89,29 +89,40 @@ pub enum Resize {
     Autoscale(Option<AutoscaleUpdate>),
 }
 
-/// Autoscale bounds from the admin API, and optionally its tuning; a tuning field left
-/// out keeps the pool's `[pools.NAME.autoscale]` value, else the default.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+/// Autoscale bounds from the admin API, and optionally the autoscaler's tuning; a tuning
+/// field left out keeps the pool's `[pools.NAME.autoscale]` value, else the default.
+// Its docs are the OpenAPI descriptions; the tuning fields are those of
+// `crate::config::AutoscaleConfig`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscaleUpdate {
     /// Fewest workers.
+    #[schema(minimum = 1)]
     pub min: usize,
     /// Most workers.
+    #[schema(minimum = 1)]
     pub max: usize,
-    /// See [`crate::config::AutoscaleConfig::scale_up_queue_depth`].
+    /// Grow by one worker per this many queued tasks. Default: the pool's
+    /// `[pools.NAME.autoscale]` value, else 4.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub scale_up_queue_depth: Option<usize>,
-    /// See [`crate::config::AutoscaleConfig::scale_up_wait_ms`].
+    /// ...or grow when the oldest queued task waited this long. Default: the file's
+    /// value, else 500.
     #[serde(default)]
     pub scale_up_wait_ms: Option<u64>,
-    /// See [`crate::config::AutoscaleConfig::scale_up_cooldown_seconds`].
+    /// At most one grow per this long. Default: the file's value, else 1.0.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub scale_up_cooldown_seconds: Option<f64>,
-    /// See [`crate::config::AutoscaleConfig::scale_down_idle_seconds`].
+    /// Shrink by one after this long with an idle worker and no queue. Default: the
+    /// file's value, else 30.0.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub scale_down_idle_seconds: Option<f64>,
-    /// See [`crate::config::AutoscaleConfig::check_interval_ms`].
+    /// How often the autoscaler looks. Default: the file's value, else 200.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub check_interval_ms: Option<u64>,
 }
 

@@ -13,10 +13,17 @@ use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, Object, ObjectBuilder, Schema, SchemaType, Type,
+};
+use utoipa::{PartialSchema, ToSchema};
+
+use super::openapi::{AdminDisabled, LengthRequired, PayloadTooLarge, Unauthorized};
 use super::{Reply, json_body, json_reply, no_query, with_state};
 use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
-use crate::config::DeviceSpec;
-use crate::error::ApiError;
+use crate::config::{DeviceSpec, PoolKind};
+use crate::error::{ApiError, ErrorBody};
 use crate::pool::PoolShared;
 use crate::state::AppState;
 
@@ -56,6 +63,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `GET /v1/admin/pools`
+#[utoipa::path(
+    get,
+    path = "/v1/admin/pools",
+    operation_id = "listPools",
+    summary = "List the pools",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Every pool, in config order.", body = inline(PoolList)),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminDisabled),
+    ),
+)]
 pub fn list(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "pools")
         .and(warp::get())
@@ -63,12 +82,37 @@ pub fn list(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rej
         .and(no_query())
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
-            let pools: Vec<PoolView> = state.pools.iter().map(|p| PoolView::from(&**p)).collect();
-            json_reply(StatusCode::OK, &serde_json::json!({ "pools": pools }))
+            let pools = state.pools.iter().map(|p| PoolView::from(&**p)).collect();
+            json_reply(StatusCode::OK, &PoolList { pools })
         })
 }
 
 /// `PUT /v1/admin/pools/{pool}`
+#[utoipa::path(
+    put,
+    path = "/v1/admin/pools/{pool}",
+    operation_id = "updatePool",
+    summary = "Resize a pool or set its autoscale bounds",
+    description = "Answers once the change is applied: new workers are running, workers chosen \
+                   by a shrink have been told to stop (busy ones show as `stopping` until they \
+                   finish). Nothing queued or running is dropped.",
+    security(("bearerAuth" = [])),
+    params(
+        ("pool" = String, Path, description = "The pool name (a `[pools.NAME]` table of the config)."),
+    ),
+    request_body(content = PoolUpdate, example = json!({"concurrency": 4})),
+    responses(
+        (status = 200, description = "The pool after the change.", body = PoolView),
+        (status = 400, description = "`invalid_json`, `invalid_body` (not one of the two shapes, an unknown field, a value that is not a non-negative integer), `unsupported_content_type`.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminDisabled),
+        (status = 404, description = "`unknown_pool`: no pool has that name.", body = ErrorBody),
+        (status = 411, response = LengthRequired),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`invalid_value`: out of range (a size of 0 or above `max_concurrency`, a size outside the autoscale bounds, bad bounds), or new workers could not be started.", body = ErrorBody),
+        (status = 500, description = "`internal`: the supervisor did not answer.", body = ErrorBody),
+    ),
+)]
 pub fn update(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
     let limit = state.config.server.body_limit_bytes;
     warp::path!("v1" / "admin" / "pools" / String)
@@ -80,30 +124,54 @@ pub fn update(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = R
         .and_then(update_handler)
 }
 
+// `deny_unknown_fields` on the types below that are only serialized closes their OpenAPI
+// schema (`additionalProperties: false`); serde ignores it there. Field docs are the
+// OpenAPI descriptions.
+
+/// The answer to `GET /v1/admin/pools`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PoolList {
+    pools: Vec<PoolView>,
+}
+
 /// A pool as the admin API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PoolView {
     pool: String,
-    kind: &'static str,
+    #[schema(inline)]
+    kind: PoolKind,
+    /// Devices the workers are spread over, round-robin.
+    #[schema(inline)]
     devices: Vec<DeviceSpec>,
-    /// The configured size (slots), as last set.
+    /// The configured size (worker slots), as last set.
     size: usize,
-    /// The ceiling of `size` (`max_concurrency`).
+    /// The ceiling of `size` (1 for `solo`).
+    #[schema(minimum = 1)]
     max_concurrency: usize,
+    #[schema(inline)]
     workers: WorkerCounts,
+    #[schema(inline)]
     queue: QueueView,
+    /// The autoscale bounds; null when the pool does not autoscale.
+    #[schema(inline, required = true)]
     autoscale: Option<Bounds>,
     /// Workers replaced after a loss (time limit, crash), since start.
     restarts: u64,
-    /// Task instances rebuilt after a task panicked (each failed only its task).
+    /// Task instances rebuilt after a task panicked, since start; each panic failed only
+    /// its own task.
     panics: u64,
-    /// Worker starts that failed (back-off and budget apply to these).
+    /// Worker starts that failed, since start (back-off and the restart budget apply to
+    /// these).
     failed_starts: u64,
-    /// Slots parked after the restart budget for failed starts ran out.
+    /// Slots parked after the restart budget for failed starts ran out; a resize gives
+    /// them a fresh start.
     parked: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// A pool's workers by state.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 struct WorkerCounts {
     starting: usize,
     idle: usize,
@@ -111,15 +179,21 @@ struct WorkerCounts {
     stopping: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// A pool's queue.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 struct QueueView {
     depth: usize,
     capacity: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// Autoscale bounds.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Bounds {
+    #[schema(minimum = 1)]
     min: usize,
+    #[schema(minimum = 1)]
     max: usize,
 }
 
@@ -128,7 +202,7 @@ impl From<&PoolShared> for PoolView {
         let s = p.status();
         PoolView {
             pool: p.name.clone(),
-            kind: p.config.kind.as_str(),
+            kind: p.config.kind,
             devices: p.config.devices.clone(),
             size: s.size,
             max_concurrency: p.config.ceiling(),
@@ -154,7 +228,7 @@ impl From<&PoolShared> for PoolView {
 /// The body of `PUT /v1/admin/pools/{pool}`: exactly one of the two fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PoolUpdate {
+pub(super) struct PoolUpdate {
     #[serde(default)]
     concurrency: Option<usize>,
     /// Absent: `None`; `null`: `Some(None)` (stop autoscaling).
@@ -167,6 +241,64 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
+}
+
+impl PoolUpdate {
+    /// The schema of the body: one of its two shapes (a derive would make both fields
+    /// optional), with `ceiling`, the largest `max_concurrency` of the server's pools, as
+    /// the maximum of every size when given.
+    pub(super) fn schema_with_ceiling(ceiling: Option<usize>) -> Schema {
+        let size = |o: ObjectBuilder| o.maximum(ceiling.map(|c| c as f64));
+        let closed = Some(AdditionalProperties::FreeForm(false));
+        let by_size = ObjectBuilder::new()
+            .property(
+                "concurrency",
+                size(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                ),
+            )
+            .required("concurrency")
+            .additional_properties(closed.clone());
+        let mut autoscale = match AutoscaleUpdate::schema() {
+            RefOr::T(Schema::Object(o)) => o,
+            _ => unreachable!("a derived struct schema is an object. This is a bug."),
+        };
+        autoscale.schema_type = SchemaType::from_iter([Type::Object, Type::Null]);
+        for bound in ["min", "max"] {
+            if let Some(RefOr::T(Schema::Object(o))) = autoscale.properties.get_mut(bound) {
+                o.maximum = ceiling.map(|c| (c as f64).into());
+            }
+        }
+        let by_bounds = ObjectBuilder::new()
+            .property("autoscale", autoscale)
+            .required("autoscale")
+            .additional_properties(closed);
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .description(Some(
+                "Exactly one of: `{\"concurrency\": N}` sets the size; \
+                 `{\"autoscale\": {\"min\": A, \"max\": B}}` autoscales between bounds (the size \
+                 is clamped into them at once); `{\"autoscale\": null}` stops autoscaling. An \
+                 `autoscale` object may also set the autoscaler's tuning; fields left out keep \
+                 the pool's `[pools.NAME.autoscale]` values, else the defaults.",
+            ))
+            .item(Object::from(by_size))
+            .item(Object::from(by_bounds))
+            .into()
+    }
+}
+
+impl PartialSchema for PoolUpdate {
+    fn schema() -> RefOr<Schema> {
+        Self::schema_with_ceiling(None).into()
+    }
+}
+
+impl ToSchema for PoolUpdate {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "PoolUpdate".into()
+    }
 }
 
 const UPDATE_SHAPE: &str =
