@@ -579,3 +579,29 @@ async fn celeriac_s_messages_run_on_a_python_celery_worker() {
         Some(json!({"python": true, "got": {"text": "from rust"}}))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_is_never_overwritten() {
+    let redis = Redis::start();
+    let b = client(&redis, "guard").await;
+    let id: uuid::Uuid = submit(&b, "debug.echo", json!({})).await.parse().unwrap();
+    let mut view = b.get(&id).await.unwrap().unwrap();
+    assert_eq!(view.state, TaskState::Pending);
+    view.state = TaskState::Success;
+    view.result = Some(json!({"first": true}));
+    view.finished_at = Some("2026-11-30T04:00:00.000000Z".into());
+    b.finish(std::slice::from_ref(&view)).await.unwrap();
+    // A late duplicate (a redelivered run, an abandoned worker) writes nothing.
+    view.state = TaskState::Failure;
+    view.result = None;
+    view.error = Some("late duplicate".into());
+    b.finish(&[view]).await.unwrap();
+    let now = b.get(&id).await.unwrap().unwrap();
+    assert_eq!(now.state, TaskState::Success);
+    assert_eq!(now.result, Some(json!({"first": true})));
+    // A finished task cannot be revoked.
+    assert_eq!(
+        b.revoke(&id).await.unwrap().unwrap_err(),
+        celeriac::store::StoreError::WrongState(TaskState::Success)
+    );
+}
