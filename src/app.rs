@@ -184,7 +184,9 @@ impl App {
             // What is still held goes back to the queue for another node; results
             // already computed are written first.
             c.flush(Duration::from_secs(5)).await;
-            match broker.requeue(&broker.held()).await {
+            let held = broker.held();
+            state.store.detach(&held);
+            match broker.requeue(&held).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::warn!(requeued = n, "put unfinished messages back in their queues")

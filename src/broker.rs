@@ -43,6 +43,10 @@ pub enum BrokerError {
     /// The queue holds `capacity` messages already.
     #[error("queue full")]
     QueueFull,
+    /// Redis answered, with an error (a script error, a key of the wrong type, a value
+    /// over its limits): retrying the same call will not help.
+    #[error("broker refused the command: {0}")]
+    Refused(String),
 }
 
 /// The kombu keys of the in-flight registry (shared with Python workers).
@@ -72,7 +76,9 @@ return depth + n
 /// Takes up to ARGV[1] messages, highest priority first, records each in flight and
 /// marks it `STARTED`, all at once. Messages whose task is already final (revoked while
 /// queued, or a redelivery of a finished task) are dropped.
-/// KEYS: the four priority keys, `unacked`, `unacked_index`.
+/// Messages that are not Celery task messages go to the dead-letter list (KEYS[7], the
+/// newest 10,000 kept); a task id that is not a UUID gets a FAILURE meta.
+/// KEYS: the four priority keys, `unacked`, `unacked_index`, the dead-letter list.
 /// ARGV: max, now (epoch seconds), now (RFC 3339), node, queue, ttl, pid.
 /// Returns per message `{kind, raw, ...}`: `run` (id, tag, submitted, retries,
 /// redelivered), `done` (id, status) or `bad`.
@@ -91,10 +97,23 @@ for i = 1, 4 do
       tag = env.properties.delivery_tag
     end
     if type(id) ~= 'string' or type(tag) ~= 'string' or type(name) ~= 'string' then
-      table.insert(out, {'bad', raw})
+      redis.call('LPUSH', KEYS[7], raw)
+      redis.call('LTRIM', KEYS[7], 0, 9999)
+      table.insert(out, {'bad', string.sub(raw, 1, 200)})
+    elseif not string.match(id, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') then
+      -- celeriac keys tasks by UUID (Celery's default ids): fail this one where its
+      -- sender looks.
+      local meta = '{"status":"FAILURE","result":{"exc_type":"TaskError","exc_message":['
+        .. cjson.encode('celeriac needs UUID task ids (Celery\'s default), got ' .. id)
+        .. '],"exc_module":"celeriac.errors"},"traceback":null,"children":[],"date_done":'
+        .. cjson.encode(ARGV[3]) .. ',"task_id":' .. cjson.encode(id) .. ',"name":' .. cjson.encode(name) .. '}'
+      redis.call('SETEX', 'celery-task-meta-' .. id, ARGV[6], meta)
+      redis.call('PUBLISH', 'celery-task-meta-' .. id, meta)
+      table.insert(out, {'bad', string.sub(raw, 1, 200)})
     else
       local key = 'celery-task-meta-' .. id
-      local prior = redis.call('GET', key)
+      local okg, prior = pcall(redis.call, 'GET', key)
+      if not okg then prior = nil end
       local status, submitted, retries = nil, ARGV[3], 0
       if prior then
         local ok2, m = pcall(cjson.decode, prior)
@@ -132,7 +151,8 @@ const FINISH: &str = r#"
 local wrote = 0
 for i = 2, #ARGV, 4 do
   local key, meta, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local prior = redis.call('GET', key)
+  local okg, prior = pcall(redis.call, 'GET', key)
+  if not okg then prior = nil end
   local done = false
   if prior then
     local ok, m = pcall(cjson.decode, prior)
@@ -407,6 +427,15 @@ impl Broker {
                 }
                 Ok(v)
             }
+            Err(e)
+                if !(e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()) =>
+            {
+                tracing::error!(broker = %self.url, "broker refused a command: {e}");
+                Err(BrokerError::Refused(e.to_string()))
+            }
             Err(e) => {
                 let why = e.to_string();
                 if self.up.swap(false, Ordering::Relaxed) {
@@ -473,6 +502,7 @@ impl Broker {
         }
         inv.key(UNACKED)
             .key(UNACKED_INDEX)
+            .key(format!("{}.celeriac-dead-letter", q.name))
             .arg(max)
             .arg(epoch())
             .arg(now_rfc3339())
@@ -480,7 +510,16 @@ impl Broker {
             .arg(&q.name)
             .arg(self.result_ttl)
             .arg(std::process::id());
-        let rows: Vec<Vec<String>> = self.seen(inv.invoke_async(&mut self.conn.clone()).await)?;
+        // Bytes, not strings: a message that is not UTF-8 must not fail the whole batch.
+        let rows: Vec<Vec<Vec<u8>>> = self.seen(inv.invoke_async(&mut self.conn.clone()).await)?;
+        let rows = rows.into_iter().map(|row| {
+            row.into_iter()
+                .map(|b| {
+                    String::from_utf8(b)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                })
+                .collect::<Vec<String>>()
+        });
         let mut out = Vec::with_capacity(rows.len());
         let mut held = self.held.lock();
         for mut row in rows {
@@ -493,10 +532,13 @@ impl Broker {
                     let tag = std::mem::take(&mut row[3]);
                     let raw = std::mem::take(&mut row[1]);
                     let Ok(id) = row[2].parse::<TaskId>() else {
-                        // A tag is in flight for it: put it back for a Python worker.
-                        tracing::error!(queue = %q.name, id = %row[2], "message id is not a UUID; left to other workers");
+                        // FETCH only takes UUID-shaped ids: unreachable short of a bug.
+                        tracing::error!(queue = %q.name, id = %row[2], "task id is not a UUID; it returns after the visibility timeout");
                         continue;
                     };
+                    if let Some(old) = held.get(&id) {
+                        tracing::warn!(queue = %q.name, %id, old_tag = %old.tag, "a second message with the same task id; the first is acknowledged with it");
+                    }
                     if redelivered {
                         self.redeliveries.fetch_add(1, Ordering::Relaxed);
                     }
@@ -701,7 +743,20 @@ impl Broker {
         id: &TaskId,
         timeout: Duration,
     ) -> Result<Option<TaskView>, BrokerError> {
+        /// Removes the entry when the last waiter leaves, even when the request is
+        /// dropped mid-wait (the client went away).
+        struct Leave<'a>(&'a Broker, &'a str);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                let mut waiters = self.0.waiters.lock();
+                if waiters.get(self.1).is_some_and(|w| w.receiver_count() == 0) {
+                    waiters.remove(self.1);
+                }
+            }
+        }
         let key = celery::meta_key(id);
+        // Declared before the receiver, so dropped after it.
+        let _leave = Leave(self, &key);
         let mut rx = {
             let mut waiters = self.waiters.lock();
             waiters
@@ -730,10 +785,6 @@ impl Broker {
             }
         };
         drop(rx);
-        let mut waiters = self.waiters.lock();
-        if waiters.get(&key).is_some_and(|w| w.receiver_count() == 0) {
-            waiters.remove(&key);
-        }
         out
     }
 
@@ -748,7 +799,9 @@ impl Broker {
             let Some(mut view) = celery::view_from_meta(*id, &raw) else {
                 return Ok(Err(StoreError::NotFound));
             };
-            if !matches!(view.state, TaskState::Pending | TaskState::Retry) {
+            // RETRY here means a node took it and re-queued it locally: it may be
+            // running again. Only a task no node has taken can be revoked.
+            if view.state != TaskState::Pending {
                 return Ok(Err(StoreError::WrongState(view.state)));
             }
             view.state = TaskState::Revoked;

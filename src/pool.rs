@@ -77,6 +77,9 @@ pub struct PoolShared {
     /// Nanoseconds workers spent running tasks, since start (a metric, added to by the
     /// workers).
     pub busy_nanos: AtomicU64,
+    /// With a broker: messages waiting in the pool's Redis queue (for every node), as
+    /// last read. The autoscaler counts them with the local queue.
+    backlog: AtomicUsize,
 }
 
 impl PoolShared {
@@ -98,6 +101,7 @@ impl PoolShared {
             admitted: AtomicUsize::new(0),
             status,
             busy_nanos: AtomicU64::new(0),
+            backlog: AtomicUsize::new(0),
         })
     }
 
@@ -126,6 +130,16 @@ impl PoolShared {
                 true
             }
         });
+    }
+
+    /// Records the depth of the pool's broker queue (see `backlog`).
+    pub fn set_backlog(&self, n: usize) {
+        self.backlog.store(n, Ordering::Relaxed);
+    }
+
+    /// The depth of the pool's broker queue as last read; 0 without a broker.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Reserves `n` queue places, or none if that would pass the capacity. (Sequentially

@@ -235,6 +235,16 @@ impl TaskStore {
         }
     }
 
+    /// Stops mirroring `ids` (their messages went back to the broker's queue at
+    /// shutdown): what this node still does with them is not written.
+    pub fn detach(&self, ids: &[TaskId]) {
+        for id in ids {
+            if let Some(r) = self.shard(id).lock().get_mut(id) {
+                r.mirrored = false;
+            }
+        }
+    }
+
     /// Records a task taken from a broker under its own id: `PENDING` (the pool starts
     /// it), submitted at `submitted_at`, after `retries` earlier deliveries. Its later
     /// changes are mirrored ([`TaskStore::mirror_to`]).

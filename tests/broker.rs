@@ -483,6 +483,12 @@ try:
 except Exception as e:
     out["error"] = [type(e).__name__, str(e)]
 out["state"] = bad.state
+odd = app.send_task("spam.predict", kwargs={"text": "hi"}, task_id="doc-42")
+try:
+    odd.get(timeout=20)
+    out["odd"] = None
+except Exception as e:
+    out["odd"] = str(e)
 print(json.dumps(out))
 "#;
 
@@ -528,6 +534,12 @@ async fn python_celery_calls_celeriac_with_the_default_config() {
         "{error}"
     );
     assert_eq!(out["error"][0], "TaskError");
+    // A task id that is not a UUID fails where its sender looks, and is not stuck.
+    assert!(
+        out["odd"].as_str().is_some_and(|e| e.contains("UUID")),
+        "{out}"
+    );
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
     assert!(state.broker.is_some());
     let _ = stop.send(());
     serving.await.unwrap().unwrap();

@@ -633,7 +633,8 @@ impl PoolState {
                 &tuning,
                 Load {
                     size: status.size,
-                    queued: status.queued,
+                    // With a broker the work waits in Redis, not here.
+                    queued: status.queued + self.shared.backlog(),
                     oldest_wait: Duration::from_millis(status.oldest_wait_ms),
                     idle: status.idle,
                 },

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Broker, Fetched, celery};
+use super::{Broker, BrokerError, Fetched, celery};
 use crate::actors::protocol::{Job, PoolMessage};
 use crate::state::AppState;
 use crate::store::TaskView;
@@ -41,7 +41,7 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
         .collect();
     let background = vec![
         tokio::spawn(writer(broker.clone(), rx, pending.clone())),
-        tokio::spawn(housekeeping(broker)),
+        tokio::spawn(housekeeping(broker, state.pools.clone())),
     ];
     Consumers {
         stop,
@@ -113,7 +113,7 @@ async fn fetch_loop(
         }
         let s = shared.status();
         // Jobs taken and not yet with a worker count against the idle ones.
-        let free = s.idle.saturating_sub(shared.admitted());
+        let free = (s.idle * per_worker).saturating_sub(shared.admitted());
         if free == 0 {
             let wait = if shared.admitted() > 0 {
                 Duration::from_millis(2)
@@ -127,7 +127,7 @@ async fn fetch_loop(
             }
             continue;
         }
-        match broker.fetch(pool, free * per_worker).await {
+        match broker.fetch(pool, free).await {
             Err(_) => pause(&mut stop, Duration::from_millis(500)).await,
             Ok(taken) if taken.is_empty() => {
                 if blocking.is_none() {
@@ -135,7 +135,7 @@ async fn fetch_loop(
                 }
                 let waited = match blocking.as_mut() {
                     Some(conn) => broker.wait_for_work(conn, pool).await,
-                    None => Err(super::BrokerError::Down("no connection".into())),
+                    None => Err(BrokerError::Down("no connection".into())),
                 };
                 if waited.is_err() {
                     blocking = None;
@@ -255,23 +255,47 @@ async fn writer(
         if rx.recv_many(&mut batch, 256).await == 0 {
             return;
         }
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = broker.finish(&batch).await {
-            tracing::warn!(
-                results = batch.len(),
-                "results not written yet ({e}); retrying in {delay:?}"
-            );
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
+        write(&broker, &batch).await;
         pending.fetch_sub(batch.len(), Ordering::SeqCst);
         batch.clear();
     }
 }
 
+/// Writes `batch`, retrying while Redis is unreachable. When Redis refuses it (a value
+/// over its limits, a key of the wrong type), each result is tried alone and one that
+/// is still refused is logged and left: its message returns after the visibility
+/// timeout rather than stopping every later result.
+async fn write(broker: &Broker, batch: &[TaskView]) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match broker.finish(batch).await {
+            Ok(()) => return,
+            Err(BrokerError::Refused(e)) if batch.len() == 1 => {
+                tracing::error!(task_id = %batch[0].task_id, "result not written, refused by Redis: {e}");
+                broker.release_held(&batch[0].task_id);
+                return;
+            }
+            Err(BrokerError::Refused(_)) => {
+                for one in batch.chunks(1) {
+                    Box::pin(write(broker, one)).await;
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    results = batch.len(),
+                    "results not written yet ({e}); retrying in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Renews leases every quarter of the visibility timeout, restores expired ones every
 /// `restore_interval_seconds`, and reads queue depths every second.
-async fn housekeeping(broker: Arc<Broker>) {
+async fn housekeeping(broker: Arc<Broker>, pools: Vec<Arc<crate::pool::PoolShared>>) {
     let vt = broker.visibility_timeout();
     let renew_every = (vt / 4).max(Duration::from_millis(50));
     let restore_every = broker.restore_interval();
@@ -285,21 +309,28 @@ async fn housekeeping(broker: Arc<Broker>) {
         start.checked_sub(restore_every).unwrap_or(start),
         start,
     );
+    let mut was_up = true;
     loop {
         interval.tick().await;
         let now = tokio::time::Instant::now();
-        if now - renewed >= renew_every {
+        // Back from an outage: renew at once, before another node's restore scan sees
+        // leases that aged while Redis was away.
+        let up = broker.is_up();
+        if (up && !was_up) || now - renewed >= renew_every {
             renewed = now;
             let _ = broker.renew().await;
         }
+        was_up = up;
         if now - restored >= restore_every {
             restored = now;
             let _ = broker.restore_expired().await;
         }
         if now - measured >= Duration::from_secs(1) {
             measured = now;
-            for pool in 0..broker.queues.len() {
-                let _ = broker.depth(pool).await;
+            for (pool, shared) in pools.iter().enumerate() {
+                if let Ok(depth) = broker.depth(pool).await {
+                    shared.set_backlog(depth as usize);
+                }
             }
         }
     }

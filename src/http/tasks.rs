@@ -247,7 +247,9 @@ async fn enqueue(
             .await
             .map_err(|e| match e {
                 BrokerError::QueueFull => ApiError::QueueFull(pool.name.clone()),
-                BrokerError::Down(why) => ApiError::BrokerUnavailable(why),
+                BrokerError::Down(why) | BrokerError::Refused(why) => {
+                    ApiError::BrokerUnavailable(why)
+                }
             })?;
         crate::metrics::submitted(&pool.name, &reg.name, tasks.len());
         return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
