@@ -80,6 +80,9 @@ pub struct PoolShared {
     /// With a broker: messages waiting in the pool's Redis queue (for every node), as
     /// last read. The autoscaler counts them with the local queue.
     backlog: AtomicUsize,
+    /// With a broker: tasks this pool took and cannot run (every slot parked), to be
+    /// put back in the broker's queue.
+    given_back: parking_lot::Mutex<Vec<crate::store::TaskId>>,
 }
 
 impl PoolShared {
@@ -102,6 +105,7 @@ impl PoolShared {
             status,
             busy_nanos: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
+            given_back: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -130,6 +134,16 @@ impl PoolShared {
                 true
             }
         });
+    }
+
+    /// Hands a broker's task back, for [`PoolShared::take_given_back`].
+    pub(crate) fn give_back(&self, id: crate::store::TaskId) {
+        self.given_back.lock().push(id);
+    }
+
+    /// The tasks handed back since the last call.
+    pub fn take_given_back(&self) -> Vec<crate::store::TaskId> {
+        std::mem::take(&mut *self.given_back.lock())
     }
 
     /// Records the depth of the pool's broker queue (see `backlog`).

@@ -245,6 +245,21 @@ impl TaskStore {
         }
     }
 
+    /// [`TaskStore::detach`] for one task, removing its record; false (and nothing
+    /// done) when it is not a broker's task.
+    pub fn detach_one(&self, id: &TaskId) -> bool {
+        let mut shard = self.shard(id).lock();
+        if shard
+            .get(id)
+            .is_some_and(|r| r.mirrored && !r.state.is_final())
+        {
+            shard.remove(id);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Records a task taken from a broker under its own id: `PENDING` (the pool starts
     /// it), submitted at `submitted_at`, after `retries` earlier deliveries. Its later
     /// changes are mirrored ([`TaskStore::mirror_to`]).
@@ -450,6 +465,15 @@ impl TaskStore {
 
     /// Revokes a task that has not started. A started or final task is left alone.
     pub fn revoke(&self, id: &TaskId) -> Result<(TaskView, Finished), StoreError> {
+        self.revoke_with(id, "revoked before it started".into())
+    }
+
+    /// [`TaskStore::revoke`] with the reason to record.
+    pub fn revoke_with(
+        &self,
+        id: &TaskId,
+        why: String,
+    ) -> Result<(TaskView, Finished), StoreError> {
         let mut shard = self.shard(id).lock();
         let r = shard.get_mut(id).ok_or(StoreError::NotFound)?;
         if r.expires_at.is_some_and(|e| e <= Instant::now()) {
@@ -458,7 +482,7 @@ impl TaskStore {
         if !matches!(r.state, TaskState::Pending | TaskState::Retry) {
             return Err(StoreError::WrongState(r.state));
         }
-        r.error = Some("revoked before it started".into());
+        r.error = Some(why);
         let f = self.finalize(id, r, TaskState::Revoked);
         Ok((TaskView::new(*id, r), f))
     }

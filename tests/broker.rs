@@ -489,6 +489,14 @@ try:
     out["odd"] = None
 except Exception as e:
     out["odd"] = str(e)
+import datetime
+late = app.send_task("spam.predict", kwargs={"text": "hi"},
+                     expires=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5))
+try:
+    late.get(timeout=20)
+    out["late"] = None
+except Exception as e:
+    out["late"] = [type(e).__name__, str(e)]
 print(json.dumps(out))
 "#;
 
@@ -539,6 +547,8 @@ async fn python_celery_calls_celeriac_with_the_default_config() {
         out["odd"].as_str().is_some_and(|e| e.contains("UUID")),
         "{out}"
     );
+    // Past its `expires` when taken: REVOKED, as Celery does.
+    assert_eq!(out["late"][0], "TaskRevokedError", "{out}");
     assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
     assert!(state.broker.is_some());
     let _ = stop.send(());

@@ -592,6 +592,11 @@ impl PoolState {
         );
         for job in self.queue.drain(..) {
             self.released += 1;
+            // A broker's task goes back to its queue, for a node that can run it.
+            if self.store.detach_one(&job.id) {
+                self.shared.give_back(job.id);
+                continue;
+            }
             if let Some(f) = self.store.fail(&job.id, None, why.clone()) {
                 crate::metrics::finished(&self.shared.name, &f);
             }

@@ -64,6 +64,57 @@ pub struct Incoming {
     pub task: String,
     /// The input, from the body's args and kwargs; an error says why it has none.
     pub input: Result<Value, String>,
+    /// Why celeriac will not run it although it could read it: `Revoked` for a task
+    /// past its `expires` (as Celery does), `Failure` for what celeriac does not
+    /// implement (a future `eta`, canvas links), with the reason.
+    pub refusal: Option<(TaskState, String)>,
+}
+
+/// A Celery timestamp (`2026-11-30T04:00:00.123456+00:00`, or with `Z`) as a time; other
+/// offsets are not read (Celery sends UTC unless `enable_utc` is off).
+fn timestamp(v: &Value) -> Option<std::time::SystemTime> {
+    let s = v.as_str()?;
+    let s = s
+        .strip_suffix("+00:00")
+        .map_or_else(|| s.to_string(), |t| format!("{t}Z"));
+    humantime::parse_rfc3339_weak(&s).ok()
+}
+
+/// See [`Incoming::refusal`].
+fn refusal(env: &Value, body: Option<&Value>) -> Option<(TaskState, String)> {
+    let headers = &env["headers"];
+    let now = std::time::SystemTime::now();
+    if let Some(t) = timestamp(&headers["expires"])
+        && t < now
+    {
+        return Some((
+            TaskState::Revoked,
+            format!(
+                "expired: its `expires` ({}) had passed when a worker took it",
+                headers["expires"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    if let Some(t) = timestamp(&headers["eta"])
+        && t > now
+    {
+        return Some((
+            TaskState::Failure,
+            "celeriac does not schedule tasks: send it without eta/countdown".into(),
+        ));
+    }
+    let embed = body.and_then(|b| b.get(2));
+    for link in ["callbacks", "errbacks", "chain", "chord"] {
+        if embed.is_some_and(|e| !e[link].is_null() && e[link] != json!([])) {
+            return Some((
+                TaskState::Failure,
+                format!(
+                    "celeriac does not run Celery canvas links (`{link}`): call its tasks on their own"
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Parses a task message (protocol v2). `Err` when it is not one at all (no id).
@@ -80,14 +131,21 @@ pub fn parse_message(raw: &str) -> Result<Incoming, String> {
         .as_str()
         .ok_or("no headers.task: not a Celery protocol v2 message")?
         .to_string();
-    let input = body(&env).and_then(|body| {
+    let decoded = body(&env);
+    let input = decoded.clone().and_then(|body| {
         let parts = body
             .as_array()
             .filter(|p| p.len() >= 2)
             .ok_or("the body is not [args, kwargs, embed] (protocol v2)")?;
         from_arguments(&parts[0], &parts[1])
     });
-    Ok(Incoming { id, task, input })
+    let refusal = refusal(&env, decoded.as_ref().ok());
+    Ok(Incoming {
+        id,
+        task,
+        input,
+        refusal,
+    })
 }
 
 /// The decoded body of a message: base64 when `properties.body_encoding` says so.
@@ -331,6 +389,41 @@ mod tests {
                 .contains("not both")
         );
         assert!(parse_message("{}").unwrap_err().contains("headers.id"));
+        assert_eq!(
+            parse_message(&raw.replace(&both, &body)).unwrap().refusal,
+            None
+        );
+        // Past `expires`: revoked, as Celery does; a future eta and canvas links: refused.
+        let expired = raw.replace(
+            r#""timelimit""#,
+            r#""expires": "2020-01-01T00:00:00.000000+00:00", "timelimit""#,
+        );
+        let r = parse_message(&expired.replace(&both, &body))
+            .unwrap()
+            .refusal
+            .unwrap();
+        assert_eq!(r.0, TaskState::Revoked, "{r:?}");
+        let eta = raw.replace(
+            r#""timelimit""#,
+            r#""eta": "2999-01-01T00:00:00+00:00", "timelimit""#,
+        );
+        assert!(
+            parse_message(&eta.replace(&both, &body))
+                .unwrap()
+                .refusal
+                .unwrap()
+                .1
+                .contains("eta")
+        );
+        let chained = B64.encode(r#"[[], {"text": "x"}, {"callbacks": null, "errbacks": null, "chain": [{"task": "next"}], "chord": null}]"#);
+        assert!(
+            parse_message(&raw.replace(&both, &chained))
+                .unwrap()
+                .refusal
+                .unwrap()
+                .1
+                .contains("chain")
+        );
         assert!(parse_message("nope").unwrap_err().contains("not JSON"));
     }
 

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::{Broker, BrokerError, Fetched, celery};
 use crate::actors::protocol::{Job, PoolMessage};
 use crate::state::AppState;
-use crate::store::TaskView;
+use crate::store::{TaskState, TaskView};
 
 /// The running consumer tasks of a node.
 pub struct Consumers {
@@ -175,9 +175,9 @@ async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fe
         let submitted_at =
             humantime::parse_rfc3339_weak(&submitted).unwrap_or_else(|_| SystemTime::now());
         let parsed = celery::parse_message(&raw);
-        let (name, input) = match &parsed {
-            Ok(m) => (m.task.clone(), m.input.clone()),
-            Err(e) => ("(unreadable)".to_string(), Err(e.clone())),
+        let (name, input, refusal) = match parsed {
+            Ok(m) => (m.task, m.input, m.refusal),
+            Err(e) => ("(unreadable)".to_string(), Err(e), None),
         };
         let reg = state.registry.get(&name).filter(|r| r.pool == pool);
         let task: Arc<str> = reg.map_or_else(|| name.as_str().into(), |r| r.name.clone());
@@ -202,6 +202,17 @@ async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fe
                 .validate(&input)
                 .map(|()| input)
                 .map_err(|m| format!("invalid input for `{name}`: {m}")),
+        };
+        if let Some((TaskState::Revoked, why)) = &refusal {
+            tracing::info!(%queue, %id, "{why}");
+            if let Ok((_, f)) = state.store.revoke_with(&id, why.clone()) {
+                crate::metrics::finished(&shared.name, &f);
+            }
+            continue;
+        }
+        let input = match refusal {
+            Some((_, why)) if input.is_ok() => Err(why),
+            _ => input,
         };
         match input {
             Ok(input) => {
@@ -321,6 +332,23 @@ async fn housekeeping(broker: Arc<Broker>, pools: Vec<Arc<crate::pool::PoolShare
             let _ = broker.renew().await;
         }
         was_up = up;
+        for shared in &pools {
+            let back = shared.take_given_back();
+            if back.is_empty() {
+                continue;
+            }
+            match broker.requeue(&back).await {
+                Ok(n) => {
+                    tracing::warn!(pool = %shared.name, requeued = n, "pool has no live worker: its tasks went back to the broker's queue")
+                }
+                Err(e) => {
+                    tracing::error!(pool = %shared.name, "could not put {} tasks back yet ({e}); trying again", back.len());
+                    for id in back {
+                        shared.give_back(id);
+                    }
+                }
+            }
+        }
         if now - restored >= restore_every {
             restored = now;
             let _ = broker.restore_expired().await;
