@@ -196,6 +196,9 @@ impl App {
                 ),
             }
         }
+        if let Some(c) = &self.consumers {
+            c.offline().await;
+        }
         let _ = self.supervisor.cast(SupervisorMessage::ShuttingDown);
         let _ = stop_http.send(());
         // Open long polls end as their tasks are final; don't wait on idle clients.

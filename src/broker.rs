@@ -19,6 +19,7 @@
 
 pub mod celery;
 pub mod consumer;
+pub mod control;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,10 +172,10 @@ end
 return wrote
 "#;
 
-/// Sets a meta only if it still is what the caller read (revoke's compare-and-set).
-/// KEYS: meta key. ARGV: expected, new, ttl. Returns 1 when written.
+/// Sets a meta only if it still is what the caller read (revoke's compare-and-set; ''
+/// expects no meta). KEYS: meta key. ARGV: expected, new, ttl. Returns 1 when written.
 const REPLACE: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
 redis.call('SETEX', KEYS[1], ARGV[3], ARGV[2])
 redis.call('PUBLISH', KEYS[1], ARGV[2])
 return 1
@@ -391,6 +392,40 @@ impl Broker {
         } else {
             self.last_error.lock().clone()
         }
+    }
+
+    /// The Redis database number of the URL (`/N`), for kombu's fanout channel names.
+    pub fn db(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
+    /// The client, for connections of other parts of the node (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// `PUBLISH channel payload`.
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), BrokerError> {
+        let _: i64 = self.seen(
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async(&mut self.conn.clone())
+                .await,
+        )?;
+        Ok(())
+    }
+
+    /// `LPUSH key payload`.
+    pub async fn lpush(&self, key: &str, payload: &str) -> Result<(), BrokerError> {
+        let _: i64 = self.seen(
+            redis::cmd("LPUSH")
+                .arg(key)
+                .arg(payload)
+                .query_async(&mut self.conn.clone())
+                .await,
+        )?;
+        Ok(())
     }
 
     /// The visibility timeout (lease length).
@@ -791,12 +826,40 @@ impl Broker {
     /// Revokes a task that has not started, wherever it is queued: its meta becomes
     /// `REVOKED` and the node that takes its message drops it.
     pub async fn revoke(&self, id: &TaskId) -> Result<Result<TaskView, StoreError>, BrokerError> {
+        self.revoke_as(id, false).await
+    }
+
+    /// [`Broker::revoke`]; with `unseen`, an id with no meta yet (a task sent by a Python
+    /// client, which writes none, or not sent yet) is recorded `REVOKED` too, as
+    /// Celery's `control.revoke` does.
+    pub async fn revoke_as(
+        &self,
+        id: &TaskId,
+        unseen: bool,
+    ) -> Result<Result<TaskView, StoreError>, BrokerError> {
         let key = celery::meta_key(id);
         loop {
-            let Some(raw) = self.raw_meta(id).await? else {
-                return Ok(Err(StoreError::NotFound));
+            let raw = match self.raw_meta(id).await? {
+                Some(raw) => raw,
+                None if unseen => Vec::new(),
+                None => return Ok(Err(StoreError::NotFound)),
             };
-            let Some(mut view) = celery::view_from_meta(*id, &raw) else {
+            let view = if raw.is_empty() {
+                Some(TaskView {
+                    task_id: *id,
+                    task: "".into(),
+                    state: TaskState::Pending,
+                    result: None,
+                    error: None,
+                    submitted_at: now_rfc3339(),
+                    started_at: None,
+                    finished_at: None,
+                    retries: 0,
+                })
+            } else {
+                celery::view_from_meta(*id, &raw)
+            };
+            let Some(mut view) = view else {
                 return Ok(Err(StoreError::NotFound));
             };
             // RETRY here means a node took it and re-queued it locally: it may be

@@ -129,6 +129,11 @@ pub struct BrokerConfig {
     /// The node's name in results and Celery's tooling; default `celeriac@HOSTNAME`.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// Send Celery's task events (`task-received` ... `task-failed`), as Celery's `-E`
+    /// / `worker_send_task_events`. Flower and `celery control enable_events` turn
+    /// them on at run time too.
+    #[serde(default)]
+    pub task_events: bool,
 }
 
 /// `[supervisor]`: starting workers again.
@@ -527,6 +532,7 @@ impl Default for BrokerConfig {
             visibility_timeout_seconds: default_visibility_timeout_seconds(),
             restore_interval_seconds: default_restore_interval_seconds(),
             node_name: None,
+            task_events: false,
         }
     }
 }

@@ -97,6 +97,8 @@ struct TaskRecord {
     notify: Option<Arc<Notify>>,
     /// Taken from the broker: its `RETRY` and final states go to the result backend.
     mirrored: bool,
+    /// The input of a task taken from the broker (for Celery's `inspect`).
+    input: Option<Arc<Value>>,
 }
 
 /// A task, as the API shows it.
@@ -235,6 +237,36 @@ impl TaskStore {
         }
     }
 
+    /// Keeps the input of a task taken from the broker, for [`TaskStore::taken`].
+    pub fn set_input(&self, id: &TaskId, input: Arc<Value>) {
+        if let Some(r) = self.shard(id).lock().get_mut(id) {
+            r.input = Some(input);
+        }
+    }
+
+    /// The tasks taken from a broker that are not final: id, name, state (`PENDING`:
+    /// waiting for a worker of this node; `STARTED`: running), when it started, and
+    /// its input. For Celery's `inspect active` and `inspect reserved`.
+    pub fn taken(
+        &self,
+    ) -> Vec<(
+        TaskId,
+        Arc<str>,
+        TaskState,
+        Option<SystemTime>,
+        Option<Arc<Value>>,
+    )> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (id, r) in shard.lock().iter() {
+                if r.mirrored && !r.state.is_final() {
+                    out.push((*id, r.task.clone(), r.state, r.started_at, r.input.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Stops mirroring `ids` (their messages went back to the broker's queue at
     /// shutdown): what this node still does with them is not written.
     pub fn detach(&self, ids: &[TaskId]) {
@@ -277,6 +309,7 @@ impl TaskStore {
             expires_at: None,
             notify: None,
             mirrored: true,
+            input: None,
         };
         self.shard(&id).lock().insert(id, record);
     }
@@ -302,6 +335,7 @@ impl TaskStore {
             expires_at: None,
             notify: None,
             mirrored: false,
+            input: None,
         };
         self.shard(&id).lock().insert(id, record);
         id

@@ -627,3 +627,83 @@ async fn a_success_is_never_overwritten() {
         celeriac::store::StoreError::WrongState(TaskState::Success)
     );
 }
+
+const CONTROL: &str = r#"
+import json, sys, time
+from celery import Celery
+app = Celery("ctl", broker=sys.argv[1], backend=sys.argv[1])
+out = {}
+out["ping"] = app.control.ping(timeout=2)
+out["ping_other"] = app.control.ping(destination=["celeriac@elsewhere"], timeout=1)
+out["grow"] = app.control.pool_grow(1, reply=True, timeout=2)
+runs = [app.send_task("debug.sleep", kwargs={"ms": 1500}, queue="ctl") for _ in range(2)]
+queued = app.send_task("debug.sleep", kwargs={"ms": 10}, queue="ctl")
+# Revoked while it waits behind the two (each inspect below waits out its timeout).
+app.control.revoke(queued.id)
+time.sleep(0.6)
+i = app.control.inspect(timeout=1)
+out["active"] = i.active()
+out["stats"] = i.stats()
+out["registered"] = i.registered()
+out["active_queues"] = i.active_queues()
+out["runs"] = [r.get(timeout=10) for r in runs]
+time.sleep(0.5)
+out["queued_state"] = queued.state
+out["ids"] = [r.id for r in runs]
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn celery_control_and_inspect_work_against_a_celeriac_node() {
+    let redis = Redis::start();
+    let s = start(&node_config("ctl", 1, &redis, "celeriac@ctl")).await;
+    let out = tokio::task::spawn_blocking({
+        let url = redis.url();
+        move || run_python(CONTROL, &[&url])
+    })
+    .await
+    .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        out["ping"],
+        json!([{"celeriac@ctl": {"ok": "pong"}}]),
+        "{out}"
+    );
+    assert_eq!(
+        out["ping_other"],
+        json!([]),
+        "a broadcast for another node is ignored"
+    );
+    assert_eq!(
+        out["grow"],
+        json!([{"celeriac@ctl": {"ok": "pool will grow"}}])
+    );
+    assert_eq!(s.state.pools[0].status().size, 2, "the pool really grew");
+    // Both sleeps ran at once on the grown pool, and inspect saw them.
+    let active = out["active"]["celeriac@ctl"].as_array().unwrap();
+    let mut seen: Vec<&str> = active.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    seen.sort_unstable();
+    let mut ids: Vec<&str> = out["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(seen, ids, "{out}");
+    assert_eq!(active[0]["name"], "debug.sleep");
+    assert_eq!(active[0]["kwargs"], json!({"ms": 1500}));
+    let stats = &out["stats"]["celeriac@ctl"];
+    assert_eq!(stats["pool"]["max-concurrency"], 2, "{stats}");
+    assert!(
+        out["registered"]["celeriac@ctl"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("debug.sleep"))
+    );
+    assert_eq!(out["active_queues"]["celeriac@ctl"][0]["name"], "ctl");
+    assert_eq!(out["runs"], json!([{"slept_ms": 1500}, {"slept_ms": 1500}]));
+    // Revoked while queued behind the two: never ran.
+    assert_eq!(out["queued_state"], "REVOKED", "{out}");
+    s.shutdown().await;
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::control::Control;
 use super::{Broker, BrokerError, Fetched, celery};
 use crate::actors::protocol::{Job, PoolMessage};
 use crate::state::AppState;
@@ -21,10 +22,13 @@ pub struct Consumers {
     fetchers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     pending: Arc<AtomicUsize>,
+    control: Arc<Control>,
 }
 
-/// Starts taking work from `broker` for every pool of `state`, and writing results.
+/// Starts taking work from `broker` for every pool of `state`, writing results, and
+/// Celery's remote control and events ([`super::control`]).
 pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
+    let control = Control::new(state.clone(), broker.clone());
     let (stop, _) = watch::channel(false);
     let (tx, rx) = mpsc::unbounded_channel();
     let pending = Arc::new(AtomicUsize::new(0));
@@ -34,20 +38,23 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
             tokio::spawn(fetch_loop(
                 state.clone(),
                 broker.clone(),
+                control.clone(),
                 pool,
                 stop.subscribe(),
             ))
         })
         .collect();
-    let background = vec![
-        tokio::spawn(writer(broker.clone(), rx, pending.clone())),
+    let mut background = vec![
+        tokio::spawn(writer(broker.clone(), control.clone(), rx, pending.clone())),
         tokio::spawn(housekeeping(broker, state.pools.clone())),
     ];
+    background.extend(super::control::start(control.clone()));
     Consumers {
         stop,
         fetchers,
         background,
         pending,
+        control,
     }
 }
 
@@ -58,6 +65,11 @@ impl Consumers {
         for f in self.fetchers.drain(..) {
             let _ = f.await;
         }
+    }
+
+    /// Tells Celery's tooling the node is going away (`worker-offline`).
+    pub async fn offline(&self) {
+        self.control.worker_event("worker-offline").await;
     }
 
     /// Waits up to `limit` for every result handed to the writer to be in Redis.
@@ -90,6 +102,7 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
 async fn fetch_loop(
     state: Arc<AppState>,
     broker: Arc<Broker>,
+    control: Arc<Control>,
     pool: usize,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -142,14 +155,20 @@ async fn fetch_loop(
                     pause(&mut stop, Duration::from_millis(500)).await;
                 }
             }
-            Ok(taken) => hand_over(&state, &broker, pool, taken).await,
+            Ok(taken) => hand_over(&state, &broker, &control, pool, taken).await,
         }
     }
 }
 
 /// Turns taken messages into jobs for the pool actor. A message celeriac cannot run
 /// (unknown task, bad input) fails at once, with the reason in its result.
-async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fetched>) {
+async fn hand_over(
+    state: &AppState,
+    broker: &Broker,
+    control: &Control,
+    pool: usize,
+    taken: Vec<Fetched>,
+) {
     let shared = &state.pools[pool];
     let queue = &broker.queues[pool].name;
     let mut jobs = Vec::new();
@@ -216,11 +235,14 @@ async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fe
         };
         match input {
             Ok(input) => {
+                let input = Arc::new(input);
+                state.store.set_input(&id, input.clone());
+                control.task_taken(&id, &task, Some(&input)).await;
                 shared.readmit();
                 jobs.push(Job {
                     id,
                     task,
-                    input: Arc::new(input),
+                    input,
                     enqueued: std::time::Instant::now(),
                 });
             }
@@ -258,6 +280,7 @@ async fn hand_over(state: &AppState, broker: &Broker, pool: usize, taken: Vec<Fe
 /// retrying (the same batch, in order) until Redis takes them.
 async fn writer(
     broker: Arc<Broker>,
+    control: Arc<Control>,
     mut rx: mpsc::UnboundedReceiver<TaskView>,
     pending: Arc<AtomicUsize>,
 ) {
@@ -267,6 +290,9 @@ async fn writer(
             return;
         }
         write(&broker, &batch).await;
+        for view in &batch {
+            control.task_finished(view).await;
+        }
         pending.fetch_sub(batch.len(), Ordering::SeqCst);
         batch.clear();
     }
