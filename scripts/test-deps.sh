@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # What the tests need besides cargo, installed when missing (idempotent, quiet when done):
 #   - redis-server (apt-get; `apt-get update` only when the install fails);
-#   - a virtualenv with the Python `celery` and `redis` packages from PyPI, cached in
+#   - a virtualenv with the Python `celery`, `redis` and `flower` packages from PyPI, cached in
 #     ${CELERIAC_CACHE:-~/.cache/celeriac}/pyenv and rebuilt when the pins below change.
 # Prints nothing but errors and what it installs. The tests find the venv through
 # CELERIAC_PYTHON (set by scripts/test.sh) or at the default path.
 set -euo pipefail
 CACHE=${CELERIAC_CACHE:-$HOME/.cache/celeriac}
 VENV=$CACHE/pyenv
-PINS="celery[redis]==5.7.0 redis==8.1.0"
+PINS="celery[redis]==5.7.0 redis==8.1.0 flower==2.2.0"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"

@@ -707,3 +707,63 @@ async fn celery_control_and_inspect_work_against_a_celeriac_node() {
     assert_eq!(out["queued_state"], "REVOKED", "{out}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flower_lists_a_celeriac_node_and_the_tasks_it_ran() {
+    let redis = Redis::start();
+    let s = start(&node_config("fl", 2, &redis, "celeriac@flower-test")).await;
+    let port = free_port();
+    let mut flower = Command::new(python())
+        .args([
+            "-m",
+            "celery",
+            &format!("--broker={}", redis.url()),
+            "flower",
+        ])
+        .args(["--address=127.0.0.1", &format!("--port={port}")])
+        .env("FLOWER_UNAUTHENTICATED_API", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}/api");
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let (client, api) = (client.clone(), api.clone());
+        async move {
+            match client.get(format!("{api}{path}")).send().await {
+                Ok(r) if r.status() == 200 => r.json::<Value>().await.unwrap_or(Value::Null),
+                _ => Value::Null,
+            }
+        }
+    };
+    // Flower's workers API (inspect over pidbox) lists the node.
+    let listed = wait_until(Duration::from_secs(30), || async {
+        get("/workers?refresh=1".into()).await["celeriac@flower-test"]["stats"]["pool"]["max-concurrency"] == 2
+    })
+    .await;
+    // Flower turns task events on (enable_events); then its tasks API shows what the
+    // node ran, from the events.
+    let ran = std::sync::Mutex::new(None);
+    let shown = wait_until(Duration::from_secs(30), || async {
+        let id = s.submit("debug.echo", json!({"flower": true})).await;
+        assert_eq!(s.wait_final(&id, 5.0).await["state"], "SUCCESS");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let task = get("/tasks".into()).await[&id].clone();
+        let done = task["state"] == "SUCCESS";
+        *ran.lock().unwrap() = Some(task);
+        done
+    })
+    .await;
+    let _ = flower.kill();
+    let _ = flower.wait();
+    assert!(
+        listed,
+        "Flower's workers API did not list the celeriac node"
+    );
+    assert!(shown, "Flower's tasks API did not show a task celeriac ran");
+    let task = ran.into_inner().unwrap().unwrap();
+    assert_eq!(task["name"], "debug.echo", "{task}");
+    assert_eq!(task["worker"], "celeriac@flower-test", "{task}");
+    s.shutdown().await;
+}
