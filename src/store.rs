@@ -168,6 +168,21 @@ impl TaskView {
     }
 }
 
+/// A task this node took from a broker and has not finished ([`TaskStore::taken`]).
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// Its id.
+    pub id: TaskId,
+    /// Its name.
+    pub task: Arc<str>,
+    /// `PENDING` (waiting for a worker of this node) or `STARTED` (running).
+    pub state: TaskState,
+    /// When a worker started it.
+    pub started_at: Option<SystemTime>,
+    /// Its input.
+    pub input: Option<Arc<Value>>,
+}
+
 /// The outcome of [`TaskStore::requeue_or_fail`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeue {
@@ -244,23 +259,20 @@ impl TaskStore {
         }
     }
 
-    /// The tasks taken from a broker that are not final: id, name, state (`PENDING`:
-    /// waiting for a worker of this node; `STARTED`: running), when it started, and
-    /// its input. For Celery's `inspect active` and `inspect reserved`.
-    pub fn taken(
-        &self,
-    ) -> Vec<(
-        TaskId,
-        Arc<str>,
-        TaskState,
-        Option<SystemTime>,
-        Option<Arc<Value>>,
-    )> {
+    /// The tasks taken from a broker that are not final (for Celery's `inspect active`
+    /// and `inspect reserved`).
+    pub fn taken(&self) -> Vec<Taken> {
         let mut out = Vec::new();
         for shard in &self.shards {
             for (id, r) in shard.lock().iter() {
                 if r.mirrored && !r.state.is_final() {
-                    out.push((*id, r.task.clone(), r.state, r.started_at, r.input.clone()));
+                    out.push(Taken {
+                        id: *id,
+                        task: r.task.clone(),
+                        state: r.state,
+                        started_at: r.started_at,
+                        input: r.input.clone(),
+                    });
                 }
             }
         }

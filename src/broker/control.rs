@@ -372,14 +372,16 @@ impl Control {
             .store
             .taken()
             .into_iter()
-            .filter(|t| t.2 == state)
-            .map(|(id, name, _, started, input)| {
-                let (args, kwargs) = input.as_deref().map_or((json!([]), json!({})), super::celery::to_arguments);
-                let time_start = started
+            .filter(|t| t.state == state)
+            .map(|t| {
+                let name = t.task;
+                let (args, kwargs) = t.input.as_deref().map_or((json!([]), json!({})), super::celery::to_arguments);
+                let time_start = t
+                    .started_at
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs_f64());
                 json!({
-                    "id": id.to_string(), "name": &*name, "args": args, "kwargs": kwargs,
+                    "id": t.id.to_string(), "name": &*name, "args": args, "kwargs": kwargs,
                     "type": &*name, "hostname": self.node(), "time_start": time_start,
                     "acknowledged": false,
                     "delivery_info": {"exchange": "", "routing_key": by_name.get(&*name).copied().unwrap_or(""), "priority": 0, "redelivered": false},
