@@ -181,6 +181,25 @@ redis.call('PUBLISH', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// Removes a task's message from its queue (a revoke: no worker, Python included,
+/// gets to run it). Scans the first 10,000 messages of each priority list.
+/// KEYS: the four priority keys. ARGV: the task id. Returns how many were removed.
+const UNQUEUE: &str = r#"
+local n = 0
+for i = 1, #KEYS do
+  local items = redis.call('LRANGE', KEYS[i], 0, 9999)
+  for _, raw in ipairs(items) do
+    if string.find(raw, ARGV[1], 1, true) then
+      local ok, env = pcall(cjson.decode, raw)
+      if ok and type(env) == 'table' and type(env.headers) == 'table' and env.headers.id == ARGV[1] then
+        n = n + redis.call('LREM', KEYS[i], 1, raw)
+      end
+    end
+  end
+end
+return n
+"#;
+
 /// Puts in-flight messages back at the head of their queue (the end consumers pop
 /// next), as kombu's `restore_by_tag` does. ARGV[1] = 'expired': every tag whose lease
 /// is older than ARGV[2], unless a Python worker holds kombu's restore mutex; else the
@@ -299,6 +318,7 @@ struct Scripts {
     finish: redis::Script,
     replace: redis::Script,
     restore: redis::Script,
+    unqueue: redis::Script,
 }
 
 fn now_rfc3339() -> String {
@@ -374,6 +394,7 @@ impl Broker {
                 finish: redis::Script::new(FINISH),
                 replace: redis::Script::new(REPLACE),
                 restore: redis::Script::new(RESTORE),
+                unqueue: redis::Script::new(UNQUEUE),
             },
         });
         tokio::spawn(results_listener(broker.clone()));
@@ -493,15 +514,31 @@ impl Broker {
         time_limit: f64,
     ) -> Result<(), BrokerError> {
         let q = &self.queues[pool];
+        let depth = self
+            .submit_to(&q.name, tasks, capacity, Some(time_limit))
+            .await?;
+        q.depth.store(depth, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// [`Broker::submit`] to any queue by name (a mixed fleet's queue, served by Python
+    /// workers); `time_limit` None leaves the workers' own. Returns the new depth.
+    pub async fn submit_to(
+        &self,
+        queue: &str,
+        tasks: &[(TaskId, Arc<str>, Arc<Value>)],
+        capacity: usize,
+        time_limit: Option<f64>,
+    ) -> Result<u64, BrokerError> {
         let submitted = now_rfc3339();
         let mut inv = self.scripts.submit.prepare_invoke();
-        for k in &q.keys {
+        for k in &celery::priority_keys(queue) {
             inv.key(k);
         }
         inv.key(BINDINGS)
             .arg(capacity)
             .arg(self.result_ttl)
-            .arg(celery::binding_member(&q.name));
+            .arg(celery::binding_member(queue));
         for (id, task, input) in tasks {
             let view = TaskView {
                 task_id: *id,
@@ -515,17 +552,37 @@ impl Broker {
                 retries: 0,
             };
             inv.arg(celery::meta_key(id))
-                .arg(celery::meta(&view, &q.name, &self.node))
+                .arg(celery::meta(&view, queue, &self.node))
                 .arg(celery::task_message(
-                    id, task, input, &q.name, time_limit, &self.node,
+                    id, task, input, queue, time_limit, &self.node,
                 ));
         }
         let depth: i64 = self.seen(inv.invoke_async(&mut self.conn.clone()).await)?;
         if depth < 0 {
             return Err(BrokerError::QueueFull);
         }
-        q.depth.store(depth as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(depth as u64)
+    }
+
+    /// Broadcasts Celery's `revoke` for `id` on the pidbox, so Python workers that took
+    /// or will take its message skip it (they keep a revoked set; they do not read the
+    /// meta).
+    pub async fn broadcast_revoke(&self, id: &TaskId) -> Result<(), BrokerError> {
+        let body = serde_json::json!({
+            "method": "revoke",
+            "arguments": {"task_id": id.to_string(), "terminate": false, "signal": "SIGTERM"},
+            "destination": null, "pattern": null, "matcher": null,
+            "ticket": uuid::Uuid::new_v4().to_string(),
+            "reply_to": null,
+        });
+        let msg = control::envelope(
+            &body,
+            serde_json::json!({"clock": 1, "expires": epoch() + 60.0}),
+            "celery.pidbox",
+            "",
+        );
+        self.publish(&format!("/{}.celery.pidbox", self.db()), &msg)
+            .await
     }
 
     /// Takes up to `max` messages from pool `pool`'s queue for this node (see [`FETCH`]).
@@ -887,6 +944,17 @@ impl Broker {
                     .await,
             )?;
             if written == 1 {
+                let queue = queue["queue"].as_str().unwrap_or_default();
+                if !queue.is_empty() {
+                    let mut inv = self.scripts.unqueue.prepare_invoke();
+                    for k in &celery::priority_keys(queue) {
+                        inv.key(k);
+                    }
+                    inv.arg(id.to_string());
+                    // The REVOKED meta stands either way; this only spares a worker.
+                    let _: Result<i64, _> =
+                        self.seen(inv.invoke_async(&mut self.conn.clone()).await);
+                }
                 return Ok(Ok(view));
             }
         }

@@ -414,14 +414,22 @@ impl PoolConfig {
     }
 }
 
-/// `[tasks."NAME"]`: a registered task, its kind and the pool it is routed to.
+/// `[tasks."NAME"]`: a registered task, its kind and the pool it is routed to; or,
+/// with a broker, only a `queue` that other workers (Python Celery) serve.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
-    /// The pool that runs it (Celery's `task_routes`).
+    /// The pool that runs it (Celery's `task_routes`); empty for a task with `queue`.
+    #[serde(default)]
     pub pool: String,
-    /// Which task implementation, from the registry (e.g. `debug.echo`).
+    /// Which task implementation, from the registry (e.g. `debug.echo`); empty for a
+    /// task with `queue`.
+    #[serde(default)]
     pub kind: String,
+    /// A task no pool of celeriac runs: the HTTP API sends it to this broker queue,
+    /// where Python Celery workers registered for the name run it (a mixed fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     /// Model directory, for model-backed kinds; relative paths are resolved against the
     /// project directory.
     #[serde(default)]
@@ -578,6 +586,14 @@ pub fn secs(value: f64) -> Duration {
 }
 
 impl Config {
+    /// The tasks routed to a broker queue that no pool of this node consumes (name,
+    /// queue), for mixed fleets.
+    pub fn remote_tasks(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tasks
+            .iter()
+            .filter_map(|(n, t)| t.queue.as_deref().map(|q| (n.as_str(), q)))
+    }
+
     /// Parses a TOML document; `base_dir` resolves relative model paths.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -820,6 +836,43 @@ impl Config {
                     "task names use letters, digits, `.`, `_` and `-`",
                 ));
             }
+            if let Some(q) = &task.queue {
+                let key = format!("tasks.\"{name}\"");
+                if !task.pool.is_empty() || !task.kind.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.queue"),
+                        "a task with `queue` runs on other workers: remove `pool` and `kind`",
+                    ));
+                }
+                if self.broker.url.is_none() {
+                    return Err(invalid(
+                        format!("{key}.queue"),
+                        "sending to a queue needs a broker: set [broker] url or CELERIAC_BROKER_URL",
+                    ));
+                }
+                if q.is_empty() || q.contains(['\x06', '\x16']) {
+                    return Err(invalid(
+                        format!("{key}.queue"),
+                        "must be a plain, non-empty name",
+                    ));
+                }
+                if let Some(pool) = self.pools.iter().find(|(n, p)| p.queue_name(n) == *q) {
+                    return Err(invalid(
+                        format!("{key}.queue"),
+                        format!(
+                            "queue `{q}` is consumed by pool `{}`: route the task to the pool instead",
+                            pool.0
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if task.kind.is_empty() {
+                return Err(invalid(
+                    format!("tasks.\"{name}\".kind"),
+                    "is missing: name the implementation (e.g. `text_classifier`), or give a `queue` for a task other workers run",
+                ));
+            }
             if !self.pools.contains_key(&task.pool) {
                 return Err(invalid(
                     format!("tasks.\"{name}\".pool"),
@@ -887,6 +940,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("tasks.\"a\".pool"), "{err}");
+        // A task routed to a queue other workers serve: needs a broker, no pool or kind,
+        // and a queue no pool of this node consumes.
+        let base = "[pools.p]\n[tasks.\"t\"]\nkind = \"debug.echo\"\npool = \"p\"\n";
+        let remote = "[tasks.\"py.x\"]\nqueue = \"pyq\"\n";
+        let err = parse(&format!("{base}{remote}")).unwrap_err().to_string();
+        assert!(err.contains("needs a broker"), "{err}");
+        let broker = "[broker]\nurl = \"redis://127.0.0.1:6379/0\"\n";
+        let c = parse(&format!("{broker}{base}{remote}")).unwrap();
+        assert_eq!(c.remote_tasks().collect::<Vec<_>>(), [("py.x", "pyq")]);
+        let err = parse(&format!("{broker}{base}[tasks.\"py.x\"]\nqueue = \"p\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("consumed by pool `p`"), "{err}");
+        let err = parse(&format!(
+            "{broker}{base}[tasks.\"py.x\"]\nqueue = \"q\"\nkind = \"debug.echo\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("remove `pool` and `kind`"), "{err}");
     }
 
     #[test]

@@ -140,6 +140,10 @@ impl Registry {
     ) -> Result<Self, LoadError> {
         let mut tasks = HashMap::new();
         for (name, spec) in &config.tasks {
+            if spec.queue.is_some() {
+                // Run by other workers: nothing to build here.
+                continue;
+            }
             let Some((_, build)) = kinds().iter().find(|(k, _)| *k == spec.kind) else {
                 return Err(LoadError {
                     task: name.clone(),

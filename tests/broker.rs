@@ -767,3 +767,93 @@ async fn flower_lists_a_celeriac_node_and_the_tasks_it_ran() {
     assert_eq!(task["worker"], "celeriac@flower-test", "{task}");
     s.shutdown().await;
 }
+
+const FLEET_WORKER: &str = r#"
+import os, time
+from celery import Celery
+app = Celery("fleet", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
+app.conf.result_extended = True
+app.conf.worker_hijack_root_logger = False
+
+@app.task(name="py.shout")
+def shout(text):
+    return {"shout": text.upper()}
+
+@app.task(name="py.sleep")
+def sleep(ms):
+    time.sleep(ms / 1000)
+    return {"slept_ms": ms}
+"#;
+
+const FLEET_CLIENT: &str = r#"
+import json, sys
+from celery import Celery
+app = Celery("c", broker=sys.argv[1], backend=sys.argv[1])
+r = app.send_task("debug.echo", kwargs={"from": "python"}, queue="ce")
+print(json.dumps({"result": r.get(timeout=20), "worker": app.backend.get_task_meta(r.id).get("worker")}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mixed_fleet_python_and_celeriac_workers_on_one_redis() {
+    let redis = Redis::start();
+    let dir = scratch("fleet");
+    std::fs::write(dir.join("fleet.py"), FLEET_WORKER).unwrap();
+    let mut worker = Command::new(python())
+        .args([
+            "-m", "celery", "-A", "fleet", "worker", "-Q", "pyq", "--pool", "solo", "-n", "py@%h",
+        ])
+        .args(["--without-gossip", "--without-mingle", "-l", "warning"])
+        .current_dir(&dir)
+        .env("BROKER", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let config = format!(
+        "{}\n[tasks.\"py.shout\"]\nqueue = \"pyq\"\n[tasks.\"py.sleep\"]\nqueue = \"pyq\"\n",
+        node_config("ce", 2, &redis, "celeriac@fleet")
+    );
+    let s = start(&config).await;
+    // HTTP to celeriac for the Python task: SUCCESS with the Python worker's result.
+    let r = s
+        .post("/v1/tasks/py.shout?wait=10", &json!({"text": "hi"}))
+        .await;
+    let id = r.id();
+    let done = s.wait_final(&id, 30.0).await;
+    let meta = redis.meta(&id).await;
+    // Python to celeriac's task, on celeriac's queue.
+    let out = tokio::task::spawn_blocking({
+        let url = redis.url();
+        move || run_python(FLEET_CLIENT, &[&url])
+    })
+    .await
+    .unwrap();
+    // DELETE of a Python task queued behind a running one: the Python worker skips it.
+    let busy = s.submit("py.sleep", json!({"ms": 1500})).await;
+    let queued = s.submit("py.shout", json!({"text": "never"})).await;
+    let revoked = s.delete(&format!("/v1/tasks/{queued}")).await;
+    let busy_done = s.wait_final(&busy, 20.0).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = s.get(&format!("/v1/tasks/{queued}")).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    assert_eq!(done["result"], json!({"shout": "HI"}));
+    assert!(
+        meta["worker"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("py@")),
+        "a Python worker ran it: {meta}"
+    );
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(out["result"], json!({"from": "python"}), "{out}");
+    assert_eq!(out["worker"], "celeriac@fleet", "{out}");
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    assert_eq!(busy_done["state"], "SUCCESS", "{busy_done}");
+    assert_eq!(after.body["state"], "REVOKED", "{:?}", after.body);
+    // An unknown name lists the queue-routed tasks too.
+    let r = s.post("/v1/tasks/py.nope", &json!({})).await;
+    r.assert_error(404, "unknown_task");
+    assert!(r.body["error"].as_str().unwrap().contains("py.shout"));
+    s.shutdown().await;
+}

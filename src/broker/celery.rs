@@ -171,13 +171,13 @@ fn body(env: &Value) -> Result<Value, String> {
 
 /// A task message (protocol v2, kombu's Redis envelope) for `task` with `input`, to be
 /// pushed on `queue`. `time_limit` is the hard limit in seconds (`headers.timelimit` is
-/// `[hard, soft]`); `origin` names the sender.
+/// `[hard, soft]`; None leaves the worker's own); `origin` names the sender.
 pub fn task_message(
     id: &TaskId,
     task: &str,
     input: &Value,
     queue: &str,
-    time_limit: f64,
+    time_limit: Option<f64>,
     origin: &str,
 ) -> String {
     let (args, kwargs) = to_arguments(input);
@@ -352,7 +352,14 @@ mod tests {
             json!([1, 2]),
             json!({}),
         ] {
-            let raw = task_message(&id, "spam.predict", &input, "celery", 60.0, "celeriac@h");
+            let raw = task_message(
+                &id,
+                "spam.predict",
+                &input,
+                "celery",
+                Some(60.0),
+                "celeriac@h",
+            );
             let m = parse_message(&raw).unwrap();
             assert_eq!((m.id, m.task.as_str()), (id, "spam.predict"));
             assert_eq!(m.input, Ok(input));

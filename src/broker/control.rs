@@ -40,7 +40,7 @@ fn epoch() -> f64 {
 }
 
 /// A kombu message envelope around `body` (JSON, base64 encoded as kombu does).
-fn envelope(body: &Value, headers: Value, exchange: &str, routing_key: &str) -> String {
+pub(crate) fn envelope(body: &Value, headers: Value, exchange: &str, routing_key: &str) -> String {
     json!({
         "body": B64.encode(body.to_string()),
         "content-encoding": "utf-8",

@@ -201,6 +201,10 @@ fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
         .map(|w| Duration::from_secs_f64(w.min(state.config.server.max_wait_seconds)))
 }
 
+/// Most tasks waiting in the queue of a task other workers run (`[tasks.NAME] queue`)
+/// before submits get 429, as a pool's default `queue_capacity`.
+const REMOTE_QUEUE_CAPACITY: usize = 1000;
+
 /// Validates and queues `inputs` for `task`; all or none are accepted. With a broker
 /// the tasks go to the pool's Redis queue, for whichever node has an idle worker.
 async fn enqueue(
@@ -211,13 +215,38 @@ async fn enqueue(
     if !state.accepting.load(Ordering::SeqCst) {
         return Err(ApiError::ShuttingDown);
     }
-    let reg = state
-        .registry
-        .get(task)
-        .ok_or_else(|| ApiError::UnknownTask {
+    let remote = state
+        .config
+        .remote_tasks()
+        .find(|(name, _)| *name == task)
+        .map(|(_, queue)| queue);
+    if let (Some(queue), Some(broker)) = (remote, &state.broker) {
+        // A mixed fleet: Python Celery workers on `queue` run it.
+        let tasks: Vec<_> = inputs
+            .into_iter()
+            .map(|input| (uuid::Uuid::new_v4(), Arc::from(task), Arc::new(input)))
+            .collect();
+        broker
+            .submit_to(queue, &tasks, REMOTE_QUEUE_CAPACITY, None)
+            .await
+            .map_err(|e| match e {
+                BrokerError::QueueFull => ApiError::QueueFull(queue.to_string()),
+                BrokerError::Down(why) | BrokerError::Refused(why) => {
+                    ApiError::BrokerUnavailable(why)
+                }
+            })?;
+        crate::metrics::submitted(queue, task, tasks.len());
+        return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
+    }
+    let reg = state.registry.get(task).ok_or_else(|| {
+        let mut known = state.registry.names();
+        known.extend(state.config.remote_tasks().map(|(n, _)| n));
+        known.sort_unstable();
+        ApiError::UnknownTask {
             name: task.to_string(),
-            known: state.registry.names().join(", "),
-        })?;
+            known: known.join(", "),
+        }
+    })?;
     let batch = inputs.len() > 1;
     for (i, input) in inputs.iter().enumerate() {
         reg.factory
@@ -394,6 +423,10 @@ async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejec
     if let Some(broker) = &state.broker {
         return match broker.revoke(&task_id).await.map_err(unavailable)? {
             Ok(view) => {
+                // Python workers of a mixed fleet skip it only when told.
+                if let Err(e) = broker.broadcast_revoke(&task_id).await {
+                    tracing::warn!(%task_id, "revoke not broadcast to Python workers: {e}");
+                }
                 if let Some(reg) = state.registry.get(&view.task) {
                     crate::metrics::finished(
                         &state.pools[reg.pool].name,
