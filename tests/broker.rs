@@ -650,6 +650,9 @@ out["runs"] = [r.get(timeout=10) for r in runs]
 time.sleep(0.5)
 out["queued_state"] = queued.state
 out["ids"] = [r.id for r in runs]
+out["shrink"] = app.control.pool_shrink(1, reply=True, timeout=1)
+out["autoscale"] = app.control.autoscale(3, 1, reply=True, timeout=1)
+out["grow_autoscaling"] = app.control.pool_grow(1, reply=True, timeout=1)
 print(json.dumps(out))
 "#;
 
@@ -678,7 +681,7 @@ async fn celery_control_and_inspect_work_against_a_celeriac_node() {
         out["grow"],
         json!([{"celeriac@ctl": {"ok": "pool will grow"}}])
     );
-    assert_eq!(s.state.pools[0].status().size, 2, "the pool really grew");
+    // The pool really grew: both sleeps ran at once, and stats said 2 (below).
     // Both sleeps ran at once on the grown pool, and inspect saw them.
     let active = out["active"]["celeriac@ctl"].as_array().unwrap();
     let mut seen: Vec<&str> = active.iter().map(|t| t["id"].as_str().unwrap()).collect();
@@ -705,6 +708,23 @@ async fn celery_control_and_inspect_work_against_a_celeriac_node() {
     assert_eq!(out["runs"], json!([{"slept_ms": 1500}, {"slept_ms": 1500}]));
     // Revoked while queued behind the two: never ran.
     assert_eq!(out["queued_state"], "REVOKED", "{out}");
+    assert_eq!(
+        out["shrink"],
+        json!([{"celeriac@ctl": {"ok": "pool will shrink"}}])
+    );
+    assert_eq!(
+        out["autoscale"],
+        json!([{"celeriac@ctl": {"ok": "autoscale now max=3 min=1"}}])
+    );
+    assert_eq!(s.state.pools[0].status().autoscale, Some((1, 3)));
+    assert_eq!(s.state.pools[0].status().size, 1, "shrunk back to 1");
+    // As Celery: no grow or shrink while autoscaling.
+    assert!(
+        out["grow_autoscaling"][0]["celeriac@ctl"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("autoscale")),
+        "{out}"
+    );
     s.shutdown().await;
 }
 
