@@ -115,6 +115,14 @@ for i = 1, 4 do
       local key = 'celery-task-meta-' .. id
       local okg, prior = pcall(redis.call, 'GET', key)
       if not okg then prior = nil end
+      if redis.call('EXISTS', 'celeriac-revoked-' .. id) == 1 then
+        -- Revoked through Celery's remote control before any node took it.
+        local meta = '{"status":"REVOKED","result":{"exc_type":"TaskRevokedError","exc_message":["revoked before it started"],"exc_module":"celery.exceptions"},"traceback":null,"children":[],"date_done":'
+          .. cjson.encode(ARGV[3]) .. ',"task_id":' .. cjson.encode(id) .. ',"name":' .. cjson.encode(name) .. '}'
+        redis.call('SETEX', key, ARGV[6], meta)
+        redis.call('PUBLISH', key, meta)
+        prior = meta
+      end
       local status, submitted, retries = nil, ARGV[3], 0
       if prior then
         local ok2, m = pcall(cjson.decode, prior)
@@ -181,23 +189,44 @@ redis.call('PUBLISH', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// Removes a task's message from its queue (a revoke: no worker, Python included,
-/// gets to run it). Scans the first 10,000 messages of each priority list.
-/// KEYS: the four priority keys. ARGV: the task id. Returns how many were removed.
-const UNQUEUE: &str = r#"
-local n = 0
-for i = 1, #KEYS do
-  local items = redis.call('LRANGE', KEYS[i], 0, 9999)
-  for _, raw in ipairs(items) do
-    if string.find(raw, ARGV[1], 1, true) then
-      local ok, env = pcall(cjson.decode, raw)
-      if ok and type(env) == 'table' and type(env.headers) == 'table' and env.headers.id == ARGV[1] then
-        n = n + redis.call('LREM', KEYS[i], 1, raw)
+/// Revokes a task queued for other workers (a mixed fleet's Python queue): removes its
+/// message from the queue and, only if it was there, writes the REVOKED meta. A message
+/// a worker already took cannot be revoked here. Scans up to 10,000 messages per
+/// priority list, 100 at a time, and stops at the first match.
+/// KEYS: the four priority keys, the meta key. ARGV: id, meta, ttl. Returns 1 when
+/// revoked.
+const REVOKE_QUEUED: &str = r#"
+for i = 1, 4 do
+  local start = 0
+  while start < 10000 do
+    local items = redis.call('LRANGE', KEYS[i], start, start + 99)
+    if #items == 0 then break end
+    for _, raw in ipairs(items) do
+      if string.find(raw, ARGV[1], 1, true) then
+        local ok, env = pcall(cjson.decode, raw)
+        if ok and type(env) == 'table' and type(env.headers) == 'table' and env.headers.id == ARGV[1] then
+          if redis.call('LREM', KEYS[i], 1, raw) == 1 then
+            redis.call('SETEX', KEYS[5], ARGV[3], ARGV[2])
+            redis.call('PUBLISH', KEYS[5], ARGV[2])
+            return 1
+          end
+        end
       end
     end
+    start = start + 100
   end
 end
-return n
+return 0
+"#;
+
+/// Pushes a remote-control reply, only while the client's reply queue is bound (a
+/// client that stopped waiting unbinds and deletes it); the reply expires if never read.
+/// KEYS: the binding set, the reply queue. ARGV: binding member, payload.
+const REPLY: &str = r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], 300)
+return 1
 "#;
 
 /// Puts in-flight messages back at the head of their queue (the end consumers pop
@@ -318,7 +347,8 @@ struct Scripts {
     finish: redis::Script,
     replace: redis::Script,
     restore: redis::Script,
-    unqueue: redis::Script,
+    revoke_queued: redis::Script,
+    reply: redis::Script,
 }
 
 fn now_rfc3339() -> String {
@@ -394,7 +424,8 @@ impl Broker {
                 finish: redis::Script::new(FINISH),
                 replace: redis::Script::new(REPLACE),
                 restore: redis::Script::new(RESTORE),
-                unqueue: redis::Script::new(UNQUEUE),
+                revoke_queued: redis::Script::new(REVOKE_QUEUED),
+                reply: redis::Script::new(REPLY),
             },
         });
         tokio::spawn(results_listener(broker.clone()));
@@ -435,6 +466,28 @@ impl Broker {
                 .await,
         )?;
         Ok(())
+    }
+
+    /// Pushes a remote-control reply to client `oid` through `exchange` (kombu's
+    /// `{oid}.{exchange}` queue), if the client still waits; true when pushed.
+    pub async fn reply(
+        &self,
+        exchange: &str,
+        oid: &str,
+        payload: &str,
+    ) -> Result<bool, BrokerError> {
+        let queue = format!("{oid}.{exchange}");
+        let pushed: i64 = self.seen(
+            self.scripts
+                .reply
+                .key(format!("_kombu.binding.{exchange}"))
+                .key(&queue)
+                .arg(format!("{oid}\x06\x16\x06\x16{queue}"))
+                .arg(payload)
+                .invoke_async(&mut self.conn.clone())
+                .await,
+        )?;
+        Ok(pushed == 1)
     }
 
     /// `LPUSH key payload`.
@@ -562,6 +615,55 @@ impl Broker {
             return Err(BrokerError::QueueFull);
         }
         Ok(depth as u64)
+    }
+
+    /// Celery's revoked set, in Redis: the node that takes `id`'s message drops it and
+    /// records it REVOKED (kept for the result TTL).
+    pub async fn mark_revoked(&self, id: &TaskId) -> Result<(), BrokerError> {
+        let _: () = self.seen(
+            redis::cmd("SETEX")
+                .arg(format!("celeriac-revoked-{id}"))
+                .arg(self.result_ttl)
+                .arg(1)
+                .query_async(&mut self.conn.clone())
+                .await,
+        )?;
+        Ok(())
+    }
+
+    /// Revokes a task queued on `queue` for other workers (a mixed fleet): tells Python
+    /// workers first (a revoke broadcast, for one that already took it), then removes
+    /// its message and records it REVOKED if it was still queued. `WrongState(Started)`
+    /// when a worker already holds it (it was told; whether it skips it is its call).
+    pub async fn revoke_queued(
+        &self,
+        id: &TaskId,
+        queue: &str,
+    ) -> Result<Result<TaskView, StoreError>, BrokerError> {
+        let Some(mut view) = self.get(id).await? else {
+            return Ok(Err(StoreError::NotFound));
+        };
+        if view.state != TaskState::Pending {
+            return Ok(Err(StoreError::WrongState(view.state)));
+        }
+        self.broadcast_revoke(id).await?;
+        view.state = TaskState::Revoked;
+        view.error = Some("revoked before it started".into());
+        view.finished_at = Some(now_rfc3339());
+        let mut inv = self.scripts.revoke_queued.prepare_invoke();
+        for k in &celery::priority_keys(queue) {
+            inv.key(k);
+        }
+        inv.key(celery::meta_key(id))
+            .arg(id.to_string())
+            .arg(celery::meta(&view, queue, &self.node))
+            .arg(self.result_ttl);
+        let removed: i64 = self.seen(inv.invoke_async(&mut self.conn.clone()).await)?;
+        Ok(if removed == 1 {
+            Ok(view)
+        } else {
+            Err(StoreError::WrongState(TaskState::Started))
+        })
     }
 
     /// Broadcasts Celery's `revoke` for `id` on the pidbox, so Python workers that took
@@ -883,39 +985,12 @@ impl Broker {
     /// Revokes a task that has not started, wherever it is queued: its meta becomes
     /// `REVOKED` and the node that takes its message drops it.
     pub async fn revoke(&self, id: &TaskId) -> Result<Result<TaskView, StoreError>, BrokerError> {
-        self.revoke_as(id, false).await
-    }
-
-    /// [`Broker::revoke`]; with `unseen`, an id with no meta yet (a task sent by a Python
-    /// client, which writes none, or not sent yet) is recorded `REVOKED` too, as
-    /// Celery's `control.revoke` does.
-    pub async fn revoke_as(
-        &self,
-        id: &TaskId,
-        unseen: bool,
-    ) -> Result<Result<TaskView, StoreError>, BrokerError> {
         let key = celery::meta_key(id);
         loop {
-            let raw = match self.raw_meta(id).await? {
-                Some(raw) => raw,
-                None if unseen => Vec::new(),
-                None => return Ok(Err(StoreError::NotFound)),
+            let Some(raw) = self.raw_meta(id).await? else {
+                return Ok(Err(StoreError::NotFound));
             };
-            let view = if raw.is_empty() {
-                Some(TaskView {
-                    task_id: *id,
-                    task: "".into(),
-                    state: TaskState::Pending,
-                    result: None,
-                    error: None,
-                    submitted_at: now_rfc3339(),
-                    started_at: None,
-                    finished_at: None,
-                    retries: 0,
-                })
-            } else {
-                celery::view_from_meta(*id, &raw)
-            };
+            let view = celery::view_from_meta(*id, &raw);
             let Some(mut view) = view else {
                 return Ok(Err(StoreError::NotFound));
             };
@@ -944,17 +1019,6 @@ impl Broker {
                     .await,
             )?;
             if written == 1 {
-                let queue = queue["queue"].as_str().unwrap_or_default();
-                if !queue.is_empty() {
-                    let mut inv = self.scripts.unqueue.prepare_invoke();
-                    for k in &celery::priority_keys(queue) {
-                        inv.key(k);
-                    }
-                    inv.arg(id.to_string());
-                    // The REVOKED meta stands either way; this only spares a worker.
-                    let _: Result<i64, _> =
-                        self.seen(inv.invoke_async(&mut self.conn.clone()).await);
-                }
                 return Ok(Ok(view));
             }
         }

@@ -794,6 +794,8 @@ from celery import Celery
 app = Celery("fleet", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
 app.conf.result_extended = True
 app.conf.worker_hijack_root_logger = False
+# One message at a time: what waits stays in Redis, where a revoke can take it back.
+app.conf.worker_prefetch_multiplier = 1
 
 @app.task(name="py.shout")
 def shout(text):
@@ -848,12 +850,21 @@ async fn a_mixed_fleet_python_and_celeriac_workers_on_one_redis() {
     })
     .await
     .unwrap();
-    // DELETE of a Python task queued behind a running one: the Python worker skips it.
+    // DELETE of a Python task the Python worker is running: 409 (it was told, and
+    // runs it anyway, as Celery does without terminate).
     let busy = s.submit("py.sleep", json!({"ms": 1500})).await;
+    let taken = wait_until(Duration::from_secs(10), || async {
+        redis.int(&["LLEN", "pyq"]).await == 0
+    })
+    .await;
+    let running = s.delete(&format!("/v1/tasks/{busy}")).await;
+    // DELETE of one queued behind it: 200 REVOKED, and it never runs.
     let queued = s.submit("py.shout", json!({"text": "never"})).await;
     let revoked = s.delete(&format!("/v1/tasks/{queued}")).await;
+    // A sentinel queued after it: once it ran, the revoked one would have too.
+    let sentinel = s.submit("py.shout", json!({"text": "after"})).await;
+    let sentinel_done = s.wait_final(&sentinel, 20.0).await;
     let busy_done = s.wait_final(&busy, 20.0).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = s.get(&format!("/v1/tasks/{queued}")).await;
     let _ = worker.kill();
     let _ = worker.wait();
@@ -868,7 +879,15 @@ async fn a_mixed_fleet_python_and_celeriac_workers_on_one_redis() {
     let out: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(out["result"], json!({"from": "python"}), "{out}");
     assert_eq!(out["worker"], "celeriac@fleet", "{out}");
+    assert!(taken, "the Python worker did not take its task");
+    running.assert_error(409, "not_revocable");
     assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    assert_eq!(revoked.body["state"], "REVOKED");
+    assert_eq!(
+        sentinel_done["result"],
+        json!({"shout": "AFTER"}),
+        "{sentinel_done}"
+    );
     assert_eq!(busy_done["state"], "SUCCESS", "{busy_done}");
     assert_eq!(after.body["state"], "REVOKED", "{:?}", after.body);
     // An unknown name lists the queue-routed tasks too.

@@ -69,7 +69,7 @@ impl Consumers {
 
     /// Tells Celery's tooling the node is going away (`worker-offline`).
     pub async fn offline(&self) {
-        self.control.worker_event("worker-offline").await;
+        self.control.offline().await;
     }
 
     /// Waits up to `limit` for every result handed to the writer to be in Redis.
@@ -165,13 +165,14 @@ async fn fetch_loop(
 async fn hand_over(
     state: &AppState,
     broker: &Broker,
-    control: &Control,
+    control: &Arc<Control>,
     pool: usize,
     taken: Vec<Fetched>,
 ) {
     let shared = &state.pools[pool];
     let queue = &broker.queues[pool].name;
     let mut jobs = Vec::new();
+    let mut events = Vec::new();
     for f in taken {
         let (raw, id, submitted, retries) = match f {
             Fetched::Run {
@@ -237,7 +238,7 @@ async fn hand_over(
             Ok(input) => {
                 let input = Arc::new(input);
                 state.store.set_input(&id, input.clone());
-                control.task_taken(&id, &task, Some(&input)).await;
+                events.push((id, task.clone(), input.clone()));
                 shared.readmit();
                 jobs.push(Job {
                     id,
@@ -253,6 +254,15 @@ async fn hand_over(
                 }
             }
         }
+    }
+    if !events.is_empty() && control.task_events_on() {
+        // In order, off the path to the workers.
+        let control = control.clone();
+        tokio::spawn(async move {
+            for (id, task, input) in events {
+                control.task_taken(&id, &task, Some(&input)).await;
+            }
+        });
     }
     if jobs.is_empty() {
         return;
@@ -290,8 +300,14 @@ async fn writer(
             return;
         }
         write(&broker, &batch).await;
-        for view in &batch {
-            control.task_finished(view).await;
+        control.count_finished(&batch);
+        if control.task_events_on() {
+            let (control, views) = (control.clone(), batch.clone());
+            tokio::spawn(async move {
+                for view in &views {
+                    control.task_finished(view).await;
+                }
+            });
         }
         pending.fetch_sub(batch.len(), Ordering::SeqCst);
         batch.clear();

@@ -79,6 +79,10 @@ pub struct Control {
     /// Tasks this node finished, by name (`stats.total`), and in all (heartbeats).
     processed: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
     processed_total: AtomicU64,
+    /// Ids revoked through remote control (the newest 10,000), for `inspect revoked`.
+    revoked: parking_lot::Mutex<std::collections::VecDeque<String>>,
+    /// The listener and heartbeat tasks, stopped before `worker-offline`.
+    tasks: parking_lot::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Control {
@@ -92,7 +96,25 @@ impl Control {
             started: SystemTime::now(),
             processed: parking_lot::Mutex::new(Default::default()),
             processed_total: AtomicU64::new(0),
+            revoked: parking_lot::Mutex::new(Default::default()),
+            tasks: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    fn remember_revoked(&self, id: &str) {
+        let mut r = self.revoked.lock();
+        if r.len() >= 10_000 {
+            r.pop_front();
+        }
+        r.push_back(id.to_string());
+    }
+
+    /// Stops answering and heartbeating, then sends `worker-offline`.
+    pub async fn offline(&self) {
+        for t in std::mem::take(&mut *self.tasks.lock()) {
+            t.abort();
+        }
+        self.worker_event("worker-offline").await;
     }
 
     fn tick(&self) -> u64 {
@@ -166,18 +188,22 @@ impl Control {
             .await;
     }
 
-    /// A task this node ran reached a final state: counts it, and sends its event when
-    /// enabled.
-    pub async fn task_finished(&self, view: &TaskView) {
-        *self
-            .processed
-            .lock()
-            .entry(view.task.to_string())
-            .or_default() += 1;
-        self.processed_total.fetch_add(1, Ordering::Relaxed);
-        if !self.task_events.load(Ordering::Relaxed) {
-            return;
+    /// Counts the final views of tasks this node ran (`stats.total`, heartbeats).
+    pub fn count_finished(&self, views: &[TaskView]) {
+        let mut processed = self.processed.lock();
+        for view in views.iter().filter(|v| v.state.is_final()) {
+            *processed.entry(view.task.to_string()).or_default() += 1;
+            self.processed_total.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether task events are on.
+    pub fn task_events_on(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+
+    /// The event of a task this node ran that reached a final state (or `RETRY`).
+    pub async fn task_finished(&self, view: &TaskView) {
         let runtime = match (&view.started_at, &view.finished_at) {
             (Some(s), Some(f)) => match (
                 humantime::parse_rfc3339_weak(s),
@@ -217,20 +243,20 @@ impl Control {
         let Ok(env) = serde_json::from_slice::<Value>(raw) else {
             return;
         };
-        if env["headers"]["expires"]
-            .as_f64()
-            .is_some_and(|e| e < epoch())
-        {
-            return;
-        }
         let Some(body) = decode_body(&env) else {
             return;
         };
-        let for_us = match &body["destination"] {
-            Value::Null => true,
-            Value::Array(names) => names.iter().any(|n| n.as_str() == Some(self.node())),
-            Value::String(n) => n == self.node(),
-            _ => false,
+        // kombu's rules: a non-empty destination lists the nodes; else a pattern (glob)
+        // selects them; else every node answers.
+        let for_us = match (&body["destination"], body["pattern"].as_str()) {
+            (Value::Array(names), _) if !names.is_empty() => {
+                names.iter().any(|n| n.as_str() == Some(self.node()))
+            }
+            (Value::String(n), _) if !n.is_empty() => n == self.node(),
+            (_, Some(pattern)) if !pattern.is_empty() => {
+                body["matcher"].as_str().is_none_or(|m| m == "glob") && glob(pattern, self.node())
+            }
+            _ => true,
         };
         if !for_us {
             return;
@@ -250,14 +276,14 @@ impl Control {
             exchange,
             oid,
         );
-        // kombu's reply queue for the client `oid`, bound to `reply.celery.pidbox`.
-        let queue = format!("{oid}.{exchange}");
-        let _ = self.broker.lpush(&queue, &reply).await;
+        // kombu's reply queue for the client `oid`, bound to `reply.celery.pidbox`; a
+        // client that stopped waiting deleted it (then nothing is pushed).
+        let _ = self.broker.reply(exchange, oid, &reply).await;
     }
 
     /// Runs one command; the result as Celery shapes it.
     async fn run(&self, method: &str, args: &Value) -> Value {
-        let n = args["n"].as_u64().unwrap_or(1) as usize;
+        let n = args["n"].as_u64().unwrap_or(1).min(10_000) as usize;
         match method {
             "ping" => json!({"ok": "pong"}),
             "pool_grow" | "pool_shrink" => {
@@ -267,7 +293,11 @@ impl Control {
                 }
                 for (i, p) in self.state.pools.iter().enumerate() {
                     let size = p.status().size;
-                    let target = if grow { size + n } else { size.saturating_sub(n).max(1) };
+                    let target = if grow {
+                        size.saturating_add(n)
+                    } else {
+                        size.saturating_sub(n).max(1)
+                    };
                     if let Err(e) = self.resize(i, Resize::Concurrency(target)).await {
                         return json!({"error": e});
                     }
@@ -292,10 +322,19 @@ impl Control {
                     Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
                     _ => Vec::new(),
                 };
-                for id in &ids {
-                    if let Ok(id) = id.parse::<TaskId>() {
-                        // Every node gets the broadcast; the first one's revoke holds.
-                        let _ = self.broker.revoke_as(&id, true).await;
+                for raw in &ids {
+                    self.remember_revoked(raw);
+                    let Ok(id) = raw.parse::<TaskId>() else { continue };
+                    // Celery's revoked set, shared by the nodes: the node that takes the
+                    // message drops it. A task this node holds and has not started is
+                    // revoked here at once.
+                    if let Err(e) = self.broker.mark_revoked(&id).await {
+                        return json!({"error": e.to_string()});
+                    }
+                    if let Ok((_, f)) = self.state.store.revoke(&id)
+                        && let Some(reg) = self.state.registry.get(&f.task)
+                    {
+                        crate::metrics::finished(&self.state.pools[reg.pool].name, &f);
                     }
                 }
                 let terminate = if args["terminate"].as_bool() == Some(true) {
@@ -315,7 +354,8 @@ impl Control {
             }
             "active" => Value::Array(self.requests(TaskState::Started)),
             "reserved" => Value::Array(self.requests(TaskState::Pending)),
-            "scheduled" | "revoked" => json!([]),
+            "scheduled" => json!([]),
+            "revoked" => json!(self.revoked.lock().iter().collect::<Vec<_>>()),
             "registered" => {
                 let mut names = self.state.registry.names();
                 names.sort_unstable();
@@ -422,6 +462,7 @@ impl Control {
 
 /// Starts the pidbox listener and the heartbeats of `control`'s node.
 pub fn start(control: Arc<Control>) -> Vec<tokio::task::JoinHandle<()>> {
+    let control_tasks = control.clone();
     let listener = {
         let c = control.clone();
         tokio::spawn(async move {
@@ -435,8 +476,14 @@ pub fn start(control: Arc<Control>) -> Vec<tokio::task::JoinHandle<()>> {
                 .await;
                 if let Ok(pubsub) = subscribed {
                     let mut messages = pubsub.into_on_message();
-                    while let Some(msg) = messages.next().await {
-                        c.handle(msg.get_payload_bytes()).await;
+                    // A connection that died without closing shows as silence: after a
+                    // minute without a broadcast, subscribe again.
+                    while let Ok(Some(msg)) =
+                        tokio::time::timeout(Duration::from_secs(60), messages.next()).await
+                    {
+                        // One command at a time would let a slow resize hold up pings.
+                        let (c, payload) = (c.clone(), msg.get_payload_bytes().to_vec());
+                        tokio::spawn(async move { c.handle(&payload).await });
                     }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -452,5 +499,34 @@ pub fn start(control: Arc<Control>) -> Vec<tokio::task::JoinHandle<()>> {
             control.worker_event("worker-heartbeat").await;
         }
     });
+    *control_tasks.tasks.lock() = vec![listener.abort_handle(), heart.abort_handle()];
     vec![listener, heart]
+}
+
+/// Glob matching of node names (`*` and `?`), as kombu's `glob` matcher.
+fn glob(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn node_patterns_match_as_kombu_globs() {
+        assert!(glob("celeriac@*", "celeriac@vm"));
+        assert!(glob("*@vm", "celeriac@vm"));
+        assert!(glob("celeriac@v?", "celeriac@vm"));
+        assert!(!glob("celery@*", "celeriac@vm"));
+        assert!(!glob("celeriac@", "celeriac@vm"));
+    }
 }

@@ -421,12 +421,22 @@ async fn wait_final(
 async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
     if let Some(broker) = &state.broker {
-        return match broker.revoke(&task_id).await.map_err(unavailable)? {
+        // A task queued for Python workers (a mixed fleet) is revoked by taking its
+        // message out of their queue; celeriac's own nodes read the meta.
+        let remote = match broker.get(&task_id).await.map_err(unavailable)? {
+            None => return Err(reject(ApiError::TaskNotFound(id))),
+            Some(v) => state
+                .config
+                .remote_tasks()
+                .find(|(name, _)| *name == &*v.task)
+                .map(|(_, queue)| queue.to_string()),
+        };
+        let outcome = match &remote {
+            Some(queue) => broker.revoke_queued(&task_id, queue).await,
+            None => broker.revoke(&task_id).await,
+        };
+        return match outcome.map_err(unavailable)? {
             Ok(view) => {
-                // Python workers of a mixed fleet skip it only when told.
-                if let Err(e) = broker.broadcast_revoke(&task_id).await {
-                    tracing::warn!(%task_id, "revoke not broadcast to Python workers: {e}");
-                }
                 if let Some(reg) = state.registry.get(&view.task) {
                     crate::metrics::finished(
                         &state.pools[reg.pool].name,
