@@ -469,6 +469,25 @@ fn run_python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A Python Celery worker (`--pool solo`) on queue `pyq` running `source` as module
+/// `module`, with the broker in `$BROKER`.
+fn python_worker(redis: &Redis, module: &str, source: &str, extra: &[&str]) -> Child {
+    let dir = scratch(module);
+    std::fs::write(dir.join(format!("{module}.py")), source).unwrap();
+    Command::new(python())
+        .args([
+            "-m", "celery", "-A", module, "worker", "-Q", "pyq", "--pool", "solo",
+        ])
+        .args(["--without-gossip", "--without-mingle", "-l", "warning"])
+        .args(extra)
+        .current_dir(&dir)
+        .env("BROKER", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 const CLIENT: &str = r#"
 import json, sys
 from celery import Celery
@@ -569,25 +588,7 @@ def echo(**kwargs):
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn celeriac_s_messages_run_on_a_python_celery_worker() {
     let redis = Redis::start();
-    let dir = scratch("pyworker");
-    std::fs::write(dir.join("pyworker.py"), WORKER).unwrap();
-    let mut worker = Command::new(python())
-        .args([
-            "-m", "celery", "-A", "pyworker", "worker", "-Q", "pyq", "--pool", "solo",
-        ])
-        .args([
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "warning",
-        ])
-        .current_dir(&dir)
-        .env("BROKER", redis.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = python_worker(&redis, "pyworker", WORKER, &["--without-heartbeat"]);
     // The message celeriac's HTTP API writes (the same `Broker::submit`).
     let b = client(&redis, "pyq").await;
     let id = submit(&b, "debug.echo", json!({"text": "from rust"})).await;
@@ -818,19 +819,7 @@ print(json.dumps({"result": r.get(timeout=20), "worker": app.backend.get_task_me
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mixed_fleet_python_and_celeriac_workers_on_one_redis() {
     let redis = Redis::start();
-    let dir = scratch("fleet");
-    std::fs::write(dir.join("fleet.py"), FLEET_WORKER).unwrap();
-    let mut worker = Command::new(python())
-        .args([
-            "-m", "celery", "-A", "fleet", "worker", "-Q", "pyq", "--pool", "solo", "-n", "py@%h",
-        ])
-        .args(["--without-gossip", "--without-mingle", "-l", "warning"])
-        .current_dir(&dir)
-        .env("BROKER", redis.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = python_worker(&redis, "fleet", FLEET_WORKER, &["-n", "py@%h"]);
     let config = format!(
         "{}\n[tasks.\"py.shout\"]\nqueue = \"pyq\"\n[tasks.\"py.sleep\"]\nqueue = \"pyq\"\n",
         node_config("ce", 2, &redis, "celeriac@fleet")
