@@ -115,10 +115,15 @@ fn stack(parts: Vec<Dense>) -> Dense {
 }
 
 impl Dense {
-    /// Also packs the weight for [`sgemm`] where this CPU runs it.
+    /// Also packs the weight for [`sgemm`] where this CPU runs it. With AVX-512 every
+    /// batch size goes through sgemm, so the `gemm` layout is dropped: one copy of the
+    /// weights (AVX2 keeps both, for batches over [`SGEMM_MAX_ROWS`]).
     fn finish(mut self) -> Self {
         if sgemm::available() && self.out.is_multiple_of(sgemm::PANEL) {
             self.panels = Some(sgemm::pack(&self.weight_t, self.inp, self.out));
+            if sgemm::isa() == Some(sgemm::Isa::Avx512) {
+                self.weight_t = Vec::new();
+            }
         }
         self
     }
@@ -319,8 +324,10 @@ const SGEMM_MAX_ROWS: usize = sgemm::ROW_BLOCK;
 /// (unit stride along `out`) and `x` as it is: no operand needs transposing at run
 /// time.
 fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
+    // With AVX-512, sgemm wins at every batch size measured (BENCHMARKS.md) and the
+    // `gemm` layout is not kept.
     if let Some(panels) = &d.panels
-        && x.len() <= SGEMM_MAX_ROWS * d.inp
+        && (x.len() <= SGEMM_MAX_ROWS * d.inp || d.weight_t.is_empty())
     {
         return sgemm::dense_acc(x, d.inp, panels, out, d.out);
     }
