@@ -280,3 +280,32 @@ async fn missing_model_is_a_startup_error_naming_it() {
         "{msg}"
     );
 }
+
+/// The packed numerics tests again with the AVX2 kernel forced (`CELERIAC_ISA=avx2`),
+/// in a child process of this test binary (the kernel is chosen once per process), on
+/// machines whose default is AVX-512; where AVX2 is the default the tests above ran it.
+#[test]
+fn packed_numerics_hold_on_every_kernel_the_cpu_runs() {
+    use celeriac::model::sgemm::{Isa, isa};
+    if std::env::var_os("CELERIAC_ISA").is_some() || isa() != Some(Isa::Avx512) {
+        eprintln!("default kernel {:?}: nothing more to run here", isa());
+        return;
+    }
+    for test in [
+        "token_ids_and_embeddings_match_pytorch_one_by_one",
+        "batched_matches_pytorch_and_single_runs",
+        "packed_and_candle_kernels_agree",
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--test-threads", "1"])
+            .env("CELERIAC_ISA", "avx2")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{test} with CELERIAC_ISA=avx2:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
