@@ -211,21 +211,22 @@ async fn time_limit_fails_the_task_and_replaces_the_worker() {
     let v = s.wait_final(&queued, 1.0).await;
     assert_eq!(v["state"], "SUCCESS", "{v}");
     assert!(pool_full(&s, 1).await);
-    // The task's FAILURE is recorded before the pool publishes its next status.
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state.pools[0].status().replaced == 1
-        })
-        .await,
-        "{:?}",
-        s.state.pools[0].status()
-    );
+    assert!(replaced(&s, 1).await, "{:?}", s.state.pools[0].status());
     // The abandoned thread's late answer does not overwrite the FAILURE, and the
     // queue's admission count is back to zero.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(s.state_of(&id).await, "FAILURE");
     assert!(drained(&s).await, "{:?}", s.state.pools[0].status());
     s.shutdown().await;
+}
+
+/// Waits until the pool reports `n` workers replaced (the task's FAILURE is recorded
+/// before the pool publishes its next status).
+async fn replaced(s: &Server, n: u64) -> bool {
+    wait_until(Duration::from_secs(5), || async {
+        s.state.pools[0].status().replaced == n
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,15 +239,7 @@ async fn a_lost_worker_fails_its_task_by_default_as_celery_does() {
     let err = v["error"].as_str().unwrap();
     assert!(err.contains("worker lost"), "{err}");
     assert!(pool_full(&s, 1).await, "replaced at once");
-    // The task's FAILURE is recorded before the pool publishes its next status.
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            s.state.pools[0].status().replaced == 1
-        })
-        .await,
-        "{:?}",
-        s.state.pools[0].status()
-    );
+    assert!(replaced(&s, 1).await, "{:?}", s.state.pools[0].status());
     let r = s.post("/v1/tasks/debug.echo?wait=5", &json!("alive")).await;
     assert_eq!(r.body["result"], "alive");
     s.shutdown().await;
