@@ -179,9 +179,9 @@ pub fn dense_acc_with(
                     let o = dst.get().add(r0 * n_out + p * PANEL);
                     match isa {
                         Isa::Avx512 if p + 1 < count => {
-                            panel2_512(xp.as_ptr(), n, w(p), w(p + 1), kc, o, n_out)
+                            panel_512(xp.as_ptr(), n, [w(p), w(p + 1)], kc, o, n_out)
                         }
-                        Isa::Avx512 => panel1_512(xp.as_ptr(), n, w(p), kc, o, n_out),
+                        Isa::Avx512 => panel_512(xp.as_ptr(), n, [w(p)], kc, o, n_out),
                         Isa::Avx2 => panel(xp.as_ptr(), n, w(p), kc, o, n_out),
                     }
                 }
@@ -288,69 +288,36 @@ unsafe fn tile<const R: usize>(
     }
 }
 
-/// [`panel`] on AVX-512 over two adjacent panels: `w0` and `w1` at each panel's first
-/// `k` of the block, `out` at the first panel's first column (32 columns written).
+/// [`panel`] on AVX-512 over `P` adjacent panels (two, or one for an odd last panel):
+/// `w[i]` at panel `i`'s first `k` of the block, `out` at the first panel's first
+/// column (`P * PANEL` columns written).
 ///
 /// # Safety
-/// AVX-512F is present; as [`panel`], with both panels' `kc * PANEL` values readable
-/// and `2 * PANEL` writable columns per output row.
+/// AVX-512F is present; as [`panel`], with every panel's `kc * PANEL` values readable
+/// and `P * PANEL` writable columns per output row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn panel2_512(
+unsafe fn panel_512<const P: usize>(
     xp: *const f32,
     rows: usize,
-    w0: *const f32,
-    w1: *const f32,
+    w: [*const f32; P],
     kc: usize,
     out: *mut f32,
     ldo: usize,
 ) {
     let mut t = 0;
     while t < rows {
-        let r = TILE_ROWS.min(rows - t);
-        // SAFETY: tile `t / TILE_ROWS` has `r` rows inside the caller's bounds.
+        // SAFETY: tile `t / TILE_ROWS` has `min(TILE_ROWS, rows - t)` rows inside the
+        // caller's bounds.
         unsafe {
             let (xs, os) = (xp.add(t * kc), out.add(t * ldo));
-            match r {
-                6 => tile2_512::<6>(xs, w0, w1, kc, os, ldo),
-                5 => tile2_512::<5>(xs, w0, w1, kc, os, ldo),
-                4 => tile2_512::<4>(xs, w0, w1, kc, os, ldo),
-                3 => tile2_512::<3>(xs, w0, w1, kc, os, ldo),
-                2 => tile2_512::<2>(xs, w0, w1, kc, os, ldo),
-                _ => tile2_512::<1>(xs, w0, w1, kc, os, ldo),
-            }
-        }
-        t += TILE_ROWS;
-    }
-}
-
-/// [`panel`] on AVX-512 over one panel (the odd last one).
-///
-/// # Safety
-/// AVX-512F is present; as [`panel`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn panel1_512(
-    xp: *const f32,
-    rows: usize,
-    w: *const f32,
-    kc: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let mut t = 0;
-    while t < rows {
-        let r = TILE_ROWS.min(rows - t);
-        // SAFETY: tile `t / TILE_ROWS` has `r` rows inside the caller's bounds.
-        unsafe {
-            let (xs, os) = (xp.add(t * kc), out.add(t * ldo));
-            match r {
-                6 => tile1_512::<6>(xs, w, kc, os, ldo),
-                5 => tile1_512::<5>(xs, w, kc, os, ldo),
-                4 => tile1_512::<4>(xs, w, kc, os, ldo),
-                3 => tile1_512::<3>(xs, w, kc, os, ldo),
-                2 => tile1_512::<2>(xs, w, kc, os, ldo),
-                _ => tile1_512::<1>(xs, w, kc, os, ldo),
+            match TILE_ROWS.min(rows - t) {
+                6 => tile_512::<6, P>(xs, w, kc, os, ldo),
+                5 => tile_512::<5, P>(xs, w, kc, os, ldo),
+                4 => tile_512::<4, P>(xs, w, kc, os, ldo),
+                3 => tile_512::<3, P>(xs, w, kc, os, ldo),
+                2 => tile_512::<2, P>(xs, w, kc, os, ldo),
+                _ => tile_512::<1, P>(xs, w, kc, os, ldo),
             }
         }
         t += TILE_ROWS;
@@ -358,11 +325,10 @@ unsafe fn panel1_512(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn panel2_512(
+unsafe fn panel_512<const P: usize>(
     _: *const f32,
     _: usize,
-    _: *const f32,
-    _: *const f32,
+    _: [*const f32; P],
     _: usize,
     _: *mut f32,
     _: usize,
@@ -370,83 +336,41 @@ unsafe fn panel2_512(
     unreachable!("AVX-512 needs x86_64")
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn panel1_512(_: *const f32, _: usize, _: *const f32, _: usize, _: *mut f32, _: usize) {
-    unreachable!("AVX-512 needs x86_64")
-}
-
-/// `R` tokens × 32 outputs (two panels) over `kc` values of `k`, as [`tile`].
+/// `R` tokens × `P * 16` outputs (`P` panels) over `kc` values of `k`, as [`tile`].
 ///
 /// # Safety
-/// AVX-512F is present; `xp` holds `kc * TILE_ROWS` values, `w0` and `w1` each
-/// `kc * PANEL`, and `out` has `R` rows of `2 * PANEL` writable columns at stride `ldo`.
+/// AVX-512F is present; `xp` holds `kc * TILE_ROWS` values, each `w[i]` holds
+/// `kc * PANEL`, and `out` has `R` rows of `P * PANEL` writable columns at stride `ldo`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile2_512<const R: usize>(
+unsafe fn tile_512<const R: usize, const P: usize>(
     xp: *const f32,
-    w0: *const f32,
-    w1: *const f32,
+    w: [*const f32; P],
     kc: usize,
     out: *mut f32,
     ldo: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
     for k in 0..kc {
-        // SAFETY: `k < kc`, inside both panels' blocks and the repacked rows.
+        // SAFETY: `k < kc`, inside every panel's block and the repacked rows.
         unsafe {
-            let a = _mm512_loadu_ps(w0.add(k * PANEL));
-            let b = _mm512_loadu_ps(w1.add(k * PANEL));
+            let wv = w.map(|w| _mm512_loadu_ps(w.add(k * PANEL)));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(*xp.add(k * TILE_ROWS + r));
-                acc[0] = _mm512_fmadd_ps(xv, a, acc[0]);
-                acc[1] = _mm512_fmadd_ps(xv, b, acc[1]);
+                for (a, wv) in acc.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(xv, *wv, *a);
+                }
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: row `r < R` of the tile, 32 columns inside `out`.
-        unsafe {
-            let o = out.add(r * ldo);
-            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[0]));
-            _mm512_storeu_ps(
-                o.add(PANEL),
-                _mm512_add_ps(_mm512_loadu_ps(o.add(PANEL)), acc[1]),
-            );
-        }
-    }
-}
-
-/// `R` tokens × 16 outputs (one panel) over `kc` values of `k`, as [`tile`].
-///
-/// # Safety
-/// AVX-512F is present; `xp` holds `kc * TILE_ROWS` values, `w` holds `kc * PANEL`, and
-/// `out` has `R` rows of `PANEL` writable columns at stride `ldo`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn tile1_512<const R: usize>(
-    xp: *const f32,
-    w: *const f32,
-    kc: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let mut acc = [_mm512_setzero_ps(); R];
-    for k in 0..kc {
-        // SAFETY: `k < kc`, inside the panel's block and the repacked rows.
-        unsafe {
-            let a = _mm512_loadu_ps(w.add(k * PANEL));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(k * TILE_ROWS + r)), a, *acc);
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: row `r < R` of the tile, columns `16i..16i+16` inside `out`.
+            unsafe {
+                let o = out.add(r * ldo + i * PANEL);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
             }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: row `r < R` of the tile, 16 columns inside `out`.
-        unsafe {
-            let o = out.add(r * ldo);
-            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *acc));
         }
     }
 }
