@@ -355,7 +355,8 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
-fn epoch() -> f64 {
+/// Seconds since the Unix epoch, as kombu and Celery stamp times.
+pub(crate) fn epoch() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -488,18 +489,6 @@ impl Broker {
                 .await,
         )?;
         Ok(pushed == 1)
-    }
-
-    /// `LPUSH key payload`.
-    pub async fn lpush(&self, key: &str, payload: &str) -> Result<(), BrokerError> {
-        let _: i64 = self.seen(
-            redis::cmd("LPUSH")
-                .arg(key)
-                .arg(payload)
-                .query_async(&mut self.conn.clone())
-                .await,
-        )?;
-        Ok(())
     }
 
     /// The visibility timeout (lease length).
@@ -677,7 +666,7 @@ impl Broker {
             "ticket": uuid::Uuid::new_v4().to_string(),
             "reply_to": null,
         });
-        let msg = control::envelope(
+        let msg = celery::envelope(
             &body,
             serde_json::json!({"clock": 1, "expires": epoch() + 60.0}),
             "celery.pidbox",

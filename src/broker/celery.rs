@@ -149,7 +149,7 @@ pub fn parse_message(raw: &str) -> Result<Incoming, String> {
 }
 
 /// The decoded body of a message: base64 when `properties.body_encoding` says so.
-fn body(env: &Value) -> Result<Value, String> {
+pub fn body(env: &Value) -> Result<Value, String> {
     if env["content-type"]
         .as_str()
         .is_some_and(|t| t != "application/json")
@@ -167,6 +167,25 @@ fn body(env: &Value) -> Result<Value, String> {
         text.as_bytes().to_vec()
     };
     serde_json::from_slice(&bytes).map_err(|e| format!("the body is not JSON: {e}"))
+}
+
+/// A kombu message envelope around `body` (JSON, base64 encoded as kombu does), for
+/// remote-control broadcasts, replies and events (`delivery_mode` 1, not persistent).
+pub fn envelope(body: &Value, headers: Value, exchange: &str, routing_key: &str) -> String {
+    json!({
+        "body": B64.encode(body.to_string()),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": uuid::Uuid::new_v4().to_string(),
+        },
+    })
+    .to_string()
 }
 
 /// A task message (protocol v2, kombu's Redis envelope) for `task` with `input`, to be

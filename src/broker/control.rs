@@ -19,54 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::Broker;
+use super::{Broker, celery, epoch};
 use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
 use crate::state::AppState;
 use crate::store::{TaskId, TaskState, TaskView};
 
 /// Seconds between heartbeats (Celery's default `freq`).
 pub const HEARTBEAT_SECONDS: f64 = 2.0;
-
-fn epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-/// A kombu message envelope around `body` (JSON, base64 encoded as kombu does).
-pub(crate) fn envelope(body: &Value, headers: Value, exchange: &str, routing_key: &str) -> String {
-    json!({
-        "body": B64.encode(body.to_string()),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "delivery_mode": 1,
-            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": uuid::Uuid::new_v4().to_string(),
-        },
-    })
-    .to_string()
-}
-
-/// The JSON body of a kombu message (base64 or not).
-fn decode_body(env: &Value) -> Option<Value> {
-    let text = env["body"].as_str()?;
-    let bytes = if env["properties"]["body_encoding"] == "base64" {
-        B64.decode(text).ok()?
-    } else {
-        text.as_bytes().to_vec()
-    };
-    serde_json::from_slice(&bytes).ok()
-}
 
 /// Events and control of one node.
 pub struct Control {
@@ -136,7 +98,7 @@ impl Control {
             m.insert("pid".into(), std::process::id().into());
             m.insert("clock".into(), self.tick().into());
         }
-        let msg = envelope(
+        let msg = celery::envelope(
             &fields,
             json!({"hostname": self.node()}),
             "celeryev",
@@ -176,7 +138,7 @@ impl Control {
         if !self.task_events.load(Ordering::Relaxed) {
             return;
         }
-        let (args, kwargs) = input.map_or((json!([]), json!({})), super::celery::to_arguments);
+        let (args, kwargs) = input.map_or((json!([]), json!({})), celery::to_arguments);
         self.event(
             "task-received",
             json!({"uuid": id.to_string(), "name": name, "args": args.to_string(),
@@ -243,7 +205,7 @@ impl Control {
         let Ok(env) = serde_json::from_slice::<Value>(raw) else {
             return;
         };
-        let Some(body) = decode_body(&env) else {
+        let Some(body) = celery::body(&env).ok() else {
             return;
         };
         // kombu's rules: a non-empty destination lists the nodes; else a pattern (glob)
@@ -270,7 +232,7 @@ impl Control {
         ) else {
             return;
         };
-        let reply = envelope(
+        let reply = celery::envelope(
             &json!({ self.node(): result }),
             json!({"ticket": body["ticket"], "clock": self.tick()}),
             exchange,
@@ -415,7 +377,7 @@ impl Control {
             .filter(|t| t.state == state)
             .map(|t| {
                 let name = t.task;
-                let (args, kwargs) = t.input.as_deref().map_or((json!([]), json!({})), super::celery::to_arguments);
+                let (args, kwargs) = t.input.as_deref().map_or((json!([]), json!({})), celery::to_arguments);
                 let time_start = t
                     .started_at
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

@@ -229,12 +229,7 @@ async fn enqueue(
         broker
             .submit_to(queue, &tasks, REMOTE_QUEUE_CAPACITY, None)
             .await
-            .map_err(|e| match e {
-                BrokerError::QueueFull => ApiError::QueueFull(queue.to_string()),
-                BrokerError::Down(why) | BrokerError::Refused(why) => {
-                    ApiError::BrokerUnavailable(why)
-                }
-            })?;
+            .map_err(|e| broker_error(e, queue))?;
         crate::metrics::submitted(queue, task, tasks.len());
         return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
     }
@@ -274,12 +269,7 @@ async fn enqueue(
                 pool.config.time_limit_seconds,
             )
             .await
-            .map_err(|e| match e {
-                BrokerError::QueueFull => ApiError::QueueFull(pool.name.clone()),
-                BrokerError::Down(why) | BrokerError::Refused(why) => {
-                    ApiError::BrokerUnavailable(why)
-                }
-            })?;
+            .map_err(|e| broker_error(e, &pool.name))?;
         crate::metrics::submitted(&pool.name, &reg.name, tasks.len());
         return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
     }
@@ -399,8 +389,18 @@ async fn get_handler(
     Ok(json_reply(StatusCode::OK, &view))
 }
 
+/// The API error for a broker error; a full queue names `queue` (the pool, or the
+/// queue of a task other workers run).
+fn broker_error(e: BrokerError, queue: &str) -> ApiError {
+    match e {
+        BrokerError::QueueFull => ApiError::QueueFull(queue.to_string()),
+        BrokerError::Down(why) | BrokerError::Refused(why) => ApiError::BrokerUnavailable(why),
+    }
+}
+
+/// A broker error on a route that queues nothing.
 fn unavailable(e: BrokerError) -> Rejection {
-    reject(ApiError::BrokerUnavailable(e.to_string()))
+    reject(broker_error(e, ""))
 }
 
 /// Waits for a task to be final, in the store or the broker's result backend.
@@ -413,7 +413,7 @@ async fn wait_final(
         Some(broker) => broker
             .wait_final(id, wait)
             .await
-            .map_err(|e| ApiError::BrokerUnavailable(e.to_string())),
+            .map_err(|e| broker_error(e, "")),
         None => Ok(state.store.wait_final(id, wait).await),
     }
 }
