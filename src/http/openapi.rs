@@ -178,8 +178,8 @@ error_responses! {
     BadRequest: "`invalid_json`, `unsupported_content_type`, or `invalid_parameter` (an unknown query parameter, or a bad `wait`).";
     LengthRequired: "`length_required`: the body came without a `content-length`.";
     PayloadTooLarge: "`payload_too_large`: the body is over `server.body_limit_bytes`.";
-    QueueFull: "`queue_full`: the pool's queue holds `queue_capacity` tasks; refused at once.", retry_after;
-    Unavailable: "`shutting_down` (draining for shutdown) or `no_live_worker` (every worker of the pool failed to start and its restart budget is spent; a resize tries again).", retry_after;
+    QueueFull: "`queue_full`: the pool's queue holds `queue_capacity` tasks (with a broker, counted in Redis for all nodes); refused at once.", retry_after;
+    Unavailable: "`shutting_down` (draining for shutdown), `no_live_worker` (every worker of the pool failed to start and its restart budget is spent; a resize tries again), or, with a broker, `broker_unavailable` (Redis is unreachable).", retry_after;
     TaskNotFound: "`task_not_found`: the id was never issued, or its record expired (`results.ttl_seconds`).";
     Unauthorized: "`unauthorized`: missing or wrong bearer token.", www_authenticate;
     AdminDisabled: "`admin_disabled`: no admin token is configured.";

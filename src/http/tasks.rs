@@ -48,7 +48,7 @@ fn reject(e: ApiError) -> Rejection {
         (status = 202, description = "Queued (or, with `wait`, not final yet).", body = Accepted,
             headers(("Location" = String, description = "The task's URL, `/v1/tasks/{task_id}`."))),
         (status = 400, response = BadRequest),
-        (status = 404, description = "`unknown_task`: no task is registered under that name.", body = ErrorBody),
+        (status = 404, description = "`unknown_task`: no task is registered under that name; `worker_node`: this node is a `celeriac worker`, which serves no task routes.", body = ErrorBody),
         (status = 411, response = LengthRequired),
         (status = 413, response = PayloadTooLarge),
         (status = 422, description = "`invalid_input`: the task refuses the input (checked at submit, before queueing).", body = ErrorBody),
@@ -84,7 +84,7 @@ pub fn submit(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = R
     responses(
         (status = 202, description = "Every input queued.", body = BatchAccepted),
         (status = 400, description = "`invalid_json`, `invalid_body` (not `{\"inputs\": [...]}`, an unknown field, or an empty `inputs`), `unsupported_content_type`.", body = ErrorBody),
-        (status = 404, description = "`unknown_task`: no task is registered under that name.", body = ErrorBody),
+        (status = 404, description = "`unknown_task`: no task is registered under that name; `worker_node`: this node is a `celeriac worker`, which serves no task routes.", body = ErrorBody),
         (status = 411, response = LengthRequired),
         (status = 413, response = PayloadTooLarge),
         (status = 422, description = "`invalid_input`: the task refuses an input; the message names it (`inputs[i]`).", body = ErrorBody),
@@ -119,6 +119,7 @@ pub fn submit_batch(
         (status = 200, description = "The task.", body = TaskView),
         (status = 400, description = "`invalid_parameter`: an unknown query parameter, or a bad `wait`.", body = ErrorBody),
         (status = 404, response = TaskNotFound),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub fn get(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
@@ -141,7 +142,8 @@ pub fn get(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Reje
     responses(
         (status = 200, description = "Revoked: the task, now `REVOKED` (with the reason in `error`).", body = TaskView),
         (status = 404, response = TaskNotFound),
-        (status = 409, description = "`not_revocable`: the task already started or finished.", body = ErrorBody),
+        (status = 409, description = "`not_revocable`: the task already started or finished (for a task routed to a queue other workers serve: one of them already holds it).", body = ErrorBody),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub fn revoke(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
