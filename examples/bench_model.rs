@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use celeriac::config::DeviceSpec;
-use celeriac::model::{Kernels, TextClassifier};
+use celeriac::model::{Kernels, Precision, TextClassifier};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
@@ -39,6 +39,9 @@ fn main() {
         "candle" => Kernels::Candle,
         other => panic!("--kernels {other}: expected packed or candle"),
     };
+    let precision: Precision = arg(&args, "--precision", "f32".to_string())
+        .parse()
+        .unwrap_or_else(|e| panic!("--precision: {e}"));
     let texts: Vec<String> = std::fs::read_to_string(&inputs)
         .unwrap_or_else(|e| panic!("{}: {e}", inputs.display()))
         .lines()
@@ -56,8 +59,8 @@ fn main() {
         .unwrap();
 
     let t0 = Instant::now();
-    let model =
-        TextClassifier::load_with(&model_dir, DeviceSpec::Cpu, kernels).expect("model loads");
+    let model = TextClassifier::load_with(&model_dir, DeviceSpec::Cpu, kernels, precision)
+        .expect("model loads");
     let load_s = t0.elapsed().as_secs_f64();
 
     pool.install(|| {
@@ -74,11 +77,15 @@ fn main() {
         let b1_rate = n as f64 / t_all.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);
         let mut json = serde_json::json!({
-            "impl": format!("celeriac-{kernels:?}").to_lowercase(), "threads": threads, "load_s": load_s,
+            "impl": format!("celeriac-{kernels:?}-{precision}").to_lowercase(), "threads": threads, "load_s": load_s,
+            "precision": precision.as_str(), "kernel": precision.kernel(),
             "b1_p50_ms": pct(&lat, 0.5), "b1_p90_ms": pct(&lat, 0.9), "b1_p99_ms": pct(&lat, 0.99),
             "b1_msgs_per_s": b1_rate,
         });
-        println!("celeriac ({kernels:?} kernels), {threads} intra-op thread(s): load {load_s:.3} s");
+        println!(
+            "celeriac ({kernels:?} kernels, {precision} on {}), {threads} intra-op thread(s): load {load_s:.3} s",
+            precision.kernel()
+        );
         println!(
             "  batch  1: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms per message ({b1_rate:.1} msgs/s)",
             pct(&lat, 0.5),

@@ -434,6 +434,10 @@ pub struct TaskSpec {
     /// project directory.
     #[serde(default)]
     pub model: Option<PathBuf>,
+    /// For model-backed kinds on the CPU: the number format of the encoder's dense
+    /// layers, `f32`, `bf16` or `int8` (unset: the default, see README "Precision").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::model::Precision>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod packed;
+pub mod qgemm;
 pub mod sgemm;
 pub mod train;
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::DeviceSpec;
@@ -38,6 +39,60 @@ impl Kernels {
             DeviceSpec::Cpu => Kernels::Packed,
             DeviceSpec::Cuda(_) => Kernels::Candle,
         }
+    }
+}
+
+/// The number format of the encoder's dense layers (`[tasks."X"] precision`). Layer
+/// norm, softmax, GELU, attention, pooling and the head always run in f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and activations.
+    #[default]
+    F32,
+    /// bf16 weights and activations, f32 sums ([`qgemm`]).
+    Bf16,
+    /// int8 weights (a scale per output), u8 activations (per token), i32 sums
+    /// ([`qgemm`]).
+    Int8,
+}
+
+impl Precision {
+    /// Every precision.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    /// Its name in configs, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// The kernel its dense layers run on here.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            Precision::F32 => sgemm::isa().map_or("gemm crate", sgemm::Isa::as_str),
+            Precision::Bf16 => qgemm::kernel(qgemm::Element::Bf16).name(qgemm::Element::Bf16),
+            Precision::Int8 => qgemm::kernel(qgemm::Element::Int8).name(qgemm::Element::Int8),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("precision `{s}`: expected f32, bf16 or int8"))
     }
 }
 
@@ -223,6 +278,7 @@ pub struct TextClassifier {
     /// The manifest it was loaded from.
     pub manifest: Manifest,
     device: Device,
+    precision: Precision,
 }
 
 /// One tokenized, padded batch.
@@ -244,14 +300,24 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> ModelError {
 
 impl TextClassifier {
     /// Loads a model directory onto `device`: encoder (memory-mapped), tokenizer, head,
-    /// with the device's default [`Kernels`].
+    /// with the device's default [`Kernels`] and the default [`Precision`].
     pub fn load(dir: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
-        Self::load_with(dir, device, Kernels::for_device(device))
+        Self::load_with(
+            dir,
+            device,
+            Kernels::for_device(device),
+            Precision::default(),
+        )
     }
 
-    /// [`TextClassifier::load`] with the given kernels.
-    pub fn load_with(dir: &Path, device: DeviceSpec, kernels: Kernels) -> Result<Self, ModelError> {
-        let mut me = Self::load_encoder_with(dir, device, kernels)?;
+    /// [`TextClassifier::load`] with the given kernels and precision.
+    pub fn load_with(
+        dir: &Path,
+        device: DeviceSpec,
+        kernels: Kernels,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
+        let mut me = Self::load_encoder_with(dir, device, kernels, precision)?;
         let head_path = dir.join(&me.manifest.head);
         let head = candle_core::safetensors::load(&head_path, &me.device)
             .map_err(|e| file_error(&head_path, e))?;
@@ -279,18 +345,25 @@ impl TextClassifier {
     /// Loads the encoder and tokenizer only: [`TextClassifier::embed`] works,
     /// [`TextClassifier::predict`] does not (for training a head).
     pub fn load_encoder(dir: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
-        Self::load_encoder_with(dir, device, Kernels::for_device(device))
+        Self::load_encoder_with(dir, device, Kernels::for_device(device), Precision::F32)
     }
 
-    /// [`TextClassifier::load_encoder`] with the given kernels.
+    /// [`TextClassifier::load_encoder`] with the given kernels and precision.
     pub fn load_encoder_with(
         dir: &Path,
         device: DeviceSpec,
         kernels: Kernels,
+        precision: Precision,
     ) -> Result<Self, ModelError> {
         if kernels == Kernels::Packed && device != DeviceSpec::Cpu {
             return Err(runtime(format!(
                 "the packed kernels run on the CPU only, not on {device}"
+            )));
+        }
+        if kernels == Kernels::Candle && precision != Precision::F32 {
+            return Err(runtime(format!(
+                "precision {precision} runs on the packed CPU kernels only; \
+                 the candle kernels ({device}) run f32"
             )));
         }
         let manifest = Manifest::read(dir)?;
@@ -317,7 +390,15 @@ impl TextClassifier {
                 Box::new(CandleEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?)
             }
             Kernels::Packed => {
-                Box::new(PackedEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?)
+                let encoder = PackedEncoder::load(vb, &config, precision)
+                    .map_err(|e| file_error(&weights, e))?;
+                tracing::debug!(
+                    %precision,
+                    kernel = precision.kernel(),
+                    dense_weight_mib = encoder.dense_weight_bytes() as f64 / (1 << 20) as f64,
+                    "packed encoder"
+                );
+                Box::new(encoder)
             }
         };
         let tokenizer_path = dir.join(&manifest.tokenizer);
@@ -330,6 +411,7 @@ impl TextClassifier {
             tokenizer,
             manifest,
             device,
+            precision,
         };
         me.set_max_length(me.manifest.max_length)?;
         Ok(me)
@@ -458,6 +540,11 @@ impl TextClassifier {
             }
         }
         (out, computed)
+    }
+
+    /// The precision of the encoder's dense layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The hidden size of the encoder.

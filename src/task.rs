@@ -205,16 +205,21 @@ impl Registry {
     }
 }
 
-/// Rejects a `model` setting on kinds that take none, so a typo is not ignored.
+/// Rejects `model` and `precision` settings on kinds that take no model, so a typo is
+/// not ignored.
 pub(crate) fn no_model(name: &str, spec: &crate::config::TaskSpec) -> Result<(), LoadError> {
-    match &spec.model {
-        Some(_) => Err(LoadError {
-            task: name.into(),
-            message: format!(
-                "kind `{}` takes no model; remove tasks.\"{name}\".model",
-                spec.kind
-            ),
-        }),
-        None => Ok(()),
-    }
+    let setting = if spec.model.is_some() {
+        "model"
+    } else if spec.precision.is_some() {
+        "precision"
+    } else {
+        return Ok(());
+    };
+    Err(LoadError {
+        task: name.into(),
+        message: format!(
+            "kind `{}` takes no model; remove tasks.\"{name}\".{setting}",
+            spec.kind
+        ),
+    })
 }

@@ -26,18 +26,26 @@ use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
 use super::bert::{BertConfig, checkpoint_root};
-use super::sgemm;
+use super::{Precision, qgemm, sgemm};
 
-/// A dense layer, `y = x · weightᵀ + bias`, its weight held transposed (`weight_t`,
-/// row-major `[in, out]`, for the `gemm` crate) and, where this CPU runs [`sgemm`],
-/// also packed for it.
+/// A dense layer, `y = x · weightᵀ + bias`, its weight held in the layer's precision:
+/// in f32, transposed (`weight_t`, row-major `[in, out]`, for the `gemm` crate) and/or
+/// packed for [`sgemm`]; in bf16 or int8, packed for [`qgemm`] only.
 struct Dense {
+    /// The `gemm` crate's layout; empty where nothing reads it.
     weight_t: Vec<f32>,
-    /// The weight packed for [`sgemm`], when this CPU runs it.
-    panels: Option<Vec<f32>>,
+    packed: Packed,
     bias: Vec<f32>,
     inp: usize,
     out: usize,
+}
+
+/// A dense weight packed for a kernel.
+enum Packed {
+    /// For [`sgemm`], where this CPU runs it.
+    F32(Option<Vec<f32>>),
+    Bf16(qgemm::Bf16Weight),
+    Int8(qgemm::Int8Weight),
 }
 
 struct Norm {
@@ -68,6 +76,7 @@ pub struct PackedEncoder {
     head_dim: usize,
     max_positions: usize,
     eps: f32,
+    precision: Precision,
 }
 
 fn flat(t: Tensor) -> Result<Vec<f32>> {
@@ -77,7 +86,7 @@ fn flat(t: Tensor) -> Result<Vec<f32>> {
 fn dense(vb: &VarBuilder, inp: usize, out: usize) -> Result<Dense> {
     Ok(Dense {
         weight_t: flat(vb.get((out, inp), "weight")?.t()?.contiguous()?)?,
-        panels: None,
+        packed: Packed::F32(None),
         bias: flat(vb.get(out, "bias")?)?,
         inp,
         out,
@@ -107,7 +116,7 @@ fn stack(parts: Vec<Dense>) -> Dense {
     }
     Dense {
         weight_t,
-        panels: None,
+        packed: Packed::F32(None),
         bias,
         inp,
         out,
@@ -115,24 +124,49 @@ fn stack(parts: Vec<Dense>) -> Dense {
 }
 
 impl Dense {
-    /// Also packs the weight for [`sgemm`] where this CPU runs it. With AVX-512 every
-    /// batch size goes through sgemm, so the `gemm` layout is dropped: one copy of the
-    /// weights (AVX2 keeps both, for batches over [`SGEMM_MAX_ROWS`]).
-    fn finish(mut self) -> Self {
-        if sgemm::available() && self.out.is_multiple_of(sgemm::PANEL) {
-            self.panels = Some(sgemm::pack(&self.weight_t, self.inp, self.out));
-            if sgemm::isa() == Some(sgemm::Isa::Avx512) {
-                self.weight_t = Vec::new();
-            }
+    /// Packs the weight for its precision's kernel. bf16 and int8 keep only their packed
+    /// copy. f32 packs for [`sgemm`] where this CPU runs it; with AVX-512 every batch
+    /// size goes through sgemm, so the `gemm` layout is dropped: one copy of the weights
+    /// (AVX2 keeps both, for batches over [`SGEMM_MAX_ROWS`]). A layer whose width is
+    /// not a whole number of panels stays in f32 on the `gemm` crate.
+    fn finish(mut self, precision: Precision) -> Self {
+        if !self.out.is_multiple_of(sgemm::PANEL) {
+            return self;
+        }
+        let (w, inp, out) = (&self.weight_t, self.inp, self.out);
+        self.packed = match precision {
+            Precision::Bf16 => Packed::Bf16(qgemm::Bf16Weight::pack(w, inp, out)),
+            Precision::Int8 => Packed::Int8(qgemm::Int8Weight::pack(w, inp, out)),
+            Precision::F32 if sgemm::available() => Packed::F32(Some(sgemm::pack(w, inp, out))),
+            Precision::F32 => Packed::F32(None),
+        };
+        let gemm_reads_it = match self.packed {
+            Packed::F32(None) => true,
+            Packed::F32(Some(_)) => sgemm::isa() != Some(sgemm::Isa::Avx512),
+            Packed::Bf16(_) | Packed::Int8(_) => false,
+        };
+        if !gemm_reads_it {
+            self.weight_t = Vec::new();
         }
         self
+    }
+
+    /// Bytes of weights held (both layouts where both are kept).
+    fn weight_bytes(&self) -> usize {
+        self.weight_t.len() * 4
+            + match &self.packed {
+                Packed::F32(p) => p.as_ref().map_or(0, |p| p.len() * 4),
+                Packed::Bf16(w) => w.bytes(),
+                Packed::Int8(w) => w.bytes(),
+            }
     }
 }
 
 impl PackedEncoder {
     /// Reads the encoder's weights from a var builder over the checkpoint (the same
-    /// names, prefix and checks as [`super::bert::CandleEncoder::load`]).
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    /// names, prefix and checks as [`super::bert::CandleEncoder::load`]), the dense
+    /// layers in `precision`.
+    pub fn load(vb: VarBuilder, config: &BertConfig, precision: Precision) -> Result<Self> {
         let vb = checkpoint_root(vb, config)?;
         let (h, heads) = (config.hidden_size, config.num_attention_heads);
         let e = vb.pp("embeddings");
@@ -150,12 +184,13 @@ impl PackedEncoder {
                     dense(&a.pp("self.key"), h, h)?,
                     dense(&a.pp("self.value"), h, h)?,
                 ])
-                .finish(),
-                attn_out: dense(&a.pp("output.dense"), h, h)?.finish(),
+                .finish(precision),
+                attn_out: dense(&a.pp("output.dense"), h, h)?.finish(precision),
                 attn_norm: norm(&a.pp("output.LayerNorm"), h)?,
                 intermediate: dense(&l.pp("intermediate.dense"), h, config.intermediate_size)?
-                    .finish(),
-                output: dense(&l.pp("output.dense"), config.intermediate_size, h)?.finish(),
+                    .finish(precision),
+                output: dense(&l.pp("output.dense"), config.intermediate_size, h)?
+                    .finish(precision),
                 out_norm: norm(&l.pp("output.LayerNorm"), h)?,
             });
         }
@@ -176,7 +211,24 @@ impl PackedEncoder {
             head_dim: h / heads,
             max_positions: config.max_position_embeddings,
             eps: config.layer_norm_eps as f32,
+            precision,
         })
+    }
+
+    /// The dense layers' precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of dense-layer weights held, in every layout kept.
+    pub fn dense_weight_bytes(&self) -> usize {
+        let l = |l: &Layer| {
+            [&l.qkv, &l.attn_out, &l.intermediate, &l.output]
+                .iter()
+                .map(|d| d.weight_bytes())
+                .sum::<usize>()
+        };
+        self.layers.iter().map(l).sum()
     }
 
     /// The hidden width.
@@ -324,12 +376,15 @@ const SGEMM_MAX_ROWS: usize = sgemm::ROW_BLOCK;
 /// (unit stride along `out`) and `x` as it is: no operand needs transposing at run
 /// time.
 fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
-    // With AVX-512, sgemm wins at every batch size measured (BENCHMARKS.md) and the
-    // `gemm` layout is not kept.
-    if let Some(panels) = &d.panels
-        && (x.len() <= SGEMM_MAX_ROWS * d.inp || d.weight_t.is_empty())
-    {
-        return sgemm::dense_acc(x, d.inp, panels, out, d.out);
+    match &d.packed {
+        Packed::Bf16(w) => return qgemm::bf16_acc(x, w, out),
+        Packed::Int8(w) => return qgemm::int8_acc(x, w, out),
+        // With AVX-512, sgemm wins at every batch size measured (BENCHMARKS.md) and
+        // the `gemm` layout is not kept.
+        Packed::F32(Some(panels)) if x.len() <= SGEMM_MAX_ROWS * d.inp || d.weight_t.is_empty() => {
+            return sgemm::dense_acc(x, d.inp, panels, out, d.out);
+        }
+        Packed::F32(_) => {}
     }
     let rows = x.len() / d.inp;
     assert_eq!(x.len(), rows * d.inp);

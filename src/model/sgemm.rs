@@ -68,29 +68,56 @@ impl Isa {
     }
 }
 
-/// The kernel [`dense_acc`] uses: the widest this CPU runs, chosen once;
-/// `CELERIAC_ISA=avx2` caps it at AVX2. `None` when not even AVX2 + FMA is there.
+/// A cap on the kernels chosen at run time, from `CELERIAC_ISA` (tests, and
+/// side-by-side benchmarks on one machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// Unset: the widest kernel the CPU runs.
+    None,
+    /// `CELERIAC_ISA=avx2`: nothing wider than AVX2 + FMA.
+    Avx2,
+    /// `CELERIAC_ISA=generic`: no SIMD kernel of our own (f32 goes through the `gemm`
+    /// crate, bf16 and int8 through plain loops).
+    Generic,
+}
+
+/// `CELERIAC_ISA`, read once. Any other value than `avx2` or `generic` is ignored
+/// with a warning.
+pub fn cap() -> Cap {
+    static CAP: std::sync::OnceLock<Cap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("CELERIAC_ISA").as_deref() {
+        Err(_) | Ok("") => Cap::None,
+        Ok("avx2") => Cap::Avx2,
+        Ok("generic") => Cap::Generic,
+        Ok(other) => {
+            tracing::warn!(
+                value = other,
+                "CELERIAC_ISA is `avx2`, `generic` or unset: ignored"
+            );
+            Cap::None
+        }
+    })
+}
+
+/// The kernel [`dense_acc`] uses: the widest this CPU runs, chosen once, within
+/// [`cap`]. `None` when not even AVX2 + FMA is there (or `CELERIAC_ISA=generic`).
 pub fn isa() -> Option<Isa> {
     static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
-        let capped = std::env::var("CELERIAC_ISA").is_ok_and(|v| v == "avx2");
         [Isa::Avx512, Isa::Avx2]
             .into_iter()
-            .filter(|i| !(capped && *i == Isa::Avx512))
+            .filter(|i| match cap() {
+                Cap::None => true,
+                Cap::Avx2 => *i == Isa::Avx2,
+                Cap::Generic => false,
+            })
             .find(|i| i.supported())
     })
 }
 
-/// Whether this CPU runs the kernel (AVX2 and FMA at least).
+/// Whether [`dense_acc`] runs here (AVX2 and FMA at least, not capped off).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isa().is_some()
 }
 
 /// Packs a weight given transposed, `[inp, out]` row-major, into panels

@@ -207,6 +207,7 @@ mod tests {
             pool: "p".into(),
             kind: kind.into(),
             model: None,
+            precision: None,
             queue: None,
         }
     }

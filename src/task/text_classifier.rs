@@ -14,12 +14,13 @@ use serde_json::{Map, Value, json};
 
 use super::{LoadError, Task, TaskError, TaskFactory, WorkerContext};
 use crate::config::{Config, DeviceSpec, TaskSpec};
-use crate::model::{Manifest, TextClassifier};
+use crate::model::{Kernels, Manifest, Precision, TextClassifier};
 
 struct ClassifierFactory {
     task: String,
     dir: PathBuf,
     manifest: Manifest,
+    precision: Precision,
     /// One loaded model per device, shared by that device's workers.
     loaded: Mutex<HashMap<DeviceSpec, Arc<TextClassifier>>>,
 }
@@ -54,6 +55,7 @@ pub fn factory(
         task: name.to_string(),
         dir,
         manifest,
+        precision: spec.precision.unwrap_or_default(),
         loaded: Mutex::new(HashMap::new()),
     }))
 }
@@ -65,12 +67,24 @@ impl ClassifierFactory {
             return Ok(m.clone());
         }
         let started = Instant::now();
-        let model = TextClassifier::load(&self.dir, device).map_err(|e| LoadError {
-            task: self.task.clone(),
-            message: format!("loading {} on {device}: {e}", self.dir.display()),
-        })?;
+        let kernels = Kernels::for_device(device);
+        let model =
+            TextClassifier::load_with(&self.dir, device, kernels, self.precision).map_err(|e| {
+                LoadError {
+                    task: self.task.clone(),
+                    message: format!("loading {} on {device}: {e}", self.dir.display()),
+                }
+            })?;
         let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(task = %self.task, model = %self.dir.display(), %device, seconds, "model loaded");
+        tracing::info!(
+            task = %self.task,
+            model = %self.dir.display(),
+            %device,
+            precision = %self.precision,
+            kernel = self.precision.kernel(),
+            seconds,
+            "model loaded"
+        );
         crate::metrics::model_loaded(&self.task, seconds);
         let model = Arc::new(model);
         loaded.insert(device, model.clone());

@@ -1,0 +1,984 @@
+//! The dense layers' matrix product in bf16 and in int8, for the packed encoder's
+//! `precision = "bf16" | "int8"`, with the kernel chosen once at run time.
+//!
+//! Both keep [`super::sgemm`]'s shape: the weight packed at load into panels of
+//! [`PANEL`] outputs, the activations repacked per call into tiles of [`TILE_ROWS`]
+//! tokens, a micro-tile of accumulators in registers, panels shared among a worker's
+//! threads. What differs is the element:
+//!
+//! - **bf16.** Weights rounded to bf16 (round to nearest even), stored as pairs along
+//!   `k`: panel `p`, pair `j` holds `w[16p + o, 2j + {0, 1}]` for `o` in 0..16, one
+//!   32-bit lane per output. Activations are rounded to bf16 the same way when
+//!   repacked. Products accumulate in f32. Kernels: AVX512-BF16 (`vdpbf16ps`, 32
+//!   multiply-adds per instruction), AVX2 + FMA (each pair widened to two f32 lanes by
+//!   a shift and a mask), and a generic one.
+//! - **int8.** Weights quantised symmetrically per output channel (`w ≈ s_w[o] · q`,
+//!   `q` in -127..=127), stored as quads along `k` (panel `p`, quad `j`: 16 outputs ×
+//!   4 bytes). Activations quantised per token, asymmetrically, to u8
+//!   (`x ≈ lo[t] + s_x[t] · u`), at every call. Products accumulate exactly in i32 and
+//!   are scaled back once: `Σ x·w ≈ s_w[o] · (s_x[t] · Σ u·q + lo[t] · Σ q)`, where
+//!   `Σ q` is each output's column sum, kept from load. Kernels: AVX512-VNNI
+//!   (`vpdpbusd`, u8 × i8, 64 multiply-adds per instruction, no saturation), AVX2
+//!   (`vpmaddwd` on both operands widened to i16, exact), and a generic one. The i32
+//!   sums are the same on every kernel.
+//!
+//! The generic kernels are plain loops over the same packed layout: they define what
+//! the vector kernels compute, and the tests run every kernel the CPU supports against
+//! them. `CELERIAC_ISA=avx2` caps the choice at AVX2, `CELERIAC_ISA=generic` forces the
+//! generic kernels ([`super::sgemm::cap`]).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::sgemm::{Cap, PANEL, ROW_BLOCK, TILE_ROWS, cap};
+
+/// The kernels a precision can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 with the precision's dot-product instruction (BF16 or VNNI).
+    Avx512,
+    /// AVX2 + FMA.
+    Avx2,
+    /// Plain loops.
+    Generic,
+}
+
+/// Every kernel, widest first.
+pub const KERNELS: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Generic];
+
+fn detected(feature: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match feature {
+            "avx512bf16" => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+            "avx512vnni" => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            "avx2" => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = feature;
+        false
+    }
+}
+
+/// bf16 or int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    /// bf16 weights and activations, f32 sums.
+    Bf16,
+    /// int8 weights, u8 activations, i32 sums.
+    Int8,
+}
+
+impl Kernel {
+    /// Its name for `element`, for logs and benchmarks.
+    pub fn name(self, element: Element) -> &'static str {
+        match (self, element) {
+            (Kernel::Avx512, Element::Bf16) => "avx512-bf16",
+            (Kernel::Avx512, Element::Int8) => "avx512-vnni",
+            (Kernel::Avx2, _) => "avx2+fma",
+            (Kernel::Generic, _) => "generic",
+        }
+    }
+
+    /// Whether this CPU runs it for `element`.
+    pub fn supported(self, element: Element) -> bool {
+        match (self, element) {
+            (Kernel::Avx512, Element::Bf16) => detected("avx512bf16"),
+            (Kernel::Avx512, Element::Int8) => detected("avx512vnni"),
+            (Kernel::Avx2, _) => detected("avx2"),
+            (Kernel::Generic, _) => true,
+        }
+    }
+}
+
+/// The kernel `element` runs on here: the widest this CPU supports, within
+/// `CELERIAC_ISA`'s cap; chosen once per process.
+pub fn kernel(element: Element) -> Kernel {
+    static BF16: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    static INT8: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    let cell = match element {
+        Element::Bf16 => &BF16,
+        Element::Int8 => &INT8,
+    };
+    *cell.get_or_init(|| {
+        let allowed = |k: &Kernel| match cap() {
+            Cap::None => true,
+            Cap::Avx2 => *k != Kernel::Avx512,
+            Cap::Generic => *k == Kernel::Generic,
+        };
+        KERNELS
+            .into_iter()
+            .filter(allowed)
+            .find(|k| k.supported(element))
+            .unwrap_or(Kernel::Generic)
+    })
+}
+
+/// f32 to bf16 bits, rounding to nearest even (as `vcvtne2ps2bf16`; no NaN here).
+#[inline(always)]
+pub fn bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits back to f32 (exact).
+#[inline(always)]
+pub fn f32_of(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// A weight in bf16, packed (see the module docs): `[panel][k / 2][16][2]`.
+pub struct Bf16Weight {
+    panels: Vec<u32>,
+    inp: usize,
+    out: usize,
+}
+
+/// A weight in int8 with a scale per output, packed (see the module docs):
+/// `[panel][k / 4][16][4]`.
+pub struct Int8Weight {
+    panels: Vec<i8>,
+    /// `s_w[o]`.
+    scale: Vec<f32>,
+    /// `Σ_k q[o, k]`, exact in f32.
+    colsum: Vec<f32>,
+    inp: usize,
+    out: usize,
+}
+
+impl Bf16Weight {
+    /// Rounds and packs a weight given transposed, `[inp, out]` row-major (`out` a
+    /// multiple of [`PANEL`]).
+    pub fn pack(weight_t: &[f32], inp: usize, out: usize) -> Self {
+        assert!(out.is_multiple_of(PANEL) && weight_t.len() == inp * out);
+        let pairs = inp.div_ceil(2);
+        let mut panels = Vec::with_capacity(out / PANEL * pairs * PANEL);
+        let at = |k: usize, o: usize| if k < inp { weight_t[k * out + o] } else { 0.0 };
+        for p in 0..out / PANEL {
+            for j in 0..pairs {
+                for o in p * PANEL..(p + 1) * PANEL {
+                    let (lo, hi) = (bf16(at(2 * j, o)), bf16(at(2 * j + 1, o)));
+                    panels.push(lo as u32 | (hi as u32) << 16);
+                }
+            }
+        }
+        Bf16Weight { panels, inp, out }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.panels.len() * 4
+    }
+}
+
+impl Int8Weight {
+    /// Quantises and packs a weight given transposed, `[inp, out]` row-major (`out` a
+    /// multiple of [`PANEL`]).
+    pub fn pack(weight_t: &[f32], inp: usize, out: usize) -> Self {
+        assert!(out.is_multiple_of(PANEL) && weight_t.len() == inp * out);
+        let quads = inp.div_ceil(4);
+        let mut scale = vec![0f32; out];
+        for (o, s) in scale.iter_mut().enumerate() {
+            let max = (0..inp)
+                .map(|k| weight_t[k * out + o].abs())
+                .fold(0f32, f32::max);
+            *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        }
+        let q = |k: usize, o: usize| -> i8 {
+            if k < inp {
+                (weight_t[k * out + o] / scale[o])
+                    .round()
+                    .clamp(-127.0, 127.0) as i8
+            } else {
+                0
+            }
+        };
+        let mut panels = Vec::with_capacity(out / PANEL * quads * PANEL * 4);
+        let mut colsum = vec![0f32; out];
+        for p in 0..out / PANEL {
+            for j in 0..quads {
+                for o in p * PANEL..(p + 1) * PANEL {
+                    for k in 4 * j..4 * j + 4 {
+                        let v = q(k, o);
+                        colsum[o] += v as f32;
+                        panels.push(v);
+                    }
+                }
+            }
+        }
+        Int8Weight {
+            panels,
+            scale,
+            colsum,
+            inp,
+            out,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.panels.len() + (self.scale.len() + self.colsum.len()) * 4
+    }
+}
+
+/// `out += x · wᵀ` in bf16, `x` `[rows, inp]`, `out` `[rows, out]`, on [`kernel`].
+pub fn bf16_acc(x: &[f32], w: &Bf16Weight, out: &mut [f32]) {
+    bf16_acc_with(kernel(Element::Bf16), x, w, out)
+}
+
+/// `out += x · wᵀ` in int8, `x` `[rows, inp]`, `out` `[rows, out]`, on [`kernel`].
+pub fn int8_acc(x: &[f32], w: &Int8Weight, out: &mut [f32]) {
+    int8_acc_with(kernel(Element::Int8), x, w, out)
+}
+
+/// [`bf16_acc`] on a given kernel.
+///
+/// # Panics
+/// When the shapes disagree or the CPU does not run `k`.
+pub fn bf16_acc_with(k: Kernel, x: &[f32], w: &Bf16Weight, out: &mut [f32]) {
+    assert!(k.supported(Element::Bf16), "this CPU does not run {k:?}");
+    let groups = w.inp.div_ceil(2);
+    drive(
+        x,
+        w.inp,
+        w.out,
+        groups,
+        out,
+        |_, row, dst| {
+            for (j, d) in dst.iter_mut().enumerate() {
+                let lo = bf16(row[2 * j]);
+                let hi = row.get(2 * j + 1).map_or(0, |&v| bf16(v));
+                *d = lo as u32 | (hi as u32) << 16;
+            }
+        },
+        &|tile: Tile| {
+            let pw = |p: usize| &w.panels[p * groups * PANEL..][..groups * PANEL];
+            match k {
+                // SAFETY: the CPU runs AVX512-BF16 (asserted); `tile` is in bounds (`drive`).
+                Kernel::Avx512 => unsafe { bf16_panels_512(tile, pw) },
+                // SAFETY: the CPU runs AVX2 + FMA (asserted); `tile` is in bounds (`drive`).
+                Kernel::Avx2 => unsafe { bf16_panels_avx2(tile, pw) },
+                Kernel::Generic => bf16_panels_generic(tile, pw),
+            }
+        },
+    );
+}
+
+/// [`int8_acc`] on a given kernel.
+///
+/// # Panics
+/// When the shapes disagree or the CPU does not run `k`.
+pub fn int8_acc_with(k: Kernel, x: &[f32], w: &Int8Weight, out: &mut [f32]) {
+    assert!(k.supported(Element::Int8), "this CPU does not run {k:?}");
+    let (inp, rows) = (w.inp, x.len() / w.inp.max(1));
+    let groups = inp.div_ceil(4);
+    // Per-token quantisation: x ≈ lo + s · u, u in 0..=255.
+    let mut lo = vec![0f32; rows];
+    let mut sx = vec![0f32; rows];
+    for (t, row) in x.chunks_exact(inp).enumerate() {
+        let (min, max) = row
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        lo[t] = min;
+        sx[t] = if max > min { (max - min) / 255.0 } else { 0.0 };
+    }
+    let (lo, sx) = (&lo, &sx);
+    drive(
+        x,
+        inp,
+        w.out,
+        groups,
+        out,
+        |t, row, dst| {
+            let (min, inv) = (lo[t], if sx[t] > 0.0 { 1.0 / sx[t] } else { 0.0 });
+            // `as u8` saturates: rounding never leaves 0..=255.
+            let u = |v: f32| ((v - min) * inv + 0.5) as u8 as u32;
+            for (j, d) in dst.iter_mut().enumerate() {
+                let mut word = 0u32;
+                for i in 0..4 {
+                    word |= row.get(4 * j + i).map_or(0, |&v| u(v)) << (8 * i);
+                }
+                *d = word;
+            }
+        },
+        &|tile: Tile| {
+            let pw = |p: usize| &w.panels[p * groups * PANEL * 4..][..groups * PANEL * 4];
+            let q = Quant {
+                lo: &lo[tile.row0..tile.row0 + tile.rows],
+                sx: &sx[tile.row0..tile.row0 + tile.rows],
+                scale: &w.scale,
+                colsum: &w.colsum,
+            };
+            match k {
+                // SAFETY: the CPU runs AVX512-VNNI (asserted); `tile` is in bounds (`drive`).
+                Kernel::Avx512 => unsafe { int8_panels_512(tile, pw, &q) },
+                // SAFETY: the CPU runs AVX2 (asserted); `tile` is in bounds (`drive`).
+                Kernel::Avx2 => unsafe { int8_panels_avx2(tile, pw, &q) },
+                Kernel::Generic => int8_panels_generic(tile, pw, &q),
+            }
+        },
+    );
+}
+
+/// A unit of work for a kernel: up to [`TILE_ROWS`]-row tiles of repacked activations
+/// (`xp`, `[tile][group][TILE_ROWS]`, one u32 per row and group) over panels
+/// `p0..p0 + count`, written to `out` (at the block's first row, column 0, row stride
+/// `ldo`).
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    xp: &'a [u32],
+    /// Rows of the block (the last tile may be partial).
+    rows: usize,
+    /// The block's first row in the whole product (for per-row scales).
+    row0: usize,
+    groups: usize,
+    p0: usize,
+    count: usize,
+    out: SendPtr,
+    ldo: usize,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: units write disjoint panels' columns through it (see `drive`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SendPtr {}
+
+/// Panels per unit of work: two adjacent ones, as the AVX-512 micro-tile spans.
+const UNIT: usize = 2;
+
+/// The blocking shared by both elements: row blocks of [`ROW_BLOCK`], each repacked
+/// once by `repack(index, row, groups_of_row)`, then every unit of [`UNIT`] panels run by
+/// `run`, on the calling rayon pool's threads when it has more than one.
+fn drive(
+    x: &[f32],
+    inp: usize,
+    n_out: usize,
+    groups: usize,
+    out: &mut [f32],
+    repack: impl Fn(usize, &[f32], &mut [u32]),
+    run: &(dyn Fn(Tile) + Sync),
+) {
+    assert!(inp > 0 && n_out.is_multiple_of(PANEL));
+    let rows = x.len() / inp;
+    assert_eq!(x.len(), rows * inp);
+    assert_eq!(out.len(), rows * n_out);
+    let count = n_out / PANEL;
+    let mut xp = vec![0u32; rows.min(ROW_BLOCK).div_ceil(TILE_ROWS) * TILE_ROWS * groups];
+    let mut packed_row = vec![0u32; groups];
+    for r0 in (0..rows).step_by(ROW_BLOCK) {
+        let n = ROW_BLOCK.min(rows - r0);
+        for r in 0..n {
+            repack(r0 + r, &x[(r0 + r) * inp..][..inp], &mut packed_row);
+            let (t, i) = (r / TILE_ROWS, r % TILE_ROWS);
+            for (g, &v) in packed_row.iter().enumerate() {
+                xp[(t * groups + g) * TILE_ROWS + i] = v;
+            }
+        }
+        let base = Tile {
+            xp: &xp,
+            rows: n,
+            row0: r0,
+            groups,
+            p0: 0,
+            count: 0,
+            // SAFETY: `r0 < rows`, so row `r0` starts inside `out`.
+            out: SendPtr(unsafe { out.as_mut_ptr().add(r0 * n_out) }),
+            ldo: n_out,
+        };
+        let unit = |u: usize| {
+            let p0 = u * UNIT;
+            run(Tile {
+                p0,
+                count: UNIT.min(count - p0),
+                ..base
+            })
+        };
+        let units = count.div_ceil(UNIT);
+        if rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            (0..units).into_par_iter().for_each(unit);
+        } else {
+            (0..units).for_each(unit);
+        }
+    }
+}
+
+/// int8's per-row and per-output factors for a tile's block.
+struct Quant<'a> {
+    /// Per row of the block: `lo[t]`, `s_x[t]`.
+    lo: &'a [f32],
+    sx: &'a [f32],
+    /// Per output: `s_w[o]`, `Σ q[o, ·]`.
+    scale: &'a [f32],
+    colsum: &'a [f32],
+}
+
+impl Tile<'_> {
+    /// `out[r, c]` of the block, as a pointer.
+    fn at(&self, r: usize, c: usize) -> *mut f32 {
+        debug_assert!(r < self.rows && c < self.ldo);
+        // SAFETY: row `r` of the block and column `c` are inside the product's `out`
+        // (`drive` asserts its shape; `r < rows`, `c < ldo`).
+        unsafe { self.out.0.add(r * self.ldo + c) }
+    }
+}
+
+fn bf16_panels_generic<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [u32]) {
+    for p in tile.p0..tile.p0 + tile.count {
+        let w = pw(p);
+        for r in 0..tile.rows {
+            let (t, i) = (r / TILE_ROWS, r % TILE_ROWS);
+            for o in 0..PANEL {
+                let mut acc = 0f32;
+                for g in 0..tile.groups {
+                    let xv = tile.xp[(t * tile.groups + g) * TILE_ROWS + i];
+                    let wv = w[g * PANEL + o];
+                    acc += f32_of(xv as u16) * f32_of(wv as u16)
+                        + f32_of((xv >> 16) as u16) * f32_of((wv >> 16) as u16);
+                }
+                // SAFETY: row `r < rows`, column inside panel `p` (see `Tile::at`).
+                unsafe { *tile.at(r, p * PANEL + o) += acc };
+            }
+        }
+    }
+}
+
+fn int8_panels_generic<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [i8], q: &Quant) {
+    for p in tile.p0..tile.p0 + tile.count {
+        let w = pw(p);
+        for r in 0..tile.rows {
+            let (t, i) = (r / TILE_ROWS, r % TILE_ROWS);
+            for o in 0..PANEL {
+                let mut acc = 0i32;
+                for g in 0..tile.groups {
+                    let xv = tile.xp[(t * tile.groups + g) * TILE_ROWS + i];
+                    for b in 0..4 {
+                        let u = (xv >> (8 * b)) as u8 as i32;
+                        acc += u * w[(g * PANEL + o) * 4 + b] as i32;
+                    }
+                }
+                let c = p * PANEL + o;
+                let v = q.scale[c] * (q.sx[r] * acc as f32 + q.lo[r] * q.colsum[c]);
+                // SAFETY: row `r < rows`, column `c` inside panel `p` (see `Tile::at`).
+                unsafe { *tile.at(r, c) += v };
+            }
+        }
+    }
+}
+
+/// Runs `f::<R>(t, r0)` over every sub-tile of at most `MAX` rows: for each tile of
+/// the block, rows `r0..r0 + R`.
+macro_rules! sub_tiles {
+    ($tile:expr, $max:literal, |$t:ident, $r0:ident, $n:ident| $call:expr) => {{
+        let tile = $tile;
+        let mut row = 0;
+        while row < tile.rows {
+            let $t = row / TILE_ROWS;
+            let $r0 = row % TILE_ROWS;
+            let $n = ($max).min(TILE_ROWS - $r0).min(tile.rows - row);
+            $call;
+            row += $n;
+        }
+    }};
+}
+
+/// bf16 on AVX512-BF16: micro-tile of up to 6 rows × the unit's 1 or 2 panels.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 are present; `tile` is a unit of `drive`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_panels_512<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [u32]) {
+    let w0 = pw(tile.p0).as_ptr();
+    sub_tiles!(tile, 6, |t, r0, n| {
+        let xs = tile.xp[t * tile.groups * TILE_ROWS + r0..].as_ptr();
+        let o = tile.at(t * TILE_ROWS + r0, tile.p0 * PANEL);
+        // SAFETY: `n <= 6` rows of this tile from `r0`; panels `p0..p0 + count` hold
+        // `groups * PANEL` values each, contiguous; `o` has `count * PANEL` columns.
+        unsafe {
+            if tile.count == 2 {
+                let w1 = pw(tile.p0 + 1).as_ptr();
+                match n {
+                    6 => bf16_tile_512::<6, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
+                    5 => bf16_tile_512::<5, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
+                    4 => bf16_tile_512::<4, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
+                    3 => bf16_tile_512::<3, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
+                    2 => bf16_tile_512::<2, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
+                    _ => bf16_tile_512::<1, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
+                }
+            } else {
+                match n {
+                    6 => bf16_tile_512::<6, 1>(xs, [w0], tile.groups, o, tile.ldo),
+                    5 => bf16_tile_512::<5, 1>(xs, [w0], tile.groups, o, tile.ldo),
+                    4 => bf16_tile_512::<4, 1>(xs, [w0], tile.groups, o, tile.ldo),
+                    3 => bf16_tile_512::<3, 1>(xs, [w0], tile.groups, o, tile.ldo),
+                    2 => bf16_tile_512::<2, 1>(xs, [w0], tile.groups, o, tile.ldo),
+                    _ => bf16_tile_512::<1, 1>(xs, [w0], tile.groups, o, tile.ldo),
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bf16_panels_512<'w>(_: Tile, _: impl Fn(usize) -> &'w [u32]) {
+    unreachable!("AVX-512 needs x86_64")
+}
+
+/// `R` rows × `P` panels of bf16 over every pair: `xs` at the rows' first value (stride
+/// [`TILE_ROWS`] per pair), `w[i]` at panel `i`'s first pair, `out` at the first
+/// output (row stride `ldo`).
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 are present; `xs` holds `groups * TILE_ROWS` values, each
+/// `w[i]` `groups * PANEL`, and `out` has `R` rows of `P * PANEL` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn bf16_tile_512<const R: usize, const P: usize>(
+    xs: *const u32,
+    w: [*const u32; P],
+    groups: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for g in 0..groups {
+        // SAFETY: `g < groups`: inside every panel and the repacked rows. The casts
+        // reinterpret 16 lanes of two bf16 each, which is what the types hold.
+        unsafe {
+            let wv: [__m512bh; P] =
+                w.map(|w| std::mem::transmute(_mm512_loadu_si512(w.add(g * PANEL).cast())));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*xs.add(g * TILE_ROWS + r) as i32));
+                for (a, wv) in acc.iter_mut().zip(&wv) {
+                    *a = _mm512_dpbf16_ps(*a, xv, *wv);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: row `r < R`, columns `16i..16i+16` inside `out`.
+            unsafe {
+                let o = out.add(r * ldo + i * PANEL);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
+            }
+        }
+    }
+}
+
+/// bf16 on AVX2 + FMA: micro-tiles of up to 4 rows × one panel, each pair widened to
+/// f32 (the low half shifted up, the high half masked).
+///
+/// # Safety
+/// AVX2 and FMA are present; `tile` is a unit of `drive`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bf16_panels_avx2<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [u32]) {
+    for p in tile.p0..tile.p0 + tile.count {
+        let w = pw(p).as_ptr();
+        sub_tiles!(tile, 4, |t, r0, n| {
+            let xs = tile.xp[t * tile.groups * TILE_ROWS + r0..].as_ptr();
+            let o = tile.at(t * TILE_ROWS + r0, p * PANEL);
+            // SAFETY: as in `bf16_panels_512`, one panel.
+            unsafe {
+                match n {
+                    4 => bf16_tile_avx2::<4>(xs, w, tile.groups, o, tile.ldo),
+                    3 => bf16_tile_avx2::<3>(xs, w, tile.groups, o, tile.ldo),
+                    2 => bf16_tile_avx2::<2>(xs, w, tile.groups, o, tile.ldo),
+                    _ => bf16_tile_avx2::<1>(xs, w, tile.groups, o, tile.ldo),
+                }
+            }
+        });
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bf16_panels_avx2<'w>(_: Tile, _: impl Fn(usize) -> &'w [u32]) {
+    unreachable!("AVX2 needs x86_64")
+}
+
+/// `R` rows × one panel of bf16 on AVX2, as [`bf16_tile_512`].
+///
+/// # Safety
+/// AVX2 and FMA are present; bounds as [`bf16_tile_512`] with `P = 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn bf16_tile_avx2<const R: usize>(
+    xs: *const u32,
+    w: *const u32,
+    groups: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    for g in 0..groups {
+        // SAFETY: `g < groups`: inside the panel and the repacked rows.
+        unsafe {
+            let mut we = [_mm256_setzero_ps(); 2];
+            let mut wo = [_mm256_setzero_ps(); 2];
+            for h in 0..2 {
+                let v = _mm256_loadu_si256(w.add(g * PANEL + 8 * h).cast());
+                we[h] = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+                wo[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = *xs.add(g * TILE_ROWS + r);
+                let xe = _mm256_set1_ps(f32::from_bits(xv << 16));
+                let xo = _mm256_set1_ps(f32::from_bits(xv & 0xffff_0000));
+                for h in 0..2 {
+                    a[h] = _mm256_fmadd_ps(xe, we[h], _mm256_fmadd_ps(xo, wo[h], a[h]));
+                }
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (h, a) in a.iter().enumerate() {
+            // SAFETY: row `r < R`, columns `8h..8h+8` of the panel inside `out`.
+            unsafe {
+                let o = out.add(r * ldo + 8 * h);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *a));
+            }
+        }
+    }
+}
+
+/// int8 on AVX512-VNNI: micro-tiles of up to 6 rows × the unit's 1 or 2 panels.
+///
+/// # Safety
+/// AVX-512F and AVX512-VNNI are present; `tile` is a unit of `drive`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn int8_panels_512<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [i8], q: &Quant) {
+    let w0 = pw(tile.p0).as_ptr();
+    sub_tiles!(tile, 6, |t, r0, n| {
+        let xs = tile.xp[t * tile.groups * TILE_ROWS + r0..].as_ptr();
+        let row = t * TILE_ROWS + r0;
+        let o = tile.at(row, tile.p0 * PANEL);
+        let f = Factors {
+            lo: q.lo[row..].as_ptr(),
+            sx: q.sx[row..].as_ptr(),
+            scale: q.scale[tile.p0 * PANEL..].as_ptr(),
+            colsum: q.colsum[tile.p0 * PANEL..].as_ptr(),
+        };
+        // SAFETY: as in `bf16_panels_512`; `f` points at this sub-tile's rows and
+        // the unit's columns of the per-row and per-output factors.
+        unsafe {
+            if tile.count == 2 {
+                let w1 = pw(tile.p0 + 1).as_ptr();
+                match n {
+                    6 => int8_tile_512::<6, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
+                    5 => int8_tile_512::<5, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
+                    4 => int8_tile_512::<4, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
+                    3 => int8_tile_512::<3, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
+                    2 => int8_tile_512::<2, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
+                    _ => int8_tile_512::<1, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
+                }
+            } else {
+                match n {
+                    6 => int8_tile_512::<6, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
+                    5 => int8_tile_512::<5, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
+                    4 => int8_tile_512::<4, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
+                    3 => int8_tile_512::<3, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
+                    2 => int8_tile_512::<2, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
+                    _ => int8_tile_512::<1, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn int8_panels_512<'w>(_: Tile, _: impl Fn(usize) -> &'w [i8], _: &Quant) {
+    unreachable!("AVX-512 needs x86_64")
+}
+
+/// A sub-tile's int8 factors: `lo`, `sx` at its first row; `scale`, `colsum` at its
+/// first output.
+#[derive(Clone, Copy)]
+struct Factors {
+    lo: *const f32,
+    sx: *const f32,
+    scale: *const f32,
+    colsum: *const f32,
+}
+
+/// `R` rows × `P` panels of int8 over every quad, then scaled back into `out`
+/// (see the module docs).
+///
+/// # Safety
+/// AVX-512F and AVX512-VNNI are present; `xs` holds `groups * TILE_ROWS` values, each
+/// `w[i]` `groups * PANEL * 4` bytes, `out` has `R` rows of `P * PANEL` columns, and
+/// `f` has `R` rows and `P * PANEL` outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn int8_tile_512<const R: usize, const P: usize>(
+    xs: *const u32,
+    w: [*const i8; P],
+    groups: usize,
+    out: *mut f32,
+    ldo: usize,
+    f: Factors,
+) {
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    for g in 0..groups {
+        // SAFETY: `g < groups`: inside every panel and the repacked rows.
+        unsafe {
+            let wv = w.map(|w| _mm512_loadu_si512(w.add(g * PANEL * 4).cast()));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_epi32(*xs.add(g * TILE_ROWS + r) as i32);
+                for (a, wv) in acc.iter_mut().zip(&wv) {
+                    *a = _mm512_dpbusd_epi32(*a, xv, *wv);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: row `r < R` of the factors.
+        let (lo, sx) = unsafe { (_mm512_set1_ps(*f.lo.add(r)), _mm512_set1_ps(*f.sx.add(r))) };
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: row `r < R`, columns `16i..16i+16` inside `out` and the factors.
+            unsafe {
+                let scale = _mm512_loadu_ps(f.scale.add(i * PANEL));
+                let colsum = _mm512_loadu_ps(f.colsum.add(i * PANEL));
+                let v = _mm512_fmadd_ps(sx, _mm512_cvtepi32_ps(*a), _mm512_mul_ps(lo, colsum));
+                let o = out.add(r * ldo + i * PANEL);
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(scale, v, _mm512_loadu_ps(o)));
+            }
+        }
+    }
+}
+
+/// int8 on AVX2: micro-tiles of up to 4 rows × half a panel (8 outputs), both operands
+/// widened to i16 and multiplied with `vpmaddwd` (exact: no saturation).
+///
+/// # Safety
+/// AVX2 and FMA are present; `tile` is a unit of `drive`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn int8_panels_avx2<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [i8], q: &Quant) {
+    for p in tile.p0..tile.p0 + tile.count {
+        for half in 0..2 {
+            // SAFETY: bytes `32·half..` of every quad's 64 are inside the panel.
+            let w = unsafe { pw(p).as_ptr().add(32 * half) };
+            let c = p * PANEL + 8 * half;
+            sub_tiles!(tile, 4, |t, r0, n| {
+                let xs = tile.xp[t * tile.groups * TILE_ROWS + r0..].as_ptr();
+                let row = t * TILE_ROWS + r0;
+                let o = tile.at(row, c);
+                let f = Factors {
+                    lo: q.lo[row..].as_ptr(),
+                    sx: q.sx[row..].as_ptr(),
+                    scale: q.scale[c..].as_ptr(),
+                    colsum: q.colsum[c..].as_ptr(),
+                };
+                // SAFETY: as in `int8_panels_512`, 8 outputs from column `c`.
+                unsafe {
+                    match n {
+                        4 => int8_tile_avx2::<4>(xs, w, tile.groups, o, tile.ldo, f),
+                        3 => int8_tile_avx2::<3>(xs, w, tile.groups, o, tile.ldo, f),
+                        2 => int8_tile_avx2::<2>(xs, w, tile.groups, o, tile.ldo, f),
+                        _ => int8_tile_avx2::<1>(xs, w, tile.groups, o, tile.ldo, f),
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn int8_panels_avx2<'w>(_: Tile, _: impl Fn(usize) -> &'w [i8], _: &Quant) {
+    unreachable!("AVX2 needs x86_64")
+}
+
+/// `R` rows × 8 outputs of int8 on AVX2: `w` at the half panel's first quad (64 bytes
+/// per quad, this half's 32 used), the rest as [`int8_tile_512`].
+///
+/// # Safety
+/// AVX2 and FMA are present; bounds as [`int8_tile_512`] with 8 outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn int8_tile_avx2<const R: usize>(
+    xs: *const u32,
+    w: *const i8,
+    groups: usize,
+    out: *mut f32,
+    ldo: usize,
+    f: Factors,
+) {
+    // acc[r][q]: outputs 4q..4q+4, two partial sums each (lanes o0 o0 o1 o1 | o2 o2 o3 o3).
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for g in 0..groups {
+        // SAFETY: `g < groups`: inside the panel and the repacked rows.
+        unsafe {
+            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(g * PANEL * 4).cast()));
+            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(g * PANEL * 4 + 16).cast()));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let x = _mm_set1_epi32(*xs.add(g * TILE_ROWS + r) as i32);
+                let xv = _mm256_cvtepu8_epi16(x);
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(xv, w0));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(xv, w1));
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        // SAFETY: row `r < R` of the factors and `out`, 8 outputs.
+        unsafe {
+            // [o0 o1 o4 o5 | o2 o3 o6 o7] → o0..o7.
+            let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(a[0], a[1]));
+            let lo = _mm256_set1_ps(*f.lo.add(r));
+            let sx = _mm256_set1_ps(*f.sx.add(r));
+            let scale = _mm256_loadu_ps(f.scale);
+            let colsum = _mm256_loadu_ps(f.colsum);
+            let v = _mm256_fmadd_ps(sx, _mm256_cvtepi32_ps(sums), _mm256_mul_ps(lo, colsum));
+            let o = out.add(r * ldo);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(scale, v, _mm256_loadu_ps(o)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(rows: usize, inp: usize, out: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|i| ((i * 31 % 97) as f32 - 40.0) * 0.013)
+            .collect();
+        let wt: Vec<f32> = (0..inp * out)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) * 0.011)
+            .collect();
+        let start: Vec<f32> = (0..rows * out).map(|i| (i % 7) as f32 * 0.25).collect();
+        (x, wt, start)
+    }
+
+    /// `start + x · w` in f64, with `w` given transposed.
+    fn direct(x: &[f32], wt: &[f32], start: &[f32], inp: usize, out: usize) -> Vec<f64> {
+        let rows = x.len() / inp;
+        let mut want = vec![0f64; rows * out];
+        for t in 0..rows {
+            for o in 0..out {
+                want[t * out + o] = start[t * out + o] as f64
+                    + (0..inp)
+                        .map(|k| x[t * inp + k] as f64 * wt[k * out + o] as f64)
+                        .sum::<f64>();
+            }
+        }
+        want
+    }
+
+    /// Shapes: rows not a multiple of the tile, `k` not a multiple of the group, an
+    /// odd panel count, more than one row block.
+    const SHAPES: [(usize, usize, usize); 6] = [
+        (1, 3, 16),
+        (7, 301, 48),
+        (13, 384, 32),
+        (2, 385, 1536),
+        (6, 256, 16),
+        (ROW_BLOCK + 7, 70, 48),
+    ];
+
+    #[test]
+    fn every_kernel_matches_the_generic_one_and_stays_near_f32() {
+        for element in [Element::Bf16, Element::Int8] {
+            for (rows, inp, out) in SHAPES {
+                let (x, wt, start) = case(rows, inp, out);
+                let want = direct(&x, &wt, &start, inp, out);
+                let run = |k: Kernel| {
+                    let mut got = start.clone();
+                    match element {
+                        Element::Bf16 => {
+                            bf16_acc_with(k, &x, &Bf16Weight::pack(&wt, inp, out), &mut got)
+                        }
+                        Element::Int8 => {
+                            int8_acc_with(k, &x, &Int8Weight::pack(&wt, inp, out), &mut got)
+                        }
+                    }
+                    got
+                };
+                let generic = run(Kernel::Generic);
+                // Quantisation error against the exact product: relative to the size of
+                // the terms summed.
+                let mag = (inp as f64).sqrt() * 0.6 * 0.5;
+                let tol = match element {
+                    Element::Bf16 => 0.01 * mag,
+                    Element::Int8 => 0.03 * mag,
+                };
+                for (g, w) in generic.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - w).abs() < tol,
+                        "{element:?} generic {rows}x{inp}x{out}: {g} vs {w}"
+                    );
+                }
+                for k in [Kernel::Avx512, Kernel::Avx2] {
+                    if !k.supported(element) {
+                        eprintln!(
+                            "qgemm: this CPU does not run {}: not tested here",
+                            k.name(element)
+                        );
+                        continue;
+                    }
+                    let got = run(k);
+                    for (i, (a, b)) in got.iter().zip(&generic).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{} {rows}x{inp}x{out} at {i}: {a} vs generic {b}",
+                            k.name(element)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(f32_of(bf16(1.0)), 1.0);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(f32_of(bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(f32_of(bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert_eq!(f32_of(bf16(-2.5)), -2.5);
+    }
+
+    #[test]
+    fn threads_split_panels_without_changing_the_result() {
+        let (rows, inp, out) = (11, 384, 80);
+        let (x, wt, start) = case(rows, inp, out);
+        let w8 = Int8Weight::pack(&wt, inp, out);
+        let w16 = Bf16Weight::pack(&wt, inp, out);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (mut a, mut b) = (start.clone(), start.clone());
+        int8_acc(&x, &w8, &mut a);
+        pool.install(|| int8_acc(&x, &w8, &mut b));
+        assert_eq!(a, b);
+        let (mut a, mut b) = (start.clone(), start);
+        bf16_acc(&x, &w16, &mut a);
+        pool.install(|| bf16_acc(&x, &w16, &mut b));
+        assert_eq!(a, b);
+    }
+}
