@@ -5,6 +5,7 @@
 //! worker on that device behind an `Arc`; it has no per-call state, so adding a worker
 //! costs activations, not a model copy.
 
+pub mod amx;
 pub mod bert;
 pub mod packed;
 pub mod qgemm;

@@ -445,8 +445,41 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub unsafe fn gelu(x: &mut [f32]) {
+        super::gelu_body(x)
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        super::layer_norm_body(x, w, b, eps)
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub unsafe fn attention(
+        qkv: &[f32],
+        ctx: &mut [f32],
+        heads: usize,
+        d: usize,
+        scale: f32,
+        scratch: &mut [f32],
+    ) {
+        super::attention_body(qkv, ctx, heads, d, scale, scratch)
+    }
+}
+
+/// Whether the element-wise kernels' AVX-512 build runs here (with the f32 kernel's).
+fn wide() -> bool {
+    sgemm::isa() == Some(sgemm::Isa::Avx512)
+}
+
 /// GELU in place.
 fn gelu(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
+        return unsafe { avx512::gelu(x) };
+    }
     #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
         // SAFETY: AVX2 and FMA were detected.
@@ -457,6 +490,11 @@ fn gelu(x: &mut [f32]) {
 
 /// Layer norm of every row of `x`, in place (see `layer_norm_body`).
 fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
+        return unsafe { avx512::layer_norm(x, w, b, eps) };
+    }
     #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
         // SAFETY: AVX2 and FMA were detected.
@@ -474,6 +512,11 @@ fn attention(
     scale: f32,
     scratch: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
+        return unsafe { avx512::attention(qkv, ctx, heads, d, scale, scratch) };
+    }
     #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
         // SAFETY: AVX2 and FMA were detected.

@@ -30,11 +30,14 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::amx;
 use super::sgemm::{Cap, PANEL, ROW_BLOCK, TILE_ROWS, cap};
 
 /// The kernels a precision can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// Intel AMX tiles ([`amx`]), where the shapes allow; the AVX-512 kernel otherwise.
+    Amx,
     /// AVX-512 with the precision's dot-product instruction (BF16 or VNNI).
     Avx512,
     /// AVX2 + FMA.
@@ -44,7 +47,7 @@ pub enum Kernel {
 }
 
 /// Every kernel, widest first.
-pub const KERNELS: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Generic];
+pub const KERNELS: [Kernel; 4] = [Kernel::Amx, Kernel::Avx512, Kernel::Avx2, Kernel::Generic];
 
 fn detected(feature: &str) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -81,10 +84,21 @@ pub enum Element {
     Int8,
 }
 
+impl Element {
+    fn op(self) -> amx::Op {
+        match self {
+            Element::Bf16 => amx::Op::Bf16,
+            Element::Int8 => amx::Op::Int8,
+        }
+    }
+}
+
 impl Kernel {
     /// Its name for `element`, for logs and benchmarks.
     pub fn name(self, element: Element) -> &'static str {
         match (self, element) {
+            (Kernel::Amx, Element::Bf16) => "amx-bf16",
+            (Kernel::Amx, Element::Int8) => "amx-int8",
             (Kernel::Avx512, Element::Bf16) => "avx512-bf16",
             (Kernel::Avx512, Element::Int8) => "avx512-vnni",
             (Kernel::Avx2, _) => "avx2+fma",
@@ -92,9 +106,17 @@ impl Kernel {
         }
     }
 
-    /// Whether this CPU runs it for `element`.
+    /// Whether this CPU runs it for `element` (detected once).
     pub fn supported(self, element: Element) -> bool {
+        static SUPPORTED: std::sync::OnceLock<[[bool; 2]; 4]> = std::sync::OnceLock::new();
+        SUPPORTED
+            .get_or_init(|| KERNELS.map(|k| [Element::Bf16, Element::Int8].map(|e| k.detect(e))))
+            [self as usize][element as usize]
+    }
+
+    fn detect(self, element: Element) -> bool {
         match (self, element) {
+            (Kernel::Amx, e) => Kernel::Avx512.detect(e) && amx::available(e.op()),
             (Kernel::Avx512, Element::Bf16) => detected("avx512bf16"),
             (Kernel::Avx512, Element::Int8) => detected("avx512vnni"),
             (Kernel::Avx2, _) => detected("avx2"),
@@ -115,7 +137,8 @@ pub fn kernel(element: Element) -> Kernel {
     *cell.get_or_init(|| {
         let allowed = |k: &Kernel| match cap() {
             Cap::None => true,
-            Cap::Avx2 => *k != Kernel::Avx512,
+            Cap::Avx512 => *k != Kernel::Amx,
+            Cap::Avx2 => matches!(k, Kernel::Avx2 | Kernel::Generic),
             Cap::Generic => *k == Kernel::Generic,
         };
         KERNELS
@@ -209,10 +232,11 @@ impl Int8Weight {
         let mut colsum = vec![0f32; out];
         for p in 0..out / PANEL {
             for j in 0..quads {
-                for o in p * PANEL..(p + 1) * PANEL {
+                let first = p * PANEL;
+                for (o, sum) in colsum[first..first + PANEL].iter_mut().enumerate() {
                     for k in 4 * j..4 * j + 4 {
-                        let v = q(k, o);
-                        colsum[o] += v as f32;
+                        let v = q(k, first + o);
+                        *sum += v as f32;
                         panels.push(v);
                     }
                 }
@@ -233,6 +257,95 @@ impl Int8Weight {
     }
 }
 
+/// A function whose body is compiled twice, plain and for AVX-512 (auto-vectorised
+/// with 512-bit vectors), the latter chosen where the f32 kernel is AVX-512's.
+macro_rules! wide_fn {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn body($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            unsafe fn wide($($a: $t),*) $(-> $r)? {
+                body($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if super::sgemm::isa() == Some(super::sgemm::Isa::Avx512) {
+                // SAFETY: the f32 kernel is AVX-512's, so AVX-512F/BW/VL were detected.
+                return unsafe { wide($($a),*) };
+            }
+            body($($a),*)
+        }
+    };
+}
+
+wide_fn! {
+    /// The smallest and largest value of a row (16 lanes, so it vectorises).
+    fn min_max(row: &[f32]) -> (f32, f32) {
+        let mut lo = [f32::INFINITY; 16];
+        let mut hi = [f32::NEG_INFINITY; 16];
+        let chunks = row.chunks_exact(16);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+                hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+            }
+        }
+        for &v in tail {
+            lo[0] = lo[0].min(v);
+            hi[0] = hi[0].max(v);
+        }
+        (lo.iter().copied().fold(f32::INFINITY, f32::min), hi.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+    }
+}
+
+/// `q` limited to 0..=255, NaN to 0 (`max` and `min` drop a NaN; `clamp` would keep it).
+#[inline(always)]
+#[allow(clippy::manual_clamp)]
+fn saturate(q: f32) -> f32 {
+    q.max(0.0).min(255.0)
+}
+
+wide_fn! {
+    /// `dst[k] = round((row[k] - lo) · inv)`, saturated to 0..=255.
+    fn quantize_row(row: &[f32], lo: f32, inv: f32, dst: &mut [u8]) {
+        for (d, v) in dst.iter_mut().zip(row) {
+            let q = saturate((v - lo) * inv + 0.5);
+            // SAFETY: `q` is a number in 0..=255 (`saturate`), inside i32's range.
+            *d = unsafe { q.to_int_unchecked::<i32>() } as u8;
+        }
+    }
+}
+
+wide_fn! {
+    /// Each value rounded to bf16, as little-endian bytes.
+    fn bf16_row(row: &[f32], dst: &mut [u8]) {
+        for (d, v) in dst.chunks_exact_mut(2).zip(row) {
+            d.copy_from_slice(&bf16(*v).to_le_bytes());
+        }
+    }
+}
+
+wide_fn! {
+    /// `o += f32 sums` (given as bits).
+    fn add_sums(o: &mut [f32], sums: &[u32]) {
+        for (o, s) in o.iter_mut().zip(sums) {
+            *o += f32::from_bits(*s);
+        }
+    }
+}
+
+wide_fn! {
+    /// `o += s_w · (s_x · Σ + lo · Σq)` (see the module docs).
+    fn dequant_add(o: &mut [f32], sums: &[u32], scale: &[f32], colsum: &[f32], sx: f32, lo: f32) {
+        for (((o, s), sc), cs) in o.iter_mut().zip(sums).zip(scale).zip(colsum) {
+            *o += sc * (sx * *s as i32 as f32 + lo * cs);
+        }
+    }
+}
+
 /// `out += x · wᵀ` in bf16, `x` `[rows, inp]`, `out` `[rows, out]`, on [`kernel`].
 pub fn bf16_acc(x: &[f32], w: &Bf16Weight, out: &mut [f32]) {
     bf16_acc_with(kernel(Element::Bf16), x, w, out)
@@ -250,6 +363,20 @@ pub fn int8_acc(x: &[f32], w: &Int8Weight, out: &mut [f32]) {
 pub fn bf16_acc_with(k: Kernel, x: &[f32], w: &Bf16Weight, out: &mut [f32]) {
     assert!(k.supported(Element::Bf16), "this CPU does not run {k:?}");
     let groups = w.inp.div_ceil(2);
+    if k == Kernel::Amx && amx_fits(w.inp * 2, w.out) {
+        let pw = |p: usize| w.panels[p * groups * PANEL..].as_ptr().cast::<u8>();
+        return amx_drive(
+            amx::Op::Bf16,
+            x,
+            w.inp,
+            w.out,
+            out,
+            |_, row, dst| bf16_row(row, dst),
+            &pw,
+            &|_, _, sums, o| add_sums(o, sums),
+        );
+    }
+    let k = if k == Kernel::Amx { Kernel::Avx512 } else { k };
     drive(
         x,
         w.inp,
@@ -266,6 +393,7 @@ pub fn bf16_acc_with(k: Kernel, x: &[f32], w: &Bf16Weight, out: &mut [f32]) {
         &|tile: Tile| {
             let pw = |p: usize| &w.panels[p * groups * PANEL..][..groups * PANEL];
             match k {
+                Kernel::Amx => unreachable!("replaced by AVX-512 above"),
                 // SAFETY: the CPU runs AVX512-BF16 (asserted); `tile` is in bounds (`drive`).
                 Kernel::Avx512 => unsafe { bf16_panels_512(tile, pw) },
                 // SAFETY: the CPU runs AVX2 + FMA (asserted); `tile` is in bounds (`drive`).
@@ -288,15 +416,37 @@ pub fn int8_acc_with(k: Kernel, x: &[f32], w: &Int8Weight, out: &mut [f32]) {
     let mut lo = vec![0f32; rows];
     let mut sx = vec![0f32; rows];
     for (t, row) in x.chunks_exact(inp).enumerate() {
-        let (min, max) = row
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            });
+        let (min, max) = min_max(row);
         lo[t] = min;
         sx[t] = if max > min { (max - min) / 255.0 } else { 0.0 };
     }
     let (lo, sx) = (&lo, &sx);
+    let inv = |t: usize| if sx[t] > 0.0 { 1.0 / sx[t] } else { 0.0 };
+    let quantize = |t: usize, v: f32| saturate((v - lo[t]) * inv(t) + 0.5) as u8;
+    if k == Kernel::Amx && amx_fits(inp, w.out) {
+        let pw = |p: usize| w.panels[p * groups * PANEL * 4..].as_ptr().cast::<u8>();
+        return amx_drive(
+            amx::Op::Int8,
+            x,
+            inp,
+            w.out,
+            out,
+            |t, row, dst| quantize_row(row, lo[t], inv(t), dst),
+            &pw,
+            &|t, c0, sums, o| {
+                let n = o.len();
+                dequant_add(
+                    o,
+                    sums,
+                    &w.scale[c0..][..n],
+                    &w.colsum[c0..][..n],
+                    sx[t],
+                    lo[t],
+                )
+            },
+        );
+    }
+    let k = if k == Kernel::Amx { Kernel::Avx512 } else { k };
     drive(
         x,
         inp,
@@ -304,9 +454,7 @@ pub fn int8_acc_with(k: Kernel, x: &[f32], w: &Int8Weight, out: &mut [f32]) {
         groups,
         out,
         |t, row, dst| {
-            let (min, inv) = (lo[t], if sx[t] > 0.0 { 1.0 / sx[t] } else { 0.0 });
-            // `as u8` saturates: rounding never leaves 0..=255.
-            let u = |v: f32| ((v - min) * inv + 0.5) as u8 as u32;
+            let u = |v: f32| quantize(t, v) as u32;
             for (j, d) in dst.iter_mut().enumerate() {
                 let mut word = 0u32;
                 for i in 0..4 {
@@ -324,6 +472,7 @@ pub fn int8_acc_with(k: Kernel, x: &[f32], w: &Int8Weight, out: &mut [f32]) {
                 colsum: &w.colsum,
             };
             match k {
+                Kernel::Amx => unreachable!("replaced by AVX-512 above"),
                 // SAFETY: the CPU runs AVX512-VNNI (asserted); `tile` is in bounds (`drive`).
                 Kernel::Avx512 => unsafe { int8_panels_512(tile, pw, &q) },
                 // SAFETY: the CPU runs AVX2 (asserted); `tile` is in bounds (`drive`).
@@ -332,6 +481,97 @@ pub fn int8_acc_with(k: Kernel, x: &[f32], w: &Int8Weight, out: &mut [f32]) {
             }
         },
     );
+}
+
+/// Whether AMX runs a product: whole tile steps along `k` (`k_bytes` a multiple of 64)
+/// and whole two-panel blocks.
+fn amx_fits(k_bytes: usize, n_out: usize) -> bool {
+    k_bytes.is_multiple_of(amx::ROW_BYTES) && n_out.is_multiple_of(2 * PANEL)
+}
+
+/// An AMX block's epilogue: `(row, first column, the row's sums, the row's outputs)`.
+type Epilogue<'a> = dyn Fn(usize, usize, &[u32], &mut [f32]) + Sync + 'a;
+
+/// Rows per AMX row block: its activations (at most 256 × 3 KiB) stay in L2 while every
+/// panel pair passes over them.
+const AMX_ROW_BLOCK: usize = 256;
+
+/// The AMX blocking: row blocks of [`AMX_ROW_BLOCK`], each converted once to row-major
+/// tile rows by `repack(index, row, bytes)`, then every pair of panels (`panel(p)`, the
+/// packed weights' first byte) run in 32-row blocks, each block's 32 × 32 sums handed to
+/// `epilogue(row, first column, sums of the row, the row's 32 outputs)`. Pairs are
+/// shared among the calling rayon pool's threads.
+#[allow(clippy::too_many_arguments)]
+fn amx_drive(
+    op: amx::Op,
+    x: &[f32],
+    inp: usize,
+    n_out: usize,
+    out: &mut [f32],
+    repack: impl Fn(usize, &[f32], &mut [u8]),
+    panel: &(dyn Fn(usize) -> *const u8 + Sync),
+    epilogue: &Epilogue,
+) {
+    let rows = x.len() / inp;
+    assert!(x.len() == rows * inp && out.len() == rows * n_out);
+    let lda = match op {
+        amx::Op::Bf16 => inp * 2,
+        amx::Op::Int8 => inp,
+    };
+    let steps = lda / amx::ROW_BYTES;
+    let pairs = n_out / (2 * PANEL);
+    let br = amx::BLOCK_ROWS;
+    let mut a = vec![0u8; rows.min(AMX_ROW_BLOCK).div_ceil(br) * br * lda];
+    let dst = SendPtr(out.as_mut_ptr());
+    for r0 in (0..rows).step_by(AMX_ROW_BLOCK) {
+        let n = AMX_ROW_BLOCK.min(rows - r0);
+        for r in 0..n {
+            repack(
+                r0 + r,
+                &x[(r0 + r) * inp..][..inp],
+                &mut a[r * lda..][..lda],
+            );
+        }
+        let a = &a;
+        let unit = |u: usize| {
+            let p = 2 * u;
+            let b = [panel(p), panel(p + 1)];
+            let mut sums = [0u32; 32 * 32];
+            // SAFETY: `amx_acc` callers checked `Kernel::Amx.supported`, so the tiles are
+            // available and permitted.
+            let tiles = unsafe { amx::Tiles::new() };
+            for rb in (0..n).step_by(br) {
+                // SAFETY: rows `rb..rb + 32` of `a` exist (its rows are rounded up to
+                // 32), each `lda = steps * 64` bytes; panels `p`, `p + 1` hold `steps`
+                // tile steps of 1024 bytes; `sums` is 32 × 32.
+                unsafe {
+                    tiles.block(
+                        op,
+                        a.as_ptr().add(rb * lda),
+                        lda,
+                        b,
+                        steps,
+                        sums.as_mut_ptr().cast(),
+                    )
+                };
+                for r in 0..br.min(n - rb) {
+                    let row = r0 + rb + r;
+                    // SAFETY: row `row < rows`, columns `16p..16p + 32` inside `out`;
+                    // units write disjoint columns.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(dst.get().add(row * n_out + p * PANEL), 32)
+                    };
+                    epilogue(row, p * PANEL, &sums[r * 32..][..32], o);
+                }
+            }
+        };
+        if rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            (0..pairs).into_par_iter().for_each(unit);
+        } else {
+            (0..pairs).for_each(unit);
+        }
+    }
 }
 
 /// A unit of work for a kernel: up to [`TILE_ROWS`]-row tiles of repacked activations
@@ -358,6 +598,12 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Panels per unit of work: two adjacent ones, as the AVX-512 micro-tile spans.
 const UNIT: usize = 2;
@@ -435,7 +681,7 @@ impl Tile<'_> {
         debug_assert!(r < self.rows && c < self.ldo);
         // SAFETY: row `r` of the block and column `c` are inside the product's `out`
         // (`drive` asserts its shape; `r < rows`, `c < ldo`).
-        unsafe { self.out.0.add(r * self.ldo + c) }
+        unsafe { self.out.get().add(r * self.ldo + c) }
     }
 }
 
@@ -890,8 +1136,11 @@ mod tests {
     }
 
     /// Shapes: rows not a multiple of the tile, `k` not a multiple of the group, an
-    /// odd panel count, more than one row block.
-    const SHAPES: [(usize, usize, usize); 6] = [
+    /// odd panel count, more than one row block (AMX's and the others'); the first two
+    /// run on AMX where it is present, the others fall back to AVX-512 there.
+    const SHAPES: [(usize, usize, usize); 8] = [
+        (24, 1536, 384),
+        (AMX_ROW_BLOCK + 40, 128, 64),
         (1, 3, 16),
         (7, 301, 48),
         (13, 384, 32),
@@ -932,7 +1181,7 @@ mod tests {
                         "{element:?} generic {rows}x{inp}x{out}: {g} vs {w}"
                     );
                 }
-                for k in [Kernel::Avx512, Kernel::Avx2] {
+                for k in [Kernel::Amx, Kernel::Avx512, Kernel::Avx2] {
                     if !k.supported(element) {
                         eprintln!(
                             "qgemm: this CPU does not run {}: not tested here",

@@ -54,7 +54,13 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                // F for the kernel; BW and VL for the element-wise kernels' AVX-512
+                // build, which is chosen with it.
+                Isa::Avx512 => {
+                    std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                }
                 Isa::Avx2 => {
                     std::arch::is_x86_feature_detected!("avx2")
                         && std::arch::is_x86_feature_detected!("fma")
@@ -74,6 +80,8 @@ impl Isa {
 pub enum Cap {
     /// Unset: the widest kernel the CPU runs.
     None,
+    /// `CELERIAC_ISA=avx512`: no AMX tiles (bf16 and int8 on AVX-512's dot products).
+    Avx512,
     /// `CELERIAC_ISA=avx2`: nothing wider than AVX2 + FMA.
     Avx2,
     /// `CELERIAC_ISA=generic`: no SIMD kernel of our own (f32 goes through the `gemm`
@@ -81,12 +89,13 @@ pub enum Cap {
     Generic,
 }
 
-/// `CELERIAC_ISA`, read once. Any other value than `avx2` or `generic` is ignored
-/// with a warning.
+/// `CELERIAC_ISA`, read once. Any other value than `avx512`, `avx2` or `generic` is
+/// ignored with a warning.
 pub fn cap() -> Cap {
     static CAP: std::sync::OnceLock<Cap> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| match std::env::var("CELERIAC_ISA").as_deref() {
         Err(_) | Ok("") => Cap::None,
+        Ok("avx512") => Cap::Avx512,
         Ok("avx2") => Cap::Avx2,
         Ok("generic") => Cap::Generic,
         Ok(other) => {
@@ -107,7 +116,7 @@ pub fn isa() -> Option<Isa> {
         [Isa::Avx512, Isa::Avx2]
             .into_iter()
             .filter(|i| match cap() {
-                Cap::None => true,
+                Cap::None | Cap::Avx512 => true,
                 Cap::Avx2 => *i == Isa::Avx2,
                 Cap::Generic => false,
             })
