@@ -10,6 +10,11 @@ LOADGEN=${LOADGEN:-$HOME/.cache/celeriac-baseline/loadgen-target/release/loadgen
 PORT=${PORT:-18080}
 BASE=http://127.0.0.1:$PORT
 
+# cpu_flags: the CPU's model name and SIMD flags, for the line above every table.
+cpu_flags() {
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o 'avx512[a-z_0-9]*\|avx2\|fma\|avx_vnni\|amx[a-z_0-9]*' | sort -u | tr '\n' ' ')"
+}
+
 build_all() {
   [ -n "${CELERIAC_BIN:-}" ] || (cd "$ROOT" && cargo build --release --bin celeriac) >&2
   if [ ! -x "$LOADGEN" ]; then

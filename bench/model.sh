@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The model alone, side by side in one run: celeriac's packed CPU kernels, its candle
-# kernels, and PyTorch (the baseline's SpamClassifier, where the baseline venv exists),
-# each on THREADS intra-op threads (default 1): batch-1 latency and batch 8/32
-# throughput over the 1,000 bench inputs. Prints one table; JSON lines go to $OUT.
+# The model alone, side by side in one run: celeriac's packed CPU kernels in each
+# precision (PRECISIONS, default f32 bf16 int8; ISAS adds runs with CELERIAC_ISA capped,
+# e.g. ISAS="avx512 avx2"), its candle kernels, and PyTorch (the baseline's
+# SpamClassifier, where the baseline venv exists), each on THREADS intra-op threads
+# (default 1): batch-1 latency and batch 8/32 throughput over the first N bench inputs.
+# Prints the CPU flags and one table; JSON lines go to $OUT.
 #
 #   bench/model.sh              # 1 thread
 #   THREADS=2 N=300 bench/model.sh
@@ -18,10 +20,17 @@ BENCH_MODEL=${BENCH_MODEL_BIN:-$CARGO_TARGET_DIR/release/examples/bench_model}
 [ -n "${BENCH_MODEL_BIN:-}" ] || (cd "$ROOT" && cargo build --release --example bench_model) >&2
 "$ROOT/scripts/fetch-model.sh" models/spam-minilm >&2
 INPUTS=$SHARED/bench/inputs.jsonl
-for k in packed candle; do
-  (cd "$ROOT" && "$BENCH_MODEL" --kernels "$k" \
-    --threads "$THREADS" --n "$N" --inputs "$INPUTS") | tail -n 1 >> "$OUT/model.jsonl"
+cpu_flags >&2
+PRECISIONS=${PRECISIONS:-f32 bf16 int8}
+for isa in "" ${ISAS:-}; do
+  for p in $PRECISIONS; do
+    (cd "$ROOT" && CELERIAC_ISA=$isa "$BENCH_MODEL" --kernels packed --precision "$p" \
+      --threads "$THREADS" --n "$N" --inputs "$INPUTS") | tail -n 1 >> "$OUT/model.jsonl"
+  done
 done
+(cd "$ROOT" && "$BENCH_MODEL" --kernels candle \
+  --threads "$THREADS" --n "$N" --inputs "$INPUTS") | tail -n 1 >> "$OUT/model.jsonl"
+
 PY=${PY:-$HOME/.cache/celeriac-baseline/venv/bin/python}
 if [ -x "$PY" ]; then
   (cd "$ROOT" && "$PY" bench/torch_model.py --threads "$THREADS" --n "$N" --inputs "$INPUTS" \
@@ -32,13 +41,13 @@ fi
 python3 - "$OUT/model.jsonl" << 'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| implementation | threads | load s | batch 1 p50 / p99 ms | batch 1 msgs/s | batch 8 msgs/s | batch 32 msgs/s |")
-print("|---|---|---|---|---|---|---|")
+print("| implementation | kernel | threads | load s | batch 1 p50 / p99 ms | batch 1 msgs/s | batch 8 msgs/s | batch 32 msgs/s |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows:
     def b(n):
         v = r.get(f"b{n}_msgs_per_s")
         g = r.get(f"b{n}_grouped_msgs_per_s")
         return "" if v is None else (f"{v:.1f}" + (f" (grouped {g:.1f})" if g else ""))
-    print(f'| {r["impl"]} | {r["threads"]} | {r["load_s"]:.2f} | {r["b1_p50_ms"]:.1f} / {r["b1_p99_ms"]:.1f} | '
+    print(f'| {r["impl"]} | {r.get("kernel", "")} | {r["threads"]} | {r["load_s"]:.2f} | {r["b1_p50_ms"]:.1f} / {r["b1_p99_ms"]:.1f} | '
           f'{r["b1_msgs_per_s"]:.1f} | {b(8)} | {b(32)} |')
 PY

@@ -8,6 +8,7 @@
 #   bench/spam.sh                  # everything (about 10 minutes with the baseline)
 #   BASELINE=0 bench/spam.sh       # celeriac only
 #   N=1000 BASELINE=0 bench/spam.sh
+#   PRECISION=int8 BASELINE=0 bench/spam.sh   # spam.predict's dense layers in int8
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 N=${N:-1000}
@@ -20,6 +21,20 @@ build_all
 INPUTS=$SHARED/bench/inputs.jsonl
 LABELS=$SHARED/bench/inputs.labels
 CONFIG=${CONFIG:-$ROOT/config/debug.toml}
+if [ -n "${PRECISION:-}" ]; then
+  # The same config with spam.predict's precision set (relative paths stay valid: the
+  # copy sits in the same directory).
+  python3 - "$CONFIG" "$PRECISION" > "${CONFIG%.toml}.precision-$PRECISION.toml" << 'PY'
+import re, sys
+text, p = open(sys.argv[1]).read(), sys.argv[2]
+head, sep, rest = text.partition('[tasks."spam.predict"]\n')
+body, nxt, tail = rest.partition("\n[")
+body = re.sub(r'(?m)^precision = .*\n?', '', body)
+print(head + sep + f'precision = "{p}"\n' + body + nxt + tail, end="")
+PY
+  CONFIG=${CONFIG%.toml}.precision-$PRECISION.toml
+fi
+cpu_flags >&2
 
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
@@ -58,6 +73,8 @@ PY
 }
 
 start_server "$CONFIG"
+# The server has read it.
+[ -z "${PRECISION:-}" ] || rm -f "$CONFIG"
 trap stop_server EXIT
 for c in 1 8 32 128; do
   run "predict_c$c" "$c" "$N" spam.predict --inputs "$INPUTS" --labels "$LABELS" \

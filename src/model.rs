@@ -48,8 +48,11 @@ impl Kernels {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 weights and activations.
+    /// bf16 where it is both faithful and faster than f32 here (AMX-BF16), f32
+    /// elsewhere; see [`Precision::resolve`] and README "Precision".
     #[default]
+    Auto,
+    /// f32 weights and activations.
     F32,
     /// bf16 weights and activations, f32 sums ([`qgemm`]).
     Bf16,
@@ -59,24 +62,44 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Every precision.
-    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+    /// Every setting.
+    pub const ALL: [Precision; 4] = [
+        Precision::Auto,
+        Precision::F32,
+        Precision::Bf16,
+        Precision::Int8,
+    ];
 
     /// Its name in configs, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
         }
     }
 
+    /// The precision a setting runs in here: `auto` is bf16 where bf16 runs on AMX
+    /// tiles (2–2.5× f32, and within the strict fidelity bar: BENCHMARKS.md), else f32
+    /// (on AVX512-BF16 or AVX2 alone, bf16 is no faster than f32 batched). The others
+    /// are themselves.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if qgemm::kernel(qgemm::Element::Bf16) == qgemm::Kernel::Amx => {
+                Precision::Bf16
+            }
+            Precision::Auto => Precision::F32,
+            p => p,
+        }
+    }
+
     /// The kernel its dense layers run on here.
     pub fn kernel(self) -> &'static str {
-        match self {
-            Precision::F32 => sgemm::isa().map_or("gemm crate", sgemm::Isa::as_str),
+        match self.resolve() {
             Precision::Bf16 => qgemm::kernel(qgemm::Element::Bf16).name(qgemm::Element::Bf16),
             Precision::Int8 => qgemm::kernel(qgemm::Element::Int8).name(qgemm::Element::Int8),
+            _ => sgemm::isa().map_or("gemm crate", sgemm::Isa::as_str),
         }
     }
 }
@@ -93,7 +116,7 @@ impl std::str::FromStr for Precision {
         Precision::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("precision `{s}`: expected f32, bf16 or int8"))
+            .ok_or_else(|| format!("precision `{s}`: expected auto, f32, bf16 or int8"))
     }
 }
 
@@ -361,6 +384,11 @@ impl TextClassifier {
                 "the packed kernels run on the CPU only, not on {device}"
             )));
         }
+        // `auto` on the candle kernels is f32; an explicit half precision is refused.
+        let precision = match (kernels, precision) {
+            (Kernels::Candle, Precision::Auto) => Precision::F32,
+            (_, p) => p.resolve(),
+        };
         if kernels == Kernels::Candle && precision != Precision::F32 {
             return Err(runtime(format!(
                 "precision {precision} runs on the packed CPU kernels only; \

@@ -134,11 +134,11 @@ impl Dense {
             return self;
         }
         let (w, inp, out) = (&self.weight_t, self.inp, self.out);
-        self.packed = match precision {
+        self.packed = match precision.resolve() {
             Precision::Bf16 => Packed::Bf16(qgemm::Bf16Weight::pack(w, inp, out)),
             Precision::Int8 => Packed::Int8(qgemm::Int8Weight::pack(w, inp, out)),
-            Precision::F32 if sgemm::available() => Packed::F32(Some(sgemm::pack(w, inp, out))),
-            Precision::F32 => Packed::F32(None),
+            _ if sgemm::available() => Packed::F32(Some(sgemm::pack(w, inp, out))),
+            _ => Packed::F32(None),
         };
         let gemm_reads_it = match self.packed {
             Packed::F32(None) => true,
@@ -211,11 +211,11 @@ impl PackedEncoder {
             head_dim: h / heads,
             max_positions: config.max_position_embeddings,
             eps: config.layer_norm_eps as f32,
-            precision,
+            precision: precision.resolve(),
         })
     }
 
-    /// The dense layers' precision.
+    /// The dense layers' precision (resolved: never `auto`).
     pub fn precision(&self) -> Precision {
         self.precision
     }

@@ -80,8 +80,12 @@ impl ClassifierFactory {
             task = %self.task,
             model = %self.dir.display(),
             %device,
-            precision = %self.precision,
-            kernel = self.precision.kernel(),
+            setting = %self.precision,
+            precision = %model.precision(),
+            kernel = match kernels {
+                Kernels::Packed => model.precision().kernel(),
+                Kernels::Candle => "candle",
+            },
             seconds,
             "model loaded"
         );
