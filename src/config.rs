@@ -435,9 +435,9 @@ pub struct TaskSpec {
     #[serde(default)]
     pub model: Option<PathBuf>,
     /// For model-backed kinds on the CPU: the number format of the encoder's dense
-    /// layers, `f32`, `bf16` or `int8` (unset: the default, see README "Precision").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<crate::model::Precision>,
+    /// layers, `auto` (the default), `f32`, `bf16` or `int8` (README "Precision").
+    #[serde(default)]
+    pub precision: crate::model::Precision,
 }
 
 fn default_listen() -> SocketAddr {

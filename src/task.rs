@@ -205,12 +205,12 @@ impl Registry {
     }
 }
 
-/// Rejects `model` and `precision` settings on kinds that take no model, so a typo is
-/// not ignored.
+/// Rejects `model` and a `precision` other than `auto` on kinds that take no model, so a
+/// typo is not ignored.
 pub(crate) fn no_model(name: &str, spec: &crate::config::TaskSpec) -> Result<(), LoadError> {
     let setting = if spec.model.is_some() {
         "model"
-    } else if spec.precision.is_some() {
+    } else if spec.precision != crate::model::Precision::Auto {
         "precision"
     } else {
         return Ok(());

@@ -207,7 +207,7 @@ mod tests {
             pool: "p".into(),
             kind: kind.into(),
             model: None,
-            precision: None,
+            precision: Default::default(),
             queue: None,
         }
     }

@@ -55,7 +55,7 @@ pub fn factory(
         task: name.to_string(),
         dir,
         manifest,
-        precision: spec.precision.unwrap_or_default(),
+        precision: spec.precision,
         loaded: Mutex::new(HashMap::new()),
     }))
 }
