@@ -441,7 +441,7 @@ mod avx2 {
         scale: f32,
         scratch: &mut [f32],
     ) {
-        super::attention_body(qkv, ctx, heads, d, scale, scratch)
+        super::attention_body::<super::Fused>(qkv, ctx, heads, d, scale, scratch)
     }
 }
 
@@ -464,7 +464,7 @@ mod avx512 {
         scale: f32,
         scratch: &mut [f32],
     ) {
-        super::attention_body(qkv, ctx, heads, d, scale, scratch)
+        super::attention_body::<super::Fused>(qkv, ctx, heads, d, scale, scratch)
     }
 }
 
@@ -522,7 +522,32 @@ fn attention(
         // SAFETY: AVX2 and FMA were detected.
         return unsafe { avx2::attention(qkv, ctx, heads, d, scale, scratch) };
     }
-    attention_body(qkv, ctx, heads, d, scale, scratch)
+    attention_body::<Plain>(qkv, ctx, heads, d, scale, scratch)
+}
+
+/// `a · b + c`, fused into one FMA (inside the AVX2 and AVX-512 builds, whose target
+/// features include FMA) or as a multiply and an add (the generic build, where
+/// `f32::mul_add` would be a library call).
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding: `vfmadd` where the caller's target features include FMA.
+struct Fused;
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Two roundings, for the generic build.
+struct Plain;
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
 }
 
 /// Lanes of the hand-split reductions (one AVX-512 register of f32, two AVX ones).
@@ -637,7 +662,7 @@ fn lane_max(v: &[f32]) -> f32 {
 /// minus infinity before the softmax and their weights to zero after it; the weighted
 /// sum of values is accumulated 16 columns at a time (when `d` is a multiple of 16).
 #[inline(always)]
-fn attention_body(
+fn attention_body<M: MulAdd>(
     qkv: &[f32],
     ctx: &mut [f32],
     heads: usize,
@@ -672,7 +697,7 @@ fn attention_body(
                     for (s, q) in s.iter_mut().zip(&q) {
                         let qv = q[c] * scale;
                         for l in 0..KEY_BLOCK {
-                            s[l] += qv * k[l];
+                            s[l] = M::mul_add(qv, k[l], s[l]);
                         }
                     }
                 }
@@ -699,7 +724,7 @@ fn attention_body(
                         for (t, acc) in acc.iter_mut().enumerate() {
                             let p = probs[t * lp + j];
                             for l in 0..KEY_BLOCK {
-                                acc[l] += p * v[l];
+                                acc[l] = M::mul_add(p, v[l], acc[l]);
                             }
                         }
                     }
