@@ -11,6 +11,7 @@ pub mod packed;
 pub mod qgemm;
 pub mod sgemm;
 pub mod train;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -399,10 +400,10 @@ impl TextClassifier {
         let device =
             bert::device_of(&device).map_err(|e| runtime(format!("device {device}: {e}")))?;
         let config_path = dir.join(&manifest.config);
-        let config: BertConfig = serde_json::from_str(
-            &std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?,
-        )
-        .map_err(|e| file_error(&config_path, e))?;
+        let config_text =
+            std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
+        let config: BertConfig =
+            serde_json::from_str(&config_text).map_err(|e| file_error(&config_path, e))?;
         let weights = dir.join(&manifest.weights);
         if !weights.exists() {
             return Err(file_error(
@@ -419,11 +420,19 @@ impl TextClassifier {
                 Box::new(CandleEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?)
             }
             Kernels::Packed => {
-                let encoder = PackedEncoder::load(vb, &config, precision)
-                    .map_err(|e| file_error(&weights, e))?;
+                let cache = packed::cache_dir();
+                let encoder = packed::load_shared(
+                    &weights,
+                    &config_text,
+                    precision,
+                    cache.as_deref(),
+                    || PackedEncoder::load(vb, &config, precision),
+                )
+                .map_err(|e| file_error(&weights, e))?;
                 tracing::debug!(
                     %precision,
                     kernel = precision.kernel(),
+                    mapped = encoder.weights_mapped(),
                     dense_weight_mib = encoder.dense_weight_bytes() as f64 / (1 << 20) as f64,
                     "packed encoder"
                 );

@@ -448,7 +448,13 @@ async fn precision_is_served_and_checked() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
     )
     .unwrap();
-    let f32m = TextClassifier::load(&model_dir(), DeviceSpec::Cpu).unwrap();
+    let f32m = TextClassifier::load_with(
+        &model_dir(),
+        DeviceSpec::Cpu,
+        Kernels::Packed,
+        Precision::F32,
+    )
+    .unwrap();
     for precision in [Precision::Bf16, Precision::Int8] {
         let s = common::start(&precision_config(precision.as_str())).await;
         let direct =
@@ -489,4 +495,74 @@ async fn precision_is_served_and_checked() {
         format!("{err:#}").contains("tasks.\"e\".precision"),
         "{err:#}"
     );
+}
+
+/// Packed weights go through one cache file, mapped read-only: the process that packs
+/// writes it and maps it, a second load maps it without packing, a changed key (another
+/// precision) gets its own file, and every load computes exactly what an in-memory
+/// packing computes.
+#[test]
+fn packed_weights_map_from_one_cache_file_with_identical_outputs() {
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use celeriac::model::bert::BertConfig;
+    use celeriac::model::packed::{PackedEncoder, load_shared};
+    let dir = model_dir();
+    let weights = dir.join("model.safetensors");
+    let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config: BertConfig = serde_json::from_str(&config_text).unwrap();
+    let cache = std::env::temp_dir().join(format!("celeriac-packed-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let texts: Vec<Vec<u32>> = references()
+        .iter()
+        .take(6)
+        .map(|r| r.input_ids.clone())
+        .collect();
+    let packs = std::sync::atomic::AtomicUsize::new(0);
+    let pack = |p: Precision| {
+        packs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: the weights file is not modified while mapped.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu) }
+                .unwrap();
+        PackedEncoder::load(vb, &config, p)
+    };
+    for p in [Precision::F32, Precision::Int8] {
+        let in_memory = pack(p).unwrap();
+        let first = load_shared(&weights, &config_text, p, Some(&cache), || pack(p)).unwrap();
+        let second = load_shared(&weights, &config_text, p, Some(&cache), || pack(p)).unwrap();
+        assert!(!in_memory.weights_mapped());
+        assert!(first.weights_mapped() && second.weights_mapped(), "{p}");
+        let want = in_memory.forward(&texts).unwrap();
+        assert_eq!(first.forward(&texts).unwrap(), want, "{p}");
+        assert_eq!(second.forward(&texts).unwrap(), want, "{p}");
+    }
+    // Two in-memory packings and one for each first load; the second loads only mapped.
+    assert_eq!(packs.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let files: Vec<_> = std::fs::read_dir(cache.join(""))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".packed"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    // A damaged file is repacked, not trusted.
+    let f32_file = cache.join(files.iter().find(|n| n.contains("-f32-")).unwrap());
+    let len = std::fs::metadata(&f32_file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f32_file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let repacked = load_shared(&weights, &config_text, Precision::F32, Some(&cache), || {
+        pack(Precision::F32)
+    })
+    .unwrap();
+    assert_eq!(packs.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(
+        repacked.forward(&texts).unwrap(),
+        pack(Precision::F32).unwrap().forward(&texts).unwrap()
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
 }

@@ -21,21 +21,25 @@
 //! candle itself uses, for bigger ones. Outputs match PyTorch within 1e-4 and the
 //! candle path within 1e-5 per element (tests/model.rs).
 
+use std::path::{Path, PathBuf};
+
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
 use super::bert::{BertConfig, checkpoint_root};
+use super::weights::{Buf, Codec, Reader, Writer};
 use super::{Precision, qgemm, sgemm};
 
 /// A dense layer, `y = x · weightᵀ + bias`, its weight held in the layer's precision:
 /// in f32, transposed (`weight_t`, row-major `[in, out]`, for the `gemm` crate) and/or
 /// packed for [`sgemm`]; in bf16 or int8, packed for [`qgemm`] only.
+#[derive(Default)]
 struct Dense {
     /// The `gemm` crate's layout; empty where nothing reads it.
-    weight_t: Vec<f32>,
+    weight_t: Buf<f32>,
     packed: Packed,
-    bias: Vec<f32>,
+    bias: Buf<f32>,
     inp: usize,
     out: usize,
 }
@@ -43,16 +47,31 @@ struct Dense {
 /// A dense weight packed for a kernel.
 enum Packed {
     /// For [`sgemm`], where this CPU runs it.
-    F32(Option<Vec<f32>>),
+    F32(Option<Buf<f32>>),
     Bf16(qgemm::Bf16Weight),
     Int8(qgemm::Int8Weight),
 }
 
-struct Norm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+impl Default for Packed {
+    fn default() -> Self {
+        Packed::F32(None)
+    }
 }
 
+#[derive(Default)]
+struct Norm {
+    weight: Buf<f32>,
+    bias: Buf<f32>,
+}
+
+impl Norm {
+    fn codec(&mut self, c: &mut impl Codec) -> std::result::Result<(), String> {
+        c.buf(&mut self.weight)?;
+        c.buf(&mut self.bias)
+    }
+}
+
+#[derive(Default)]
 struct Layer {
     /// Query, key and value stacked: `[3 * hidden, hidden]`.
     qkv: Dense,
@@ -63,12 +82,14 @@ struct Layer {
     out_norm: Norm,
 }
 
-/// The encoder's weights as plain `f32` buffers, for the CPU.
+/// The encoder's weights as plain buffers, for the CPU: owned, or mapped from a shared
+/// cache file ([`load_shared`]).
+#[derive(Default)]
 pub struct PackedEncoder {
-    word: Vec<f32>,
-    position: Vec<f32>,
+    word: Buf<f32>,
+    position: Buf<f32>,
     /// Token type 0's embedding (every text is one segment).
-    token_type: Vec<f32>,
+    token_type: Buf<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
     hidden: usize,
@@ -79,8 +100,8 @@ pub struct PackedEncoder {
     precision: Precision,
 }
 
-fn flat(t: Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+fn flat(t: Tensor) -> Result<Buf<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?.into())
 }
 
 fn dense(vb: &VarBuilder, inp: usize, out: usize) -> Result<Dense> {
@@ -115,9 +136,9 @@ fn stack(parts: Vec<Dense>) -> Dense {
         bias.extend_from_slice(&d.bias);
     }
     Dense {
-        weight_t,
+        weight_t: weight_t.into(),
         packed: Packed::F32(None),
-        bias,
+        bias: bias.into(),
         inp,
         out,
     }
@@ -137,7 +158,7 @@ impl Dense {
         self.packed = match precision.resolve() {
             Precision::Bf16 => Packed::Bf16(qgemm::Bf16Weight::pack(w, inp, out)),
             Precision::Int8 => Packed::Int8(qgemm::Int8Weight::pack(w, inp, out)),
-            _ if sgemm::available() => Packed::F32(Some(sgemm::pack(w, inp, out))),
+            _ if sgemm::available() => Packed::F32(Some(sgemm::pack(w, inp, out).into())),
             _ => Packed::F32(None),
         };
         let gemm_reads_it = match self.packed {
@@ -146,9 +167,46 @@ impl Dense {
             Packed::Bf16(_) | Packed::Int8(_) => false,
         };
         if !gemm_reads_it {
-            self.weight_t = Vec::new();
+            self.weight_t = Buf::default();
         }
         self
+    }
+
+    fn codec(&mut self, c: &mut impl Codec) -> std::result::Result<(), String> {
+        c.buf(&mut self.weight_t)?;
+        c.buf(&mut self.bias)?;
+        c.usize(&mut self.inp)?;
+        c.usize(&mut self.out)?;
+        let mut tag = match self.packed {
+            Packed::F32(None) => 0,
+            Packed::F32(Some(_)) => 1,
+            Packed::Bf16(_) => 2,
+            Packed::Int8(_) => 3,
+        };
+        c.usize(&mut tag)?;
+        match (tag, &mut self.packed) {
+            (0, p) => *p = Packed::F32(None),
+            (1, Packed::F32(Some(b))) => c.buf(b)?,
+            (1, p) => {
+                let mut b = Buf::default();
+                c.buf(&mut b)?;
+                *p = Packed::F32(Some(b));
+            }
+            (2, Packed::Bf16(w)) => w.codec(c)?,
+            (2, p) => {
+                let mut w = qgemm::Bf16Weight::default();
+                w.codec(c)?;
+                *p = Packed::Bf16(w);
+            }
+            (3, Packed::Int8(w)) => w.codec(c)?,
+            (3, p) => {
+                let mut w = qgemm::Int8Weight::default();
+                w.codec(c)?;
+                *p = Packed::Int8(w);
+            }
+            (t, _) => return Err(format!("unknown dense layout {t}")),
+        }
+        Ok(())
     }
 
     /// Bytes of weights held (both layouts where both are kept).
@@ -203,7 +261,7 @@ impl PackedEncoder {
                 e.pp("position_embeddings")
                     .get((config.max_position_embeddings, h), "weight")?,
             )?,
-            token_type: token_types[..h].to_vec(),
+            token_type: token_types[..h].to_vec().into(),
             emb_norm: norm(&e.pp("LayerNorm"), h)?,
             layers,
             hidden: h,
@@ -213,6 +271,45 @@ impl PackedEncoder {
             eps: config.layer_norm_eps as f32,
             precision: precision.resolve(),
         })
+    }
+
+    /// Writes or reads every field, in one order ([`super::weights`]).
+    fn codec(&mut self, c: &mut impl Codec) -> std::result::Result<(), String> {
+        c.buf(&mut self.word)?;
+        c.buf(&mut self.position)?;
+        c.buf(&mut self.token_type)?;
+        self.emb_norm.codec(c)?;
+        let mut n = self.layers.len();
+        c.usize(&mut n)?;
+        if n > 1024 {
+            return Err(format!("{n} layers"));
+        }
+        self.layers.resize_with(n, Layer::default);
+        for l in &mut self.layers {
+            l.qkv.codec(c)?;
+            l.attn_out.codec(c)?;
+            l.attn_norm.codec(c)?;
+            l.intermediate.codec(c)?;
+            l.output.codec(c)?;
+            l.out_norm.codec(c)?;
+        }
+        c.usize(&mut self.hidden)?;
+        c.usize(&mut self.heads)?;
+        c.usize(&mut self.head_dim)?;
+        c.usize(&mut self.max_positions)?;
+        c.f32(&mut self.eps)?;
+        let mut p = Precision::ALL
+            .iter()
+            .position(|p| *p == self.precision)
+            .unwrap_or(0);
+        c.usize(&mut p)?;
+        self.precision = *Precision::ALL.get(p).ok_or("unknown precision")?;
+        Ok(())
+    }
+
+    /// Whether the weights live in a shared, read-only map of the cache file.
+    pub fn weights_mapped(&self) -> bool {
+        self.word.is_mapped()
     }
 
     /// The dense layers' precision (resolved: never `auto`).
@@ -268,7 +365,12 @@ impl PackedEncoder {
                 let row = &mut x[(start + p) * h..(start + p + 1) * h];
                 let word = &self.word[id as usize * h..(id as usize + 1) * h];
                 let pos = &self.position[p * h..(p + 1) * h];
-                for (((o, w), q), t) in row.iter_mut().zip(word).zip(pos).zip(&self.token_type) {
+                for (((o, w), q), t) in row
+                    .iter_mut()
+                    .zip(word)
+                    .zip(pos)
+                    .zip(self.token_type.iter())
+                {
                     *o = w + q + t;
                 }
             }
@@ -313,6 +415,164 @@ impl PackedEncoder {
         }
         Ok(x)
     }
+}
+
+/// Where packed weights are cached ([`load_shared`]): `$CELERIAC_CACHE_DIR/packed`
+/// (set but empty: no cache), else `$XDG_CACHE_HOME/celeriac/packed`, else
+/// `~/.cache/celeriac/packed`.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("CELERIAC_CACHE_DIR") {
+        Some(d) if d.is_empty() => None,
+        Some(d) => Some(PathBuf::from(d).join("packed")),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("celeriac").join("packed")),
+    }
+}
+
+/// FNV-1a, for cache file names and the code fingerprint (stable across builds and
+/// Rust versions, unlike `std`'s hasher).
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &b in *part {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The packing code itself: a change to any of these files makes a new cache key, so a
+/// stale file is never read.
+fn code_fingerprint() -> u64 {
+    fnv(&[
+        include_bytes!("packed.rs"),
+        include_bytes!("qgemm.rs"),
+        include_bytes!("sgemm.rs"),
+        include_bytes!("weights.rs"),
+        include_bytes!("bert.rs"),
+    ])
+}
+
+/// The encoder packed from `weights` in `precision`, through a cache file in `cache`
+/// (see [`cache_dir`]), mapped read-only: every process that loads the same checkpoint
+/// with the same precision and kernels maps the same file, so the page cache holds one
+/// copy. The first process packs (`load`) and writes the file; processes that start
+/// meanwhile wait for it (a lock file), then map it. The key checked on reading holds
+/// the checkpoint's path, size and modification time, `config` (the model's
+/// `config.json`), the precision, the kernels chosen here and the packing code's
+/// fingerprint. Any cache failure (an unwritable directory, a damaged file) is logged
+/// and the encoder is packed in memory instead.
+pub fn load_shared(
+    weights: &Path,
+    config: &str,
+    precision: Precision,
+    cache: Option<&Path>,
+    load: impl FnOnce() -> Result<PackedEncoder>,
+) -> Result<PackedEncoder> {
+    let precision = precision.resolve();
+    let Some(dir) = cache else {
+        return load();
+    };
+    let key = match (std::fs::metadata(weights), std::fs::canonicalize(weights)) {
+        (Ok(meta), Ok(path)) => format!(
+            "weights={} size={} mtime={:?} config={:016x} precision={precision} f32={:?} \
+             bf16={:?} int8={:?} code={:016x}",
+            path.display(),
+            meta.len(),
+            meta.modified().ok(),
+            fnv(&[config.as_bytes()]),
+            sgemm::isa(),
+            qgemm::kernel(qgemm::Element::Bf16),
+            qgemm::kernel(qgemm::Element::Int8),
+            code_fingerprint(),
+        ),
+        _ => return load(),
+    };
+    let stem = weights
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model");
+    let canonical = std::fs::canonicalize(weights).unwrap_or_else(|_| weights.to_path_buf());
+    let prefix = format!(
+        "{stem}-{:08x}-{precision}-",
+        fnv(&[canonical.as_os_str().as_encoded_bytes()]) as u32
+    );
+    let name = format!("{prefix}{:016x}.packed", fnv(&[key.as_bytes()]));
+    let path = dir.join(&name);
+    let read = || -> Option<PackedEncoder> {
+        match Reader::open(&path, &key) {
+            Ok(Some(mut r)) => {
+                let mut e = PackedEncoder::default();
+                match e.codec(&mut r) {
+                    Ok(()) if r.finished() => Some(e),
+                    Ok(()) => {
+                        tracing::warn!(path = %path.display(), "packed weights: more fields than this build reads; repacking");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "packed weights unreadable; repacking");
+                        None
+                    }
+                }
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "packed weights unreadable; repacking");
+                None
+            }
+        }
+    };
+    if let Some(e) = read() {
+        tracing::debug!(path = %path.display(), "packed weights mapped");
+        return Ok(e);
+    }
+    let lock = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::File::create(dir.join(format!("{name}.lock"))));
+    let lock = match lock {
+        Ok(f) => f,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "packed-weights cache unusable; packing in memory");
+            return load();
+        }
+    };
+    // SAFETY: flock on a file descriptor we own; the lock goes with the descriptor
+    // when `lock` is dropped at the end of this function.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        tracing::warn!(dir = %dir.display(), "packed-weights cache lock failed; packing in memory");
+        return load();
+    }
+    // Another process may have written it while this one waited.
+    if let Some(e) = read() {
+        return Ok(e);
+    }
+    let mut encoder = load()?;
+    let mut w = Writer::default();
+    let written = encoder
+        .codec(&mut w)
+        .map_err(std::io::Error::other)
+        .and_then(|()| w.write(&path, &key));
+    drop(w);
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "packed weights not cached; packing in memory");
+        return Ok(encoder);
+    }
+    // Files of earlier keys for the same checkpoint and precision are stale (a process
+    // still mapping one keeps its pages until it exits).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let n = entry.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(&prefix) && n != name && !n.ends_with(".lock") {
+                let _ = std::fs::remove_file(entry.path());
+                let _ = std::fs::remove_file(dir.join(format!("{n}.lock")));
+            }
+        }
+    }
+    tracing::info!(path = %path.display(), "packed weights cached");
+    Ok(read().unwrap_or(encoder))
 }
 
 /// Attention-mask mean pooling of packed hidden states (see [`PackedEncoder::forward`]),

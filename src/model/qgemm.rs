@@ -32,6 +32,7 @@ use std::arch::x86_64::*;
 
 use super::amx;
 use super::sgemm::{Cap, PANEL, ROW_BLOCK, TILE_ROWS, cap};
+use super::weights::{Buf, Codec};
 
 /// The kernels a precision can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,20 +164,22 @@ pub fn f32_of(b: u16) -> f32 {
 }
 
 /// A weight in bf16, packed (see the module docs): `[panel][k / 2][16][2]`.
+#[derive(Default)]
 pub struct Bf16Weight {
-    panels: Vec<u32>,
+    panels: Buf<u32>,
     inp: usize,
     out: usize,
 }
 
 /// A weight in int8 with a scale per output, packed (see the module docs):
 /// `[panel][k / 4][16][4]`.
+#[derive(Default)]
 pub struct Int8Weight {
-    panels: Vec<i8>,
+    panels: Buf<i8>,
     /// `s_w[o]`.
-    scale: Vec<f32>,
+    scale: Buf<f32>,
     /// `Σ_k q[o, k]`, exact in f32.
-    colsum: Vec<f32>,
+    colsum: Buf<f32>,
     inp: usize,
     out: usize,
 }
@@ -197,7 +200,18 @@ impl Bf16Weight {
                 }
             }
         }
-        Bf16Weight { panels, inp, out }
+        Bf16Weight {
+            panels: panels.into(),
+            inp,
+            out,
+        }
+    }
+
+    /// Writes or reads its fields ([`super::weights`]).
+    pub fn codec(&mut self, c: &mut impl Codec) -> Result<(), String> {
+        c.buf(&mut self.panels)?;
+        c.usize(&mut self.inp)?;
+        c.usize(&mut self.out)
     }
 
     /// Bytes held.
@@ -243,12 +257,21 @@ impl Int8Weight {
             }
         }
         Int8Weight {
-            panels,
-            scale,
-            colsum,
+            panels: panels.into(),
+            scale: scale.into(),
+            colsum: colsum.into(),
             inp,
             out,
         }
+    }
+
+    /// Writes or reads its fields ([`super::weights`]).
+    pub fn codec(&mut self, c: &mut impl Codec) -> Result<(), String> {
+        c.buf(&mut self.panels)?;
+        c.buf(&mut self.scale)?;
+        c.buf(&mut self.colsum)?;
+        c.usize(&mut self.inp)?;
+        c.usize(&mut self.out)
     }
 
     /// Bytes held.
