@@ -44,8 +44,8 @@ pub const RUN_TIME: &str = "celeriac_task_run_seconds";
 pub const LATENCY: &str = "celeriac_task_latency_seconds";
 /// Requests refused, by reason (the error code).
 pub const REJECTIONS: &str = "celeriac_rejections_total";
-/// Workers replaced (reason `lost`, `time_limit`) or task instances rebuilt after a
-/// panic (reason `panic`).
+/// Workers replaced (reason `lost`, `time_limit`), task instances rebuilt after a
+/// panic (reason `panic`), or `processes` children recycled (reason `recycled`).
 pub const RESTARTS: &str = "celeriac_worker_restarts_total";
 /// Jobs per batch handed to a worker.
 pub const BATCH_SIZE: &str = "celeriac_batch_size";
@@ -158,7 +158,7 @@ pub fn install() -> &'static PrometheusHandle {
         describe_counter!(REJECTIONS, "Requests refused, by reason (the error code).");
         describe_counter!(
             RESTARTS,
-            "Workers replaced (reason lost, time_limit) or task instances rebuilt after a panic (reason panic)."
+            "Workers replaced (reason lost, time_limit), task instances rebuilt after a panic (reason panic), or child processes recycled (reason recycled)."
         );
         describe_histogram!(BATCH_SIZE, "Jobs per batch handed to a worker.");
         describe_histogram!(
@@ -180,13 +180,22 @@ pub enum Restart {
     Panic,
     /// A worker was lost (crashed) and replaced.
     Lost,
-    /// A task ran past the time limit; its worker was abandoned and replaced.
+    /// A task ran past the time limit; its worker was abandoned (kind `processes`:
+    /// its child killed) and replaced.
     TimeLimit,
+    /// A `processes` worker replaced its child between tasks (`max_tasks_per_child`,
+    /// `max_memory_per_child_mb`); nothing was lost.
+    Recycled,
 }
 
 impl Restart {
     /// Every reason, for registering the counters at zero.
-    pub const ALL: [Restart; 3] = [Restart::Panic, Restart::Lost, Restart::TimeLimit];
+    pub const ALL: [Restart; 4] = [
+        Restart::Panic,
+        Restart::Lost,
+        Restart::TimeLimit,
+        Restart::Recycled,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -194,6 +203,7 @@ impl Restart {
             Restart::Panic => "panic",
             Restart::Lost => "lost",
             Restart::TimeLimit => "time_limit",
+            Restart::Recycled => "recycled",
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct PoolArgs {
     pub tasks: Vec<Registered>,
     /// Task records.
     pub store: Arc<TaskStore>,
+    /// The whole configuration, which `processes` workers hand to their children.
+    pub config: Arc<crate::config::Config>,
 }
 
 struct Running {
@@ -108,6 +110,7 @@ pub struct PoolState {
     supervisor: SupervisorConfig,
     tasks: Vec<Registered>,
     store: Arc<TaskStore>,
+    config: Arc<crate::config::Config>,
     myself: ActorRef<PoolMessage>,
     /// Tasks of this pool that take batches.
     batching: HashSet<Arc<str>>,
@@ -151,6 +154,7 @@ impl Actor for Pool {
             supervisor,
             tasks,
             store,
+            config,
         } = args;
         let size = shared.status().size;
         myself.send_interval(
@@ -168,6 +172,7 @@ impl Actor for Pool {
             supervisor,
             tasks,
             store,
+            config,
             myself,
             queue: VecDeque::new(),
             idle: Vec::new(),
@@ -317,7 +322,7 @@ impl PoolState {
         let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         let config = &self.shared.config;
         let (tx, rx) = match config.kind {
-            PoolKind::Threads => {
+            PoolKind::Threads | PoolKind::Processes => {
                 let (tx, rx) = mpsc::channel();
                 (Some(tx), Some(rx))
             }
@@ -340,6 +345,7 @@ impl PoolState {
                 store: self.store.clone(),
                 pool: self.myself.clone(),
                 batches: rx,
+                config: self.config.clone(),
             },
             self.myself.get_cell(),
         )
