@@ -224,7 +224,8 @@ pub fn pid(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactor
 }
 
 /// `debug.spin`: keeps a core busy for `{"ms": N}` milliseconds (a runaway task, for
-/// time limits).
+/// time limits). With `"ignore_sigterm": true` (only in a `processes` child) its process
+/// ignores SIGTERM first, so only SIGKILL stops it.
 pub fn spin(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
     factory(
         name,
@@ -232,6 +233,19 @@ pub fn spin(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFacto
         |input| sleep_ms(input).map(drop),
         |input| {
             let ms = sleep_ms(input).map_err(TaskError)?;
+            if input.get("ignore_sigterm") == Some(&Value::Bool(true)) {
+                if !crate::actors::worker::child::in_child() {
+                    return Err(TaskError(
+                        "`ignore_sigterm` is only for a child process of a `processes` pool"
+                            .into(),
+                    ));
+                }
+                // SAFETY: sets this child process's SIGTERM disposition to "ignore";
+                // no handler code runs, so nothing can be interrupted unsafely.
+                unsafe {
+                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                }
+            }
             let until = std::time::Instant::now() + Duration::from_millis(ms);
             let mut spins = 0u64;
             while std::time::Instant::now() < until {
