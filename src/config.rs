@@ -1009,6 +1009,32 @@ mod tests {
     }
 
     #[test]
+    fn recycling_settings_are_only_for_processes_pools() {
+        for field in ["max_tasks_per_child = 10", "max_memory_per_child_mb = 512"] {
+            let err = parse(&MINIMAL.replace("[pools.p]", &format!("[pools.p]\n{field}")))
+                .unwrap_err()
+                .to_string();
+            let key = field.split(' ').next().unwrap();
+            assert!(
+                err.contains(&format!("pools.p.{key}")) && err.contains("\"processes\""),
+                "{err}"
+            );
+            let c = parse(&MINIMAL.replace(
+                "[pools.p]",
+                &format!("[pools.p]\nkind = \"processes\"\n{field}"),
+            ))
+            .unwrap();
+            assert_eq!(c.pools["p"].size(), 2, "sized like a threads pool");
+        }
+        let err = parse(&MINIMAL.replace(
+            "[pools.p]",
+            "[pools.p]\nkind = \"processes\"\nconcurrency = 0",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("pools.p.concurrency"), "{err}");
+    }
+
+    #[test]
     fn devices_parse_and_spread_round_robin() {
         let c = parse(&MINIMAL.replace(
             "[pools.p]",

@@ -154,7 +154,10 @@ async fn an_aborting_task_fails_alone_and_the_pool_recovers() {
 async fn an_aborted_task_is_retried_as_max_retries_says() {
     let _serial = SERIAL.lock().await;
     let s = start(&config("retry", "concurrency = 1\nmax_retries = 2", "")).await;
-    let v = s.post("/v1/tasks/debug.abort?wait=10", &json!({})).await.body;
+    let v = s
+        .post("/v1/tasks/debug.abort?wait=10", &json!({}))
+        .await
+        .body;
     let v = if v["state"] == "FAILURE" {
         v
     } else {
@@ -164,7 +167,10 @@ async fn an_aborted_task_is_retried_as_max_retries_says() {
     assert_eq!(v["state"], "FAILURE", "{v}");
     assert_eq!(v["retries"], 2, "{v}");
     let err = v["error"].as_str().unwrap();
-    assert!(err.contains("SIGABRT") && err.contains("after 2 retries"), "{err}");
+    assert!(
+        err.contains("SIGABRT") && err.contains("after 2 retries"),
+        "{err}"
+    );
     assert!(replaced(&s, 3).await, "{:?}", s.state.pools[0].status());
     assert!(pool_full(&s, 1).await);
     s.shutdown().await;
@@ -218,7 +224,13 @@ async fn time_limit_kills_the_child_and_frees_its_cpu() {
         assert_ne!(pid_of(&s).await, pid, "a new child serves");
     }
     assert_eq!(
-        metric(&s, "celeriac_worker_restarts_total", "limit", Some("time_limit")).await,
+        metric(
+            &s,
+            "celeriac_worker_restarts_total",
+            "limit",
+            Some("time_limit")
+        )
+        .await,
         2.0
     );
     s.shutdown().await;
@@ -238,7 +250,11 @@ async fn max_tasks_per_child_recycles_between_tasks_and_loses_nothing() {
     for _ in 0..6 {
         pids.push(pid_of(&s).await);
     }
-    assert_eq!((pids[0], pids[2], pids[4]), (pids[1], pids[3], pids[5]), "{pids:?}");
+    assert_eq!(
+        (pids[0], pids[2], pids[4]),
+        (pids[1], pids[3], pids[5]),
+        "{pids:?}"
+    );
     assert!(
         pids[0] != pids[2] && pids[2] != pids[4] && pids[0] != pids[4],
         "{pids:?}"
@@ -257,14 +273,23 @@ async fn max_tasks_per_child_recycles_between_tasks_and_loses_nothing() {
     for t in r.body["tasks"].as_array().unwrap() {
         let v = s.wait_final(t["task_id"].as_str().unwrap(), 10.0).await;
         assert_eq!(v["state"], "SUCCESS", "{v}");
-        *per_child.entry(v["result"]["pid"].as_u64().unwrap()).or_default() += 1;
+        *per_child
+            .entry(v["result"]["pid"].as_u64().unwrap())
+            .or_default() += 1;
     }
     assert_eq!(per_child.len(), 5, "{per_child:?}");
     assert!(per_child.values().all(|n| *n == 2), "{per_child:?}");
     // Recycling is not a loss: no worker was replaced.
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            metric(&s, "celeriac_worker_restarts_total", "count", Some("recycled")).await == 8.0
+            metric(
+                &s,
+                "celeriac_worker_restarts_total",
+                "count",
+                Some("recycled"),
+            )
+            .await
+                == 8.0
         })
         .await
     );
@@ -295,7 +320,10 @@ async fn max_memory_per_child_recycles_a_child_past_the_limit() {
         kb / 1024
     };
     let base = rss_mb(pid);
-    assert!(base < 150, "a fresh child holds {base} MiB: the test needs room");
+    assert!(
+        base < 150,
+        "a fresh child holds {base} MiB: the test needs room"
+    );
     // Below the limit: the same child goes on.
     let r = s
         .post("/v1/tasks/debug.alloc?wait=10", &json!({"mb": 16}))
@@ -314,7 +342,13 @@ async fn max_memory_per_child_recycles_a_child_past_the_limit() {
     assert!(reaped(pid).await);
     assert!(rss_mb(next) < 150, "the new child starts small");
     assert_eq!(
-        metric(&s, "celeriac_worker_restarts_total", "memory", Some("recycled")).await,
+        metric(
+            &s,
+            "celeriac_worker_restarts_total",
+            "memory",
+            Some("recycled")
+        )
+        .await,
         1.0
     );
     assert_eq!(s.state.pools[0].status().replaced, 0);
@@ -324,7 +358,12 @@ async fn max_memory_per_child_recycles_a_child_past_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resize_and_drain_start_and_stop_children() {
     let _serial = SERIAL.lock().await;
-    let s = start(&config("resize", "concurrency = 1\nmax_concurrency = 4", "")).await;
+    let s = start(&config(
+        "resize",
+        "concurrency = 1\nmax_concurrency = 4",
+        "",
+    ))
+    .await;
     assert!(children_are(1).await);
     let r = s
         .admin_put("resize", TOKEN, &json!({"concurrency": 4}))
@@ -396,7 +435,10 @@ async fn batches_go_to_one_child_and_answer_in_order() {
             })
             .unwrap_or_else(|| panic!("{name} missing"))
     };
-    let (sum, count) = (get("celeriac_batch_size_sum"), get("celeriac_batch_size_count"));
+    let (sum, count) = (
+        get("celeriac_batch_size_sum"),
+        get("celeriac_batch_size_count"),
+    );
     assert_eq!(sum, 200.0);
     assert!(count < 200.0, "{count} batches for 200 jobs");
     s.shutdown().await;

@@ -358,7 +358,9 @@ impl Actor for Worker {
                 None
             }
             (PoolKind::Threads | PoolKind::Processes, None) => {
-                return Err("a worker with its own thread needs its batch channel. This is a bug.".into());
+                return Err(
+                    "a worker with its own thread needs its batch channel. This is a bug.".into(),
+                );
             }
         };
         Ok(WorkerState {

@@ -193,7 +193,11 @@ pub fn panic(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFact
 /// in a pool of kind `processes`, where it takes down its child process alone; routing
 /// it to a `threads` or `solo` pool (whose worker is the server itself) is a start-up
 /// error, and outside a child it refuses to run.
-pub fn abort(name: &str, spec: &TaskSpec, config: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
+pub fn abort(
+    name: &str,
+    spec: &TaskSpec,
+    config: &Config,
+) -> Result<Arc<dyn TaskFactory>, LoadError> {
     let kind = config.pools.get(&spec.pool).map(|p| p.kind);
     if kind != Some(crate::config::PoolKind::Processes) {
         return Err(LoadError {
@@ -236,8 +240,7 @@ pub fn spin(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFacto
             if input.get("ignore_sigterm") == Some(&Value::Bool(true)) {
                 if !crate::actors::worker::child::in_child() {
                     return Err(TaskError(
-                        "`ignore_sigterm` is only for a child process of a `processes` pool"
-                            .into(),
+                        "`ignore_sigterm` is only for a child process of a `processes` pool".into(),
                     ));
                 }
                 // SAFETY: sets this child process's SIGTERM disposition to "ignore";
@@ -369,6 +372,45 @@ mod tests {
         assert!(f.build(&ctx()).is_err(), "the rebuild fails");
         assert!(f.build(&ctx()).is_err(), "one start fails");
         assert!(f.build(&ctx()).is_ok(), "then builds succeed again");
+    }
+
+    #[test]
+    fn process_killers_are_refused_outside_a_child() {
+        let cfg = Config::from_toml("[pools.p]\n", std::path::Path::new(".")).unwrap();
+        let err = abort("a", &spec("debug.abort"), &cfg).err().unwrap();
+        assert!(err.to_string().contains("\"processes\""), "{err}");
+        // Even in a processes pool's config, this process is not a child: refused.
+        let cfg = Config::from_toml(
+            "[pools.p]\nkind = \"processes\"\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let mut t = abort("a", &spec("debug.abort"), &cfg)
+            .unwrap()
+            .build(&ctx())
+            .unwrap();
+        assert!(t.run(&json!({})).unwrap_err().0.contains("child process"));
+        let mut s = spin("s", &spec("debug.spin"), &cfg)
+            .unwrap()
+            .build(&ctx())
+            .unwrap();
+        let err = s
+            .run(&json!({"ms": 1, "ignore_sigterm": true}))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("ignore_sigterm"), "{err}");
+        assert_eq!(s.run(&json!({"ms": 1})).unwrap(), json!({"spun_ms": 1}));
+    }
+
+    #[test]
+    fn alloc_holds_what_it_allocates() {
+        let cfg = Config::from_toml("", std::path::Path::new(".")).unwrap();
+        let f = alloc("m", &spec("debug.alloc"), &cfg).unwrap();
+        assert!(f.validate(&json!({"mb": MAX_ALLOC_MB + 1})).is_err());
+        assert!(f.validate(&json!({})).is_err());
+        let mut t = f.build(&ctx()).unwrap();
+        assert_eq!(t.run(&json!({"mb": 1})).unwrap(), json!({"held_mb": 1}));
+        assert_eq!(t.run(&json!({"mb": 2})).unwrap(), json!({"held_mb": 3}));
     }
 
     #[test]

@@ -178,8 +178,8 @@ pub fn main(parent: u32) -> i32 {
         }
     };
     crate::task::set_thread_nice(init.context.nice);
-    let built = std::panic::catch_unwind(|| build(init))
-        .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
+    let built =
+        std::panic::catch_unwind(|| build(init)).unwrap_or_else(|p| Err(panic_message(p.as_ref())));
     let mut instances = match built {
         Ok(i) => {
             if write_frame(&mut output, &Ok::<(), String>(())).is_err() {
@@ -593,7 +593,10 @@ mod tests {
         );
         let mut r = &buf[..];
         let run: RunIn = read_frame(&mut r).unwrap().unwrap();
-        assert_eq!((run.task.as_str(), run.inputs.as_slice()), ("t", &inputs[..]));
+        assert_eq!(
+            (run.task.as_str(), run.inputs.as_slice()),
+            ("t", &inputs[..])
+        );
         let started: Result<(), String> = read_frame(&mut r).unwrap().unwrap();
         assert_eq!(started, Ok(()));
         assert!(read_frame::<RunIn>(&mut r).unwrap().is_none());
