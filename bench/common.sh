@@ -50,3 +50,6 @@ spam_config() {
     -e "s|^model = \"models/spam-minilm\"|model = \"$ROOT/models/spam-minilm\"|" \
     "$ROOT/config/default.toml" > "$3"
 }
+
+# The CPU's vector extensions that the kernels choose between, for the figures' header.
+cpu_flags() { grep -o 'avx512[a-z_0-9]*\|avx2\|fma' /proc/cpuinfo | sort -u | tr '\n' ' '; }

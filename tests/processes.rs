@@ -44,7 +44,11 @@ fn stat(pid: u32) -> Option<(char, u32, u64)> {
 
 /// This test process's live `celeriac child` processes, sorted.
 fn children() -> Vec<u32> {
-    let me = std::process::id();
+    children_of(std::process::id())
+}
+
+/// The live `celeriac child` processes of `parent`, sorted.
+fn children_of(me: u32) -> Vec<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -533,4 +537,81 @@ async fn debug_abort_is_a_startup_error_outside_a_processes_pool() {
         err.contains("debug.abort") && err.contains("\"processes\""),
         "{err}"
     );
+}
+
+/// A server killed with SIGKILL cannot stop its children: they die with it
+/// (`PR_SET_PDEATHSIG`), even while they run a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_children_die_with_a_server_killed_by_sigkill() {
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(format!("celeriac-sigkill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("processes.toml");
+    std::fs::write(
+        &file,
+        "[pools.p]\nkind = \"processes\"\nconcurrency = 2\nintra_op_threads = 1\n\
+         [tasks.\"debug.spin\"]\nkind = \"debug.spin\"\npool = \"p\"\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = wait_until(Duration::from_secs(20), || async {
+        client
+            .get(format!("{url}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "the server starts");
+    let kids = children_of(server.id());
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{url}/v1/tasks/debug.spin"))
+            .json(&json!({"ms": 60_000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    // Both children spin.
+    let t0: Vec<u64> = kids.iter().map(|p| stat(*p).unwrap().2).collect();
+    let busy = wait_until(Duration::from_secs(5), || async {
+        kids.iter()
+            .zip(&t0)
+            .all(|(p, t)| stat(*p).is_some_and(|(_, _, now)| now >= t + 10))
+    })
+    .await;
+    assert!(busy, "both children run a task");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // Dead (a zombie at most, if whoever adopted them does not reap).
+    let dead = wait_until(Duration::from_secs(5), || async {
+        kids.iter()
+            .all(|p| stat(*p).is_none_or(|(state, _, _)| state == 'Z'))
+    })
+    .await;
+    assert!(
+        dead,
+        "children outlived their server: {:?}",
+        kids.iter().map(|p| stat(*p)).collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
