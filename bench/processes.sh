@@ -91,7 +91,8 @@ for kind in threads processes; do
     config "$kind" "$w" 0 > "$TMP/$kind-mem.toml"
     start_server "$TMP/$kind-mem.toml"
     load "${kind}_mem$w" spam.predict "$w" $((w * 40)) --inputs "$INPUTS"
-    echo "{\"label\": \"${kind}_mem$w\", \"processes\": $(pids | wc -l), \"rss_kb\": $(sum_kb Rss), \"pss_kb\": $(sum_kb Pss)}" > "$TMP/${kind}_mem$w.mem"
+    child_kb=$(for p in $(pgrep -P "$SERVER_PID"); do awk '$1 == "Rss:" {print $2}' "/proc/$p/smaps_rollup"; done | sort -n | tail -1)
+    echo "{\"label\": \"${kind}_mem$w\", \"processes\": $(pids | wc -l), \"rss_kb\": $(sum_kb Rss), \"pss_kb\": $(sum_kb Pss), \"largest_child_rss_kb\": ${child_kb:-0}}" > "$TMP/${kind}_mem$w.mem"
     if [ "$w" = 1 ]; then
       for round in 1 2 3; do
         t=$(put 8)
@@ -139,6 +140,8 @@ for w in (1, 8):
     row(f"RSS, server + children, {w} spam worker(s)", lambda k: f'{mem(f"{k}_mem{w}")["rss_kb"] / 1024:.0f} MiB ({mem(f"{k}_mem{w}")["processes"]} processes)')
     row(f"PSS, server + children, {w} spam worker(s)", lambda k: f'{mem(f"{k}_mem{w}")["pss_kb"] / 1024:.0f} MiB')
 row("RSS 8 workers / 1 worker", lambda k: f'{mem(f"{k}_mem8")["rss_kb"] / mem(f"{k}_mem1")["rss_kb"]:.2f}x')
+row("largest child's RSS, 8 workers", lambda k: f'{mem(f"{k}_mem8")["largest_child_rss_kb"] / 1024:.0f} MiB' if mem(f"{k}_mem8")["largest_child_rss_kb"] else "no children")
+row("RSS, server + 8 children / one child (issue 14 goal: <= 1.5x)", lambda k: f'{mem(f"{k}_mem8")["rss_kb"] / mem(f"{k}_mem8")["largest_child_rss_kb"]:.2f}x' if mem(f"{k}_mem8")["largest_child_rss_kb"] else "-")
 row("grow 1 -> 8 spam workers, median of 3", grow)
 c1 = {k: run(f"{k}_echo_c1") for k in ("threads", "processes")}
 if all(c1.values()):
