@@ -180,6 +180,67 @@ async fn an_aborted_task_is_retried_as_max_retries_says() {
     s.shutdown().await;
 }
 
+/// A child killed from outside with SIGKILL, as the OOM killer does, loses only the task
+/// it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_with_sigkill_costs_only_its_task() {
+    let _serial = SERIAL.lock().await;
+    let s = start(&config("oom", "concurrency = 1", "")).await;
+    let pid = pid_of(&s).await;
+    let id = s.submit("debug.sleep", json!({"ms": 30_000})).await;
+    assert!(s.wait_started(&id).await);
+    let queued = s.submit("debug.echo", json!("queued")).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let v = s.wait_final(&id, 5.0).await;
+    assert_eq!(v["state"], "FAILURE", "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("worker lost") && err.contains("signal 9"),
+        "{err}"
+    );
+    // What waited in the queue runs on the new child.
+    let v = s.wait_final(&queued, 5.0).await;
+    assert_eq!(v["result"], "queued", "{v}");
+    assert!(reaped(pid).await);
+    assert_ne!(pid_of(&s).await, pid);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_grows_and_shrinks_children() {
+    let _serial = SERIAL.lock().await;
+    let s = start(&config("auto", "concurrency = 1\nmax_concurrency = 4", "")).await;
+    let r = s
+        .admin_put(
+            "auto",
+            TOKEN,
+            &json!({"autoscale": {"min": 1, "max": 3, "scale_up_queue_depth": 1,
+                "scale_up_cooldown_seconds": 0.05, "scale_down_idle_seconds": 0.3,
+                "check_interval_ms": 20}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(s.submit("debug.sleep", json!({"ms": 150})).await);
+    }
+    assert!(
+        children_are(3).await,
+        "grew to 3 children: {:?}",
+        children()
+    );
+    for id in &ids {
+        assert_eq!(s.wait_final(id, 10.0).await["state"], "SUCCESS");
+    }
+    assert!(children_are(1).await, "shrank back to 1: {:?}", children());
+    assert_eq!(s.state.pools[0].status().replaced, 0);
+    s.shutdown().await;
+}
+
 /// A runaway task past its time limit: its child is killed (SIGTERM; SIGKILL after the
 /// grace when it ignores SIGTERM) and reaped, so its CPU time stops rising, and a new
 /// child takes the next task.
