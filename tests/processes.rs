@@ -580,6 +580,27 @@ async fn spam_predict_answers_equal_the_threads_kind() {
         );
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
+    // What the model code measures inside the child reaches the server's /metrics.
+    let m = s.scrape().await;
+    let value = |name: &str, task: &str| {
+        m.samples
+            .iter()
+            .find(|x| x.metric == name && x.labels.get("task") == Some(task))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+            .unwrap_or(0.0)
+    };
+    for task in ["spam.threads", "spam.processes"] {
+        assert!(value("celeriac_model_load_seconds", task) > 0.0, "{task}");
+        assert!(
+            value("celeriac_batch_padding_ratio_count", task) >= 1.0,
+            "{task}"
+        );
+    }
     s.shutdown().await;
 }
 

@@ -9,9 +9,10 @@
 //! ```text
 //!  worker thread                              child
 //!      ── Init {config, pool, context} ──▶    builds the pool's task instances
-//!      ◀── Started: Ok | Err(why) ─────────
+//!      ◀── Started {outcome, metrics} ─────    Ok, or why not
 //!      ── Run {task, inputs} ─────────────▶    one batch, one task
-//!      ◀── Done {answers, panics, fatal} ──    one answer per input
+//!      ◀── Done {answers, panics, fatal,     one answer per input
+//!               metrics} ──────────────────
 //!      ...
 //!      stdin closed ──────────────────────▶    exits 0
 //! ```
@@ -26,6 +27,9 @@
 //! SIGKILL after `supervisor.child_kill_grace_ms`. After a batch, a child that ran
 //! `max_tasks_per_child` tasks or whose resident memory passed `max_memory_per_child_mb`
 //! is replaced by a fresh one before the worker asks for more work: nothing is lost.
+//! Metric updates that task code makes in the child (a batch's padding ratio, the
+//! model's load time) are captured there and applied by the server
+//! ([`crate::metrics::apply_remote`]), so `/metrics` shows them as for other kinds.
 //! Children also die with their worker thread (`PR_SET_PDEATHSIG`), so a parent killed
 //! with SIGKILL leaves none behind.
 
@@ -42,6 +46,7 @@ use serde_json::Value;
 
 use super::{Instances, StartedJob, panic_message, record};
 use crate::config::Config;
+use crate::metrics::RemoteUpdate;
 use crate::pool::PoolShared;
 use crate::store::TaskStore;
 use crate::task::{Registry, WorkerContext};
@@ -146,6 +151,15 @@ struct RunIn {
     inputs: Vec<Value>,
 }
 
+/// The child's answer to [`Init`].
+#[derive(Serialize, Deserialize)]
+struct Started {
+    /// Whether it built its tasks.
+    outcome: Result<(), String>,
+    /// Metric updates made while building (model load times).
+    metrics: Vec<RemoteUpdate>,
+}
+
 /// The answers to one batch.
 #[derive(Serialize, Deserialize)]
 struct Done {
@@ -155,6 +169,8 @@ struct Done {
     panics: u32,
     /// The child cannot go on (an instance could not be rebuilt) and exits.
     fatal: Option<String>,
+    /// Metric updates made while running the batch.
+    metrics: Vec<RemoteUpdate>,
 }
 
 /// The `celeriac child` mode: reads [`Init`], builds the tasks, answers batches until
@@ -162,6 +178,7 @@ struct Done {
 pub fn main(parent: u32) -> i32 {
     IN_CHILD.store(true, Ordering::Relaxed);
     die_with_parent(parent);
+    crate::metrics::install_capture();
     let (mut input, mut output) = match protocol_streams() {
         Ok(streams) => streams,
         Err(e) => {
@@ -180,17 +197,19 @@ pub fn main(parent: u32) -> i32 {
     crate::task::set_thread_nice(init.context.nice);
     let built =
         std::panic::catch_unwind(|| build(init)).unwrap_or_else(|p| Err(panic_message(p.as_ref())));
-    let mut instances = match built {
-        Ok(i) => {
-            if write_frame(&mut output, &Ok::<(), String>(())).is_err() {
-                return 0;
-            }
-            i
-        }
-        Err(why) => {
-            let _ = write_frame(&mut output, &Err::<(), String>(why));
-            return 1;
-        }
+    let (outcome, built) = match built {
+        Ok(i) => (Ok(()), Some(i)),
+        Err(why) => (Err(why), None),
+    };
+    let started = Started {
+        outcome,
+        metrics: crate::metrics::take_captured(),
+    };
+    if write_frame(&mut output, &started).is_err() {
+        return 0;
+    }
+    let Some(mut instances) = built else {
+        return 1;
     };
     loop {
         let run: RunIn = match read_frame(&mut input) {
@@ -218,6 +237,7 @@ pub fn main(parent: u32) -> i32 {
             answers,
             panics,
             fatal,
+            metrics: crate::metrics::take_captured(),
         };
         if write_frame(&mut output, &done).is_err() || stop {
             return i32::from(stop);
@@ -453,8 +473,13 @@ impl ChildRunner {
             pid: pids,
         };
         let started = write_frame(&mut pipes.input, &self.init)
-            .and_then(|()| read_frame::<Result<(), String>>(&mut pipes.output));
-        match started {
+            .and_then(|()| read_frame::<Started>(&mut pipes.output));
+        match started.map(|s| {
+            s.map(|s| {
+                crate::metrics::apply_remote(s.metrics);
+                s.outcome
+            })
+        }) {
             Ok(Some(Ok(()))) => {
                 tracing::debug!(pool = %self.pool.name, pid = pids, "child process started");
                 self.pipes = Some(pipes);
@@ -501,6 +526,7 @@ impl ChildRunner {
                 return Err(self.slot.reap());
             }
         };
+        crate::metrics::apply_remote(done.metrics);
         for (started, answer) in batch.iter().zip(done.answers) {
             if let Some(outcome) = answer {
                 record(&self.store, &self.pool.name, started, outcome);
