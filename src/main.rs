@@ -104,6 +104,12 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.log_json {
+        // `processes` children inherit the environment: they log as JSON too.
+        // SAFETY: no other thread exists yet (the async runtime starts below), so
+        // nothing can read the environment while it changes.
+        unsafe { std::env::set_var("CELERIAC_LOG_JSON", "true") };
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A child's stdout carries its protocol: it logs to stderr, as the server's own
     // threads would.
