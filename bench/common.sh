@@ -55,3 +55,4 @@ spam_config() {
     -e "s|^model = \"models/spam-minilm\"|model = \"$ROOT/models/spam-minilm\"|" \
     "$ROOT/config/default.toml" > "$3"
 }
+

@@ -88,6 +88,7 @@ impl App {
                 pools: pools.clone(),
                 registry: registry.clone(),
                 store: store.clone(),
+                app_config: Arc::new(config.clone()),
             },
         )
         .await

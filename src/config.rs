@@ -163,6 +163,11 @@ pub struct SupervisorConfig {
     /// publishes the age of its oldest queued task).
     #[serde(default = "default_time_limit_check_ms")]
     pub time_limit_check_ms: u64,
+    /// Kind `processes`: a child killed for its time limit gets SIGTERM, then SIGKILL
+    /// after this long; a child being recycled or stopped gets this long to exit after
+    /// its input closes, then SIGKILL.
+    #[serde(default = "default_child_kill_grace_ms")]
+    pub child_kill_grace_ms: u64,
 }
 
 /// How a pool's workers run tasks (Celery's `--pool`).
@@ -173,6 +178,9 @@ pub enum PoolKind {
     Threads,
     /// One worker runs tasks inline; `concurrency` is ignored, as in Celery.
     Solo,
+    /// Each worker runs tasks in a child process (the same binary): crash isolation,
+    /// time limits that kill, recycling by task count or memory (Celery's prefork).
+    Processes,
 }
 
 impl PoolKind {
@@ -181,6 +189,7 @@ impl PoolKind {
         match self {
             PoolKind::Threads => "threads",
             PoolKind::Solo => "solo",
+            PoolKind::Processes => "processes",
         }
     }
 }
@@ -189,7 +198,7 @@ impl PoolKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// `threads` or `solo`.
+    /// `threads`, `solo` or `processes`.
     #[serde(default = "default_pool_kind")]
     pub kind: PoolKind,
     /// Number of workers (ignored by `solo`, which has one).
@@ -217,6 +226,15 @@ pub struct PoolConfig {
     /// Ceiling of the pool's size: the admin API and the autoscaler never go above it.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// Kind `processes`: a child is replaced by a fresh one, between tasks, after it
+    /// ran this many tasks (Celery's `worker_max_tasks_per_child`). 0: never.
+    #[serde(default)]
+    pub max_tasks_per_child: u64,
+    /// Kind `processes`: a child whose resident memory passed this many MiB after a
+    /// batch is replaced by a fresh one, between tasks (Celery's
+    /// `worker_max_memory_per_child`). 0: never.
+    #[serde(default)]
+    pub max_memory_per_child_mb: u64,
     /// Optional autoscaling between bounds.
     #[serde(default)]
     pub autoscale: Option<AutoscaleConfig>,
@@ -381,7 +399,7 @@ impl PoolConfig {
     /// The largest size the pool may be given (1 for `solo`).
     pub fn ceiling(&self) -> usize {
         match self.kind {
-            PoolKind::Threads => self.max_concurrency,
+            PoolKind::Threads | PoolKind::Processes => self.max_concurrency,
             PoolKind::Solo => 1,
         }
     }
@@ -389,7 +407,7 @@ impl PoolConfig {
     /// Workers this pool starts with: `concurrency`, or 1 for `solo`.
     pub fn size(&self) -> usize {
         match self.kind {
-            PoolKind::Threads => self.concurrency,
+            PoolKind::Threads | PoolKind::Processes => self.concurrency,
             PoolKind::Solo => 1,
         }
     }
@@ -472,6 +490,9 @@ fn default_restart_window_seconds() -> f64 {
 }
 fn default_time_limit_check_ms() -> u64 {
     50
+}
+fn default_child_kill_grace_ms() -> u64 {
+    1000
 }
 fn default_pool_kind() -> PoolKind {
     PoolKind::Threads
@@ -580,6 +601,7 @@ impl Default for SupervisorConfig {
             restart_budget: default_restart_budget(),
             restart_window_seconds: default_restart_window_seconds(),
             time_limit_check_ms: default_time_limit_check_ms(),
+            child_kill_grace_ms: default_child_kill_grace_ms(),
         }
     }
 }
@@ -730,7 +752,7 @@ impl Config {
         }
         for (name, pool) in &self.pools {
             let key = |field: &str| format!("pools.{name}.{field}");
-            if pool.kind == PoolKind::Threads && pool.concurrency == 0 {
+            if pool.kind != PoolKind::Solo && pool.concurrency == 0 {
                 return Err(invalid(key("concurrency"), "must be at least 1"));
             }
             if pool.queue_capacity == 0 {
@@ -751,6 +773,22 @@ impl Config {
                     key("max_concurrency"),
                     format!("is below concurrency ({})", pool.size()),
                 ));
+            }
+            if pool.kind != PoolKind::Processes {
+                for (field, set) in [
+                    ("max_tasks_per_child", pool.max_tasks_per_child > 0),
+                    ("max_memory_per_child_mb", pool.max_memory_per_child_mb > 0),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            key(field),
+                            format!(
+                                "recycles child processes: only for kind = \"processes\" (this pool is `{}`); remove it or set 0",
+                                pool.kind.as_str()
+                            ),
+                        ));
+                    }
+                }
             }
             if pool.kind == PoolKind::Solo && pool.autoscale.is_some() {
                 return Err(invalid(
@@ -972,6 +1010,32 @@ mod tests {
         let c = parse(&MINIMAL.replace("[pools.p]", "[pools.p]\nkind = \"solo\"\nconcurrency = 0"))
             .unwrap();
         assert_eq!(c.pools["p"].size(), 1);
+    }
+
+    #[test]
+    fn recycling_settings_are_only_for_processes_pools() {
+        for field in ["max_tasks_per_child = 10", "max_memory_per_child_mb = 512"] {
+            let err = parse(&MINIMAL.replace("[pools.p]", &format!("[pools.p]\n{field}")))
+                .unwrap_err()
+                .to_string();
+            let key = field.split(' ').next().unwrap();
+            assert!(
+                err.contains(&format!("pools.p.{key}")) && err.contains("\"processes\""),
+                "{err}"
+            );
+            let c = parse(&MINIMAL.replace(
+                "[pools.p]",
+                &format!("[pools.p]\nkind = \"processes\"\n{field}"),
+            ))
+            .unwrap();
+            assert_eq!(c.pools["p"].size(), 2, "sized like a threads pool");
+        }
+        let err = parse(&MINIMAL.replace(
+            "[pools.p]",
+            "[pools.p]\nkind = \"processes\"\nconcurrency = 0",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("pools.p.concurrency"), "{err}");
     }
 
     #[test]

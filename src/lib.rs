@@ -10,8 +10,9 @@
 //! - [`state`]: what the HTTP handlers share (config, store, registry, pools).
 //! - [`actors`]: the supervisor; one pool actor per pool, the sole owner of its queue,
 //!   workers, size and autoscaling (pull-based hand-out, batching, acks-late, time
-//!   limits); the workers (task instances on their own threads); the autoscaler's
-//!   decision; the messages between them on one page (`actors::protocol`).
+//!   limits); the workers (task instances on their own threads, or in child processes
+//!   for pool kind `processes`); the autoscaler's decision; the messages between them on
+//!   one page (`actors::protocol`).
 //! - [`pool`]: what the HTTP side reads about a pool: settings, the status its actor
 //!   publishes, the queue's admission gate.
 //! - [`broker`]: Redis as broker and result backend in Celery's wire format (several

@@ -70,6 +70,14 @@ enum Command {
         #[arg(long, default_value_t = 1e-4)]
         l2: f64,
     },
+    /// A `processes` pool's child: reads its tasks and batches on stdin (started by the
+    /// server, not by hand).
+    #[command(hide = true)]
+    Child {
+        /// The pid of the server that started it; the child exits if it is gone.
+        #[arg(long)]
+        parent: u32,
+    },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
         /// The configuration file.
@@ -94,17 +102,33 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if cli.log_json {
-        tracing_subscriber::fmt()
+        // `processes` children inherit the environment: they log as JSON too.
+        // SAFETY: no other thread exists yet (the async runtime starts below), so
+        // nothing can read the environment while it changes.
+        unsafe { std::env::set_var("CELERIAC_LOG_JSON", "true") };
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A child's stdout carries its protocol: it logs to stderr, as the server's own
+    // threads would.
+    let child = matches!(cli.command, Command::Child { .. });
+    match (cli.log_json, child) {
+        (true, false) => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+            .init(),
+        (false, false) => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        (true, true) => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        (false, true) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
     // A task's panic is caught and reported by its worker; log it as one structured
     // line instead of the default stderr dump.
@@ -119,7 +143,18 @@ async fn main() -> anyhow::Result<()> {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         tracing::error!(thread = thread.name().unwrap_or("?"), %location, "panic: {payload}");
     }));
-    match cli.command {
+    if let Command::Child { parent } = cli.command {
+        // No async runtime: a child runs batches on its main thread, and starts fast.
+        std::process::exit(celeriac::actors::worker::child::main(parent));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_command(cli.command))
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::CheckConfig { config } => {
             let config = load(&config)?;
             config.validate()?;
@@ -152,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { config, listen } => run(&config, listen, Role::Serve).await,
         Command::Worker { config, listen } => run(&config, listen, Role::Worker).await,
+        Command::Child { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -44,8 +44,8 @@ pub const RUN_TIME: &str = "celeriac_task_run_seconds";
 pub const LATENCY: &str = "celeriac_task_latency_seconds";
 /// Requests refused, by reason (the error code).
 pub const REJECTIONS: &str = "celeriac_rejections_total";
-/// Workers replaced (reason `lost`, `time_limit`) or task instances rebuilt after a
-/// panic (reason `panic`).
+/// Workers replaced (reason `lost`, `time_limit`), task instances rebuilt after a
+/// panic (reason `panic`), or `processes` children recycled (reason `recycled`).
 pub const RESTARTS: &str = "celeriac_worker_restarts_total";
 /// Jobs per batch handed to a worker.
 pub const BATCH_SIZE: &str = "celeriac_batch_size";
@@ -158,7 +158,7 @@ pub fn install() -> &'static PrometheusHandle {
         describe_counter!(REJECTIONS, "Requests refused, by reason (the error code).");
         describe_counter!(
             RESTARTS,
-            "Workers replaced (reason lost, time_limit) or task instances rebuilt after a panic (reason panic)."
+            "Workers replaced (reason lost, time_limit), task instances rebuilt after a panic (reason panic), or child processes recycled (reason recycled)."
         );
         describe_histogram!(BATCH_SIZE, "Jobs per batch handed to a worker.");
         describe_histogram!(
@@ -180,13 +180,22 @@ pub enum Restart {
     Panic,
     /// A worker was lost (crashed) and replaced.
     Lost,
-    /// A task ran past the time limit; its worker was abandoned and replaced.
+    /// A task ran past the time limit; its worker was abandoned (kind `processes`:
+    /// its child killed) and replaced.
     TimeLimit,
+    /// A `processes` worker replaced its child between tasks (`max_tasks_per_child`,
+    /// `max_memory_per_child_mb`); nothing was lost.
+    Recycled,
 }
 
 impl Restart {
     /// Every reason, for registering the counters at zero.
-    pub const ALL: [Restart; 3] = [Restart::Panic, Restart::Lost, Restart::TimeLimit];
+    pub const ALL: [Restart; 4] = [
+        Restart::Panic,
+        Restart::Lost,
+        Restart::TimeLimit,
+        Restart::Recycled,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -194,6 +203,7 @@ impl Restart {
             Restart::Panic => "panic",
             Restart::Lost => "lost",
             Restart::TimeLimit => "time_limit",
+            Restart::Recycled => "recycled",
         }
     }
 }
@@ -420,6 +430,163 @@ pub fn http(route: &'static str, method: &str, status: u16, elapsed: Duration) {
     histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed.as_secs_f64());
 }
 
+/// One metric update made in a `processes` child (by task code: a batch's padding
+/// ratio, a model's load time), captured there and applied here by [`apply_remote`]. A
+/// child has no exporter of its own: this is how its figures reach `/metrics`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteUpdate {
+    /// The metric's name (one of this module's).
+    pub name: String,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// What was done to it.
+    pub op: RemoteOp,
+}
+
+/// What a [`RemoteUpdate`] does.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RemoteOp {
+    /// Counter: add.
+    Increment(u64),
+    /// Counter: set.
+    Absolute(u64),
+    /// Gauge: add (negative to subtract).
+    Add(f64),
+    /// Gauge: set.
+    Set(f64),
+    /// Histogram: record.
+    Record(f64),
+}
+
+/// Updates captured since the last [`take_captured`] (in a child, where
+/// [`install_capture`] made them go here).
+static CAPTURED: parking_lot::Mutex<Vec<RemoteUpdate>> = parking_lot::Mutex::new(Vec::new());
+
+/// In a `processes` child: every metric update goes to a buffer that
+/// [`take_captured`] empties, to be sent to the server with the child's answers.
+pub fn install_capture() {
+    let _ = metrics::set_global_recorder(Capture);
+}
+
+/// The updates captured since the last call.
+pub fn take_captured() -> Vec<RemoteUpdate> {
+    std::mem::take(&mut *CAPTURED.lock())
+}
+
+/// Applies updates a child captured, as if they had been made here.
+pub fn apply_remote(updates: Vec<RemoteUpdate>) {
+    for u in updates {
+        let labels: Vec<metrics::Label> = u
+            .labels
+            .into_iter()
+            .map(|(k, v)| metrics::Label::new(k, v))
+            .collect();
+        match u.op {
+            RemoteOp::Increment(v) => counter!(u.name, labels).increment(v),
+            RemoteOp::Absolute(v) => counter!(u.name, labels).absolute(v),
+            RemoteOp::Add(v) => gauge!(u.name, labels).increment(v),
+            RemoteOp::Set(v) => gauge!(u.name, labels).set(v),
+            RemoteOp::Record(v) => histogram!(u.name, labels).record(v),
+        }
+    }
+}
+
+/// The recorder of a child: records nothing itself, captures every update.
+struct Capture;
+
+/// One captured metric: its name and labels.
+struct Captured {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+impl Captured {
+    fn new(key: &metrics::Key) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Captured {
+            name: key.name().to_string(),
+            labels: key
+                .labels()
+                .map(|l| (l.key().to_string(), l.value().to_string()))
+                .collect(),
+        })
+    }
+
+    fn push(&self, op: RemoteOp) {
+        CAPTURED.lock().push(RemoteUpdate {
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            op,
+        });
+    }
+}
+
+impl metrics::CounterFn for Captured {
+    fn increment(&self, value: u64) {
+        self.push(RemoteOp::Increment(value));
+    }
+    fn absolute(&self, value: u64) {
+        self.push(RemoteOp::Absolute(value));
+    }
+}
+
+impl metrics::GaugeFn for Captured {
+    fn increment(&self, value: f64) {
+        self.push(RemoteOp::Add(value));
+    }
+    fn decrement(&self, value: f64) {
+        self.push(RemoteOp::Add(-value));
+    }
+    fn set(&self, value: f64) {
+        self.push(RemoteOp::Set(value));
+    }
+}
+
+impl metrics::HistogramFn for Captured {
+    fn record(&self, value: f64) {
+        self.push(RemoteOp::Record(value));
+    }
+}
+
+impl metrics::Recorder for Capture {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(Captured::new(key))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(Captured::new(key))
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::from_arc(Captured::new(key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +596,33 @@ mod tests {
         for n in ALL {
             assert!(n.starts_with("celeriac_"), "{n}");
         }
+    }
+
+    #[test]
+    fn a_childs_updates_are_captured_for_the_server() {
+        metrics::with_local_recorder(&Capture, || {
+            padding("p", "t", 30, 20);
+            model_loaded("t", 0.25);
+        });
+        let got: Vec<RemoteUpdate> = take_captured()
+            .into_iter()
+            .filter(|u| u.labels.iter().any(|(_, v)| v == "t"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                RemoteUpdate {
+                    name: PADDING_RATIO.into(),
+                    labels: vec![("pool".into(), "p".into()), ("task".into(), "t".into())],
+                    op: RemoteOp::Record(1.5),
+                },
+                RemoteUpdate {
+                    name: MODEL_LOAD.into(),
+                    labels: vec![("task".into(), "t".into())],
+                    op: RemoteOp::Set(0.25),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct LoadError {
 }
 
 /// Where a worker runs: what a factory needs to build its instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerContext {
     /// The worker's device.
     pub device: crate::config::DeviceSpec,
@@ -127,6 +127,10 @@ fn kinds() -> &'static [(&'static str, KindBuilder)] {
         ("debug.fail", debug::fail),
         ("debug.panic", debug::panic),
         ("debug.crash_worker", debug::crash_worker),
+        ("debug.abort", debug::abort),
+        ("debug.pid", debug::pid),
+        ("debug.spin", debug::spin),
+        ("debug.alloc", debug::alloc),
         ("text_classifier", text_classifier::factory),
     ]
 }

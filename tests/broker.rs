@@ -885,3 +885,35 @@ async fn a_mixed_fleet_python_and_celeriac_workers_on_one_redis() {
     assert!(r.body["error"].as_str().unwrap().contains("py.shout"));
     s.shutdown().await;
 }
+
+/// Pool kind `processes` behind the broker: its children run what the node takes from
+/// Redis, and a child that aborts fails its task there as a lost worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processes_pool_serves_from_the_broker() {
+    let redis = Redis::start();
+    let extra = format!(
+        "{}[tasks.\"debug.abort\"]\nkind = \"debug.abort\"\npool = \"procq\"\n",
+        broker_table(&redis, "celeriac@p")
+    );
+    let s = start(&debug_config_in(
+        "procq",
+        "kind = \"processes\"\nconcurrency = 2\nintra_op_threads = 1\nmax_batch_size = 8",
+        &extra,
+    ))
+    .await;
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..20).map(|i| s.submit("debug.echo", json!([i])))).await;
+    for (i, id) in ids.iter().enumerate() {
+        let v = s.wait_final(id, 10.0).await;
+        assert_eq!(v["result"], json!([i]), "{v}");
+        assert_eq!(redis.meta(id).await["status"], "SUCCESS");
+    }
+    let boom = s.submit("debug.abort", json!({})).await;
+    let v = s.wait_final(&boom, 10.0).await;
+    assert_eq!(v["state"], "FAILURE", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("SIGABRT"), "{v}");
+    assert_eq!(redis.meta(&boom).await["status"], "FAILURE");
+    let r = s.post("/v1/tasks/debug.echo?wait=5", &json!("after")).await;
+    assert_eq!(r.body["result"], "after", "{}", r.body);
+    s.shutdown().await;
+}

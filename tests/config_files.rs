@@ -25,6 +25,10 @@ fn default_and_debug_configs_validate() {
         "debug.fail",
         "debug.panic",
         "debug.crash_worker",
+        "debug.pid",
+        "debug.spin",
+        "debug.alloc",
+        "debug.abort",
     ] {
         assert!(debug.tasks.contains_key(t), "debug.toml registers {t}");
     }
@@ -102,6 +106,22 @@ fn default_toml_lists_the_real_defaults() {
         file, minimal,
         "default.toml differs from the code's defaults"
     );
+    // Every setting is written out (a missing one would still parse to its default).
+    for (table, fields) in [
+        ("server", &minimal["server"]),
+        ("results", &minimal["results"]),
+        ("supervisor", &minimal["supervisor"]),
+        ("broker", &minimal["broker"]),
+        ("pools.default", &minimal["pools"]["default"]),
+    ] {
+        for key in fields.as_object().unwrap().keys() {
+            let listed = text.lines().any(|l| {
+                let l = l.trim_start_matches("# ");
+                l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("[{table}.{key}]"))
+            });
+            assert!(listed, "config/default.toml does not list {table}.{key}");
+        }
+    }
 
     // The optional autoscale table, as commented out in the file.
     let block: String = text

@@ -6,8 +6,9 @@
 //!   short queue may wait up to `max_batch_delay_ms` to fill a batch while another worker
 //!   is busy. Revoked jobs are skipped.
 //! - **Workers.** Spawned linked to this actor, one per slot. The pool remembers what each
-//!   worker holds until it reports `Ready` (acks-late). A worker that is lost (a crash, or
-//!   a time limit that abandons it) is replaced at once; what it held is re-queued as
+//!   worker holds until it reports `Ready` (acks-late). A worker that is lost (a crash, a
+//!   child process that died, or a time limit that abandons its thread or kills its
+//!   child) is replaced at once; what it held is re-queued as
 //!   `RETRY` while `max_retries` allows, else failed with "worker lost". A task that
 //!   panics never costs a worker: the worker fails that task and goes on.
 //! - **Failed starts.** A slot whose worker fails to start tries again after an
@@ -15,7 +16,8 @@
 //!   parked until the pool is resized. When every slot is parked, queued tasks fail with
 //!   "no live worker" and submits get 503.
 //! - **Size.** Grow starts workers on new slots (the model is already loaded: this costs a
-//!   thread and a task instance). Shrink removes parked and waiting slots first, then
+//!   thread and a task instance; for kind `processes`, a child process that builds its
+//!   own). Shrink removes parked and waiting slots first, then
 //!   retires idle workers, then busy ones, which finish what they hold and stop. Nothing
 //!   queued or running is dropped. The autoscaler ([`super::autoscale`]) runs on the
 //!   pool's tick whenever the pool has bounds, from the file or from the admin API.
@@ -63,6 +65,8 @@ pub struct PoolArgs {
     pub tasks: Vec<Registered>,
     /// Task records.
     pub store: Arc<TaskStore>,
+    /// The whole configuration, which `processes` workers hand to their children.
+    pub config: Arc<crate::config::Config>,
 }
 
 struct Running {
@@ -108,6 +112,7 @@ pub struct PoolState {
     supervisor: SupervisorConfig,
     tasks: Vec<Registered>,
     store: Arc<TaskStore>,
+    config: Arc<crate::config::Config>,
     myself: ActorRef<PoolMessage>,
     /// Tasks of this pool that take batches.
     batching: HashSet<Arc<str>>,
@@ -151,6 +156,7 @@ impl Actor for Pool {
             supervisor,
             tasks,
             store,
+            config,
         } = args;
         let size = shared.status().size;
         myself.send_interval(
@@ -168,6 +174,7 @@ impl Actor for Pool {
             supervisor,
             tasks,
             store,
+            config,
             myself,
             queue: VecDeque::new(),
             idle: Vec::new(),
@@ -186,8 +193,9 @@ impl Actor for Pool {
             panics: 0,
             failed_starts_total: 0,
         };
-        for slot in 0..size {
-            state.spawn_worker(slot).await.map_err(|e| {
+        let slots: Vec<usize> = (0..size).collect();
+        for outcome in state.spawn_workers(&slots).await {
+            outcome.map_err(|e| {
                 format!("pool `{}`: worker failed to start: {e}", state.shared.name)
             })?;
         }
@@ -314,67 +322,88 @@ impl PoolState {
 
     /// Spawns a worker on `slot`, linked to this actor; it is idle at once.
     async fn spawn_worker(&mut self, slot: usize) -> Result<(), String> {
-        let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        self.spawn_workers(&[slot])
+            .await
+            .pop()
+            .expect("one outcome per slot")
+    }
+
+    /// Spawns a worker on each of `slots` (free ones), linked to this actor, all at once:
+    /// their starts overlap (for kind `processes`, a start is a child process building
+    /// its tasks). Each started worker is idle at once; one outcome per slot, in order.
+    async fn spawn_workers(&mut self, slots: &[usize]) -> Vec<Result<(), String>> {
         let config = &self.shared.config;
-        let (tx, rx) = match config.kind {
-            PoolKind::Threads => {
-                let (tx, rx) = mpsc::channel();
-                (Some(tx), Some(rx))
-            }
-            PoolKind::Solo => (None, None),
-        };
-        let spawned = Actor::spawn_linked(
-            Some(worker_name(self.name(), id)),
-            Worker,
-            WorkerArgs {
-                id,
-                shared: self.shared.clone(),
-                context: WorkerContext {
-                    device: config.device_for(slot),
-                    intra_op_threads: config.threads_per_worker(),
-                    name: format!("{}-{id}", self.shared.name),
-                    pool: self.shared.name.clone(),
-                    nice: config.nice,
+        let mut started = Vec::new();
+        let mut spawns = Vec::new();
+        for &slot in slots {
+            let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = match config.kind {
+                PoolKind::Threads | PoolKind::Processes => {
+                    let (tx, rx) = mpsc::channel();
+                    (Some(tx), Some(rx))
+                }
+                PoolKind::Solo => (None, None),
+            };
+            spawns.push(Actor::spawn_linked(
+                Some(worker_name(self.name(), id)),
+                Worker,
+                WorkerArgs {
+                    id,
+                    shared: self.shared.clone(),
+                    context: WorkerContext {
+                        device: config.device_for(slot),
+                        intra_op_threads: config.threads_per_worker(),
+                        name: format!("{}-{id}", self.shared.name),
+                        pool: self.shared.name.clone(),
+                        nice: config.nice,
+                    },
+                    tasks: self.tasks.clone(),
+                    store: self.store.clone(),
+                    pool: self.myself.clone(),
+                    batches: rx,
+                    config: self.config.clone(),
                 },
-                tasks: self.tasks.clone(),
-                store: self.store.clone(),
-                pool: self.myself.clone(),
-                batches: rx,
-            },
-            self.myself.get_cell(),
-        )
-        .await;
-        let actor = match spawned {
-            Ok((actor, _)) => actor,
-            Err(e) => {
-                self.failed_starts_total += 1;
-                return Err(e.to_string());
-            }
-        };
-        let inbox = match tx {
-            Some(tx) => Inbox::Thread(tx),
-            None => Inbox::Inline(actor.clone()),
-        };
-        self.actors.insert(actor.get_id(), id);
-        self.workers.insert(
-            id,
-            WorkerEntry {
-                slot: Some(slot),
-                inbox,
-                actor,
-                running: None,
-            },
-        );
-        self.slots.insert(
-            slot,
-            Slot {
-                state: SlotState::Running(id),
-                failures: 0,
-                generation: 0,
-            },
-        );
-        self.idle.push(id);
-        Ok(())
+                self.myself.get_cell(),
+            ));
+            started.push((slot, id, tx));
+        }
+        let spawned = futures_util::future::join_all(spawns).await;
+        let mut outcomes = Vec::with_capacity(slots.len());
+        for ((slot, id, tx), spawned) in started.into_iter().zip(spawned) {
+            let actor = match spawned {
+                Ok((actor, _)) => actor,
+                Err(e) => {
+                    self.failed_starts_total += 1;
+                    outcomes.push(Err(e.to_string()));
+                    continue;
+                }
+            };
+            let inbox = match tx {
+                Some(tx) => Inbox::Thread(tx),
+                None => Inbox::Inline(actor.clone()),
+            };
+            self.actors.insert(actor.get_id(), id);
+            self.workers.insert(
+                id,
+                WorkerEntry {
+                    slot: Some(slot),
+                    inbox,
+                    actor,
+                    running: None,
+                },
+            );
+            self.slots.insert(
+                slot,
+                Slot {
+                    state: SlotState::Running(id),
+                    failures: 0,
+                    generation: 0,
+                },
+            );
+            self.idle.push(id);
+            outcomes.push(Ok(()));
+        }
+        outcomes
     }
 
     /// Starts a worker on a slot that has none; on failure, schedules another try after
@@ -747,13 +776,15 @@ impl PoolState {
     async fn set_size(&mut self, target: usize) -> Result<(), ResizeError> {
         let current = self.slots.len();
         if target > current {
-            for _ in current..target {
-                let slot = (0..)
-                    .find(|s| !self.slots.contains_key(s))
-                    .expect("unbounded");
-                self.spawn_worker(slot).await.map_err(ResizeError::Spawn)?;
-            }
+            let free: Vec<usize> = (0..)
+                .filter(|s| !self.slots.contains_key(s))
+                .take(target - current)
+                .collect();
+            let outcomes = self.spawn_workers(&free).await;
             self.dispatch();
+            if let Some(Err(e)) = outcomes.into_iter().find(Result::is_err) {
+                return Err(ResizeError::Spawn(e));
+            }
         } else if target < current {
             let mut excess = current - target;
             // Parked and waiting slots go first: nothing runs on them.

@@ -156,14 +156,15 @@ pub enum ResizeError {
 pub enum WorkerMessage {
     /// Jobs to run inline (`solo` workers only).
     Run(Vec<StartedJob>),
-    /// The worker's thread cannot go on (its tasks could not be rebuilt); the worker
-    /// fails with this message and its pool replaces it.
+    /// The worker's thread cannot go on (its tasks could not be rebuilt, or its child
+    /// process died); the worker fails with this message and its pool replaces it.
     Died(String),
 }
 
 /// How a pool hands a batch to one of its workers.
 pub enum Inbox {
-    /// The worker's own thread, through a channel (`threads`).
+    /// The worker's own thread, through a channel (`threads`; `processes`, whose thread
+    /// hands the batch on to its child process).
     Thread(mpsc::Sender<Vec<StartedJob>>),
     /// The worker actor itself, which runs jobs inline (`solo`).
     Inline(ActorRef<WorkerMessage>),

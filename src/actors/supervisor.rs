@@ -27,6 +27,8 @@ pub struct SupervisorArgs {
     pub registry: Arc<Registry>,
     /// Task records.
     pub store: Arc<TaskStore>,
+    /// The whole configuration, which `processes` workers hand to their children.
+    pub app_config: Arc<crate::config::Config>,
 }
 
 /// Messages to the supervisor.
@@ -62,6 +64,7 @@ impl Actor for Supervisor {
                     supervisor: args.config.clone(),
                     tasks: args.registry.for_pool(index),
                     store: args.store.clone(),
+                    config: args.app_config.clone(),
                 },
                 myself.get_cell(),
             )

@@ -3,13 +3,18 @@
 //!
 //! Kind `threads`: the actor owns an OS thread that builds the task instances and runs
 //! every batch, fed by a channel, so inference never blocks the async runtime. Kind
-//! `solo`: the actor runs batches inline, in `block_in_place`.
+//! `solo`: the actor runs batches inline, in `block_in_place`. Kind `processes`: the
+//! actor's OS thread starts a child process that builds the task instances, hands it
+//! each batch and records its answers ([`child`]); a child that dies takes only its
+//! batch with it, and the actor kills its child when the pool stops it for a time limit.
 //!
 //! A task that panics fails that task alone (`FAILURE` with the panic message); the
 //! worker rebuilds that task's instance (the weights are shared, so this costs
 //! microseconds) and goes on. When a batch panics, its jobs are run again one at a
 //! time, so only the poison input fails. The worker itself fails only when an instance
 //! cannot be rebuilt; its pool then replaces it.
+
+pub mod child;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -42,8 +47,11 @@ pub struct WorkerArgs {
     pub store: Arc<TaskStore>,
     /// Where it reports `Ready`.
     pub pool: ActorRef<PoolMessage>,
-    /// Its batches, for kind `threads` (the pool holds the sending side).
+    /// Its batches, for kinds `threads` and `processes` (the pool holds the sending
+    /// side).
     pub batches: Option<mpsc::Receiver<Vec<StartedJob>>>,
+    /// The whole configuration, for kind `processes`: a child builds its tasks from it.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// A worker's state.
@@ -51,35 +59,34 @@ pub struct WorkerState {
     id: WorkerId,
     /// The task instances, for `solo` workers (a `threads` worker's live on its thread).
     inline: Option<Runner>,
+    /// The child process of a `processes` worker, killed if the actor stops while it
+    /// runs a batch (a time limit).
+    child: Option<Arc<child::ChildSlot>>,
     pool: ActorRef<PoolMessage>,
 }
 
-/// The task instances of one worker, and how it runs a batch.
-struct Runner {
+/// The task instances of one worker, and how they run a batch: in this process (kinds
+/// `threads` and `solo`, through [`Runner`]) or in a child process (kind `processes`,
+/// through [`child`]).
+pub(crate) struct Instances {
     registered: Vec<Registered>,
     context: WorkerContext,
     tasks: HashMap<Arc<str>, Box<dyn Task>>,
-    store: Arc<TaskStore>,
-    pool: Arc<PoolShared>,
 }
 
-impl Runner {
-    fn build(
+impl Instances {
+    pub(crate) fn build(
         registered: Vec<Registered>,
         context: WorkerContext,
-        store: Arc<TaskStore>,
-        pool: Arc<PoolShared>,
     ) -> Result<Self, LoadError> {
         let mut tasks = HashMap::new();
         for t in &registered {
             tasks.insert(t.name.clone(), t.factory.build(&context)?);
         }
-        Ok(Runner {
+        Ok(Instances {
             registered,
             context,
             tasks,
-            store,
-            pool,
         })
     }
 
@@ -124,69 +131,107 @@ impl Runner {
         }
     }
 
-    /// Runs a batch (always of one task) and records each answer. Several jobs go
-    /// through the task's batch entry point at once; if that panics, they are run again
-    /// one at a time so only the input that panics fails. Returns how many instances
-    /// were rebuilt after a panic; an error only when an instance could not be rebuilt.
+    /// Runs a batch of inputs of task `name` and hands each answer to `answer` with its
+    /// index. Several inputs go through the task's batch entry point at once; if that
+    /// panics, they are run again one at a time so only the input that panics fails.
+    /// Returns how many instances were rebuilt after a panic; an error only when an
+    /// instance could not be rebuilt (the answers given until then stand).
+    pub(crate) fn run(
+        &mut self,
+        name: &Arc<str>,
+        inputs: &[&Value],
+        answer: &mut dyn FnMut(usize, Result<Value, String>),
+    ) -> Result<u32, String> {
+        let mut panics = 0;
+        if let [input] = inputs {
+            answer(0, self.run_one(name, input, &mut panics)?);
+            return Ok(panics);
+        }
+        let task = self.task(name);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| task.run_batch(inputs))) {
+            Ok(out) if out.len() == inputs.len() => {
+                for (i, o) in out.into_iter().enumerate() {
+                    answer(i, o.map_err(|e| e.0));
+                }
+            }
+            Ok(out) => {
+                let why = format!(
+                    "task `{name}` answered {} times for a batch of {} inputs",
+                    out.len(),
+                    inputs.len()
+                );
+                for i in 0..inputs.len() {
+                    answer(i, Err(why.clone()));
+                }
+            }
+            Err(payload) => {
+                panics += 1;
+                self.rebuild(name)?;
+                tracing::warn!(
+                    task = %name,
+                    jobs = inputs.len(),
+                    "a batch panicked ({}); running its jobs one at a time",
+                    panic_message(payload.as_ref())
+                );
+                // Each answer is handed on as it comes, so if an instance cannot be
+                // rebuilt, the jobs already answered keep their answers.
+                for (i, input) in inputs.iter().enumerate() {
+                    answer(i, self.run_one(name, input, &mut panics)?);
+                }
+            }
+        }
+        Ok(panics)
+    }
+}
+
+/// A worker's task instances in this process, and where their answers go.
+struct Runner {
+    instances: Instances,
+    store: Arc<TaskStore>,
+    pool: Arc<PoolShared>,
+}
+
+impl Runner {
+    fn build(
+        registered: Vec<Registered>,
+        context: WorkerContext,
+        store: Arc<TaskStore>,
+        pool: Arc<PoolShared>,
+    ) -> Result<Self, LoadError> {
+        Ok(Runner {
+            instances: Instances::build(registered, context)?,
+            store,
+            pool,
+        })
+    }
+
+    /// Runs a batch (always of one task) and records each answer (see
+    /// [`Instances::run`]). Returns how many instances were rebuilt after a panic; an
+    /// error only when an instance could not be rebuilt.
     fn run_batch(&mut self, batch: Vec<StartedJob>) -> Result<u32, String> {
         let Some(first) = batch.first() else {
             return Ok(0);
         };
         let name = first.job.task.clone();
         let t0 = std::time::Instant::now();
-        let mut panics = 0;
-        let outcomes: Vec<Result<Value, String>> = if batch.len() == 1 {
-            vec![self.run_one(&name, &first.job.input, &mut panics)?]
-        } else {
-            let inputs: Vec<&Value> = batch.iter().map(|s| &*s.job.input).collect();
-            let task = self.task(&name);
-            match std::panic::catch_unwind(AssertUnwindSafe(|| task.run_batch(&inputs))) {
-                Ok(out) if out.len() == batch.len() => {
-                    out.into_iter().map(|o| o.map_err(|e| e.0)).collect()
-                }
-                Ok(out) => {
-                    let why = format!(
-                        "task `{name}` answered {} times for a batch of {} inputs",
-                        out.len(),
-                        batch.len()
-                    );
-                    vec![Err(why); batch.len()]
-                }
-                Err(payload) => {
-                    panics += 1;
-                    self.rebuild(&name)?;
-                    tracing::warn!(
-                        task = %name,
-                        jobs = batch.len(),
-                        "a batch panicked ({}); running its jobs one at a time",
-                        panic_message(payload.as_ref())
-                    );
-                    // Each answer is recorded as it comes, so if an instance cannot be
-                    // rebuilt, the jobs already answered keep their answers.
-                    for s in &batch {
-                        let outcome = self.run_one(&name, &s.job.input, &mut panics)?;
-                        self.record(s, outcome);
-                    }
-                    Vec::new()
-                }
-            }
-        };
+        let inputs: Vec<&Value> = batch.iter().map(|s| &*s.job.input).collect();
+        let (store, pool) = (&self.store, &self.pool);
+        let panics = self.instances.run(&name, &inputs, &mut |i, outcome| {
+            record(store, &pool.name, &batch[i], outcome)
+        })?;
         crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
-        // Empty when the jobs were run (and recorded) one at a time.
-        for (started, outcome) in batch.iter().zip(outcomes) {
-            self.record(started, outcome);
-        }
         Ok(panics)
-    }
-
-    fn record(&self, started: &StartedJob, outcome: Result<Value, String>) {
-        if let Some(f) = self.store.finish(&started.job.id, started.attempt, outcome) {
-            crate::metrics::finished(&self.pool.name, &f);
-        }
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+/// Writes a job's answer, if its attempt is still the current one.
+fn record(store: &TaskStore, pool: &str, started: &StartedJob, outcome: Result<Value, String>) {
+    if let Some(f) = store.finish(&started.job.id, started.attempt, outcome) {
+        crate::metrics::finished(pool, &f);
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     let text = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -213,7 +258,9 @@ impl Actor for Worker {
             store,
             pool,
             batches,
+            config,
         } = args;
+        let mut child = None;
         let inline = match (shared.config.kind, batches) {
             (PoolKind::Solo, _) => Some(tokio::task::block_in_place(|| {
                 Runner::build(tasks, context, store, shared)
@@ -261,11 +308,80 @@ impl Actor for Worker {
                     .map_err(|_| "worker thread exited while building its tasks")??;
                 None
             }
-            (PoolKind::Threads, None) => {
-                return Err("a threads worker needs its batch channel. This is a bug.".into());
+            (PoolKind::Processes, Some(rx)) => {
+                let slot = Arc::new(child::ChildSlot::new(crate::config::secs(
+                    config.supervisor.child_kill_grace_ms as f64 / 1e3,
+                )));
+                child = Some(slot.clone());
+                let (built_tx, built_rx) = tokio::sync::oneshot::channel();
+                let me = myself.clone();
+                let ready_to = pool.clone();
+                let init = child::Init::new(&config, &shared.name, context);
+                std::thread::Builder::new()
+                    .name(format!("celeriac-{}-{id}", shared.name))
+                    .spawn(move || {
+                        let mut runner = match child::ChildRunner::start(init, slot, store, shared)
+                        {
+                            Ok(r) => {
+                                let _ = built_tx.send(Ok(()));
+                                r
+                            }
+                            Err(e) => {
+                                let _ = built_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        while let Ok(batch) = rx.recv() {
+                            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                runner.run_batch(batch)
+                            }))
+                            .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
+                            match outcome {
+                                Ok(panics) => {
+                                    let _ =
+                                        ready_to.cast(PoolMessage::Ready { worker: id, panics });
+                                }
+                                Err(why) => {
+                                    let _ = me.cast(WorkerMessage::Died(why));
+                                    return;
+                                }
+                            }
+                        }
+                        // The pool let the worker go: the child exits when its input
+                        // closes.
+                        runner.close();
+                    })?;
+                built_rx
+                    .await
+                    .map_err(|_| "worker thread exited while starting its child process")?
+                    .map_err(|e| format!("child process failed to start: {e}"))?;
+                None
+            }
+            (PoolKind::Threads | PoolKind::Processes, None) => {
+                return Err(
+                    "a worker with its own thread needs its batch channel. This is a bug.".into(),
+                );
             }
         };
-        Ok(WorkerState { id, inline, pool })
+        Ok(WorkerState {
+            id,
+            inline,
+            child,
+            pool,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stopped while its child runs a batch: the pool wrote the worker off (a time
+        // limit). An idle child exits by itself when the pool drops its channel.
+        if let Some(slot) = &state.child {
+            slot.terminate_if_busy();
+        }
+        Ok(())
     }
 
     async fn handle(

@@ -1,6 +1,7 @@
 //! Built-in tasks for demos, tests and load tests: `debug.echo`, `debug.sleep`,
-//! `debug.fail`, `debug.panic` and `debug.crash_worker`. Enabled by registering them in config (see
-//! `config/debug.toml`).
+//! `debug.fail`, `debug.panic`, `debug.crash_worker`, and for `processes` pools
+//! `debug.abort`, `debug.pid`, `debug.spin` and `debug.alloc`. Enabled by registering
+//! them in config (see `config/debug.toml`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +189,120 @@ pub fn panic(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFact
     })
 }
 
+/// `debug.abort`: calls `std::process::abort()`, as a crash in native code would. Only
+/// in a pool of kind `processes`, where it takes down its child process alone; routing
+/// it to a `threads` or `solo` pool (whose worker is the server itself) is a start-up
+/// error, and outside a child it refuses to run.
+pub fn abort(
+    name: &str,
+    spec: &TaskSpec,
+    config: &Config,
+) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    let kind = config.pools.get(&spec.pool).map(|p| p.kind);
+    if kind != Some(crate::config::PoolKind::Processes) {
+        return Err(LoadError {
+            task: name.into(),
+            message: format!(
+                "kind `debug.abort` aborts the process it runs in: route it to a pool of kind \"processes\" (pool `{}` is {})",
+                spec.pool,
+                kind.map_or("not defined", |k| k.as_str())
+            ),
+        });
+    }
+    factory(name, spec, any_input, |_| {
+        if !crate::actors::worker::child::in_child() {
+            return Err(TaskError(
+                "debug.abort runs only in a child process of a `processes` pool".into(),
+            ));
+        }
+        std::process::abort()
+    })
+}
+
+/// `debug.pid`: returns `{"pid": N}`, the id of the process that ran it (a child's for
+/// `processes` pools, the server's otherwise).
+pub fn pid(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    factory(name, spec, any_input, |_| {
+        Ok(json!({ "pid": std::process::id() }))
+    })
+}
+
+/// `debug.spin`: keeps a core busy for `{"ms": N}` milliseconds (a runaway task, for
+/// time limits). With `"ignore_sigterm": true` (only in a `processes` child) its process
+/// ignores SIGTERM first, so only SIGKILL stops it.
+pub fn spin(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    factory(
+        name,
+        spec,
+        |input| sleep_ms(input).map(drop),
+        |input| {
+            let ms = sleep_ms(input).map_err(TaskError)?;
+            if input.get("ignore_sigterm") == Some(&Value::Bool(true)) {
+                if !crate::actors::worker::child::in_child() {
+                    return Err(TaskError(
+                        "`ignore_sigterm` is only for a child process of a `processes` pool".into(),
+                    ));
+                }
+                // SAFETY: sets this child process's SIGTERM disposition to "ignore";
+                // no handler code runs, so nothing can be interrupted unsafely.
+                unsafe {
+                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                }
+            }
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut spins = 0u64;
+            while std::time::Instant::now() < until {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+            Ok(json!({ "spun_ms": ms }))
+        },
+    )
+}
+
+/// Most MiB one `debug.alloc` may ask for.
+pub const MAX_ALLOC_MB: u64 = 1024;
+
+fn alloc_mb(input: &Value) -> Result<u64, String> {
+    let mb = input
+        .get("mb")
+        .ok_or("debug.alloc takes {\"mb\": N}: field `mb` is missing")?;
+    mb.as_u64()
+        .filter(|n| *n <= MAX_ALLOC_MB)
+        .ok_or_else(|| format!("`mb` must be an integer from 0 to {MAX_ALLOC_MB}, got {mb}"))
+}
+
+/// `debug.alloc`: allocates `{"mb": N}` MiB, touches every page and keeps it for the
+/// life of its task instance (a leak, for recycling by memory).
+pub fn alloc(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    no_model(name, spec)?;
+    Ok(Arc::new(AllocFactory))
+}
+
+struct AllocFactory;
+
+/// What a `debug.alloc` instance holds on to.
+struct AllocTask(Vec<Vec<u8>>);
+
+impl TaskFactory for AllocFactory {
+    fn validate(&self, input: &Value) -> Result<(), String> {
+        alloc_mb(input).map(drop)
+    }
+
+    fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
+        Ok(Box::new(AllocTask(Vec::new())))
+    }
+}
+
+impl Task for AllocTask {
+    fn run(&mut self, input: &Value) -> Result<Value, TaskError> {
+        let mb = alloc_mb(input).map_err(TaskError)?;
+        // Non-zero bytes, so every page is really backed.
+        self.0.push(vec![1u8; (mb as usize) << 20]);
+        let held: usize = self.0.iter().map(Vec::len).sum();
+        Ok(json!({ "held_mb": held >> 20 }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +373,45 @@ mod tests {
         assert!(f.build(&ctx()).is_err(), "the rebuild fails");
         assert!(f.build(&ctx()).is_err(), "one start fails");
         assert!(f.build(&ctx()).is_ok(), "then builds succeed again");
+    }
+
+    #[test]
+    fn process_killers_are_refused_outside_a_child() {
+        let cfg = Config::from_toml("[pools.p]\n", std::path::Path::new(".")).unwrap();
+        let err = abort("a", &spec("debug.abort"), &cfg).err().unwrap();
+        assert!(err.to_string().contains("\"processes\""), "{err}");
+        // Even in a processes pool's config, this process is not a child: refused.
+        let cfg = Config::from_toml(
+            "[pools.p]\nkind = \"processes\"\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let mut t = abort("a", &spec("debug.abort"), &cfg)
+            .unwrap()
+            .build(&ctx())
+            .unwrap();
+        assert!(t.run(&json!({})).unwrap_err().0.contains("child process"));
+        let mut s = spin("s", &spec("debug.spin"), &cfg)
+            .unwrap()
+            .build(&ctx())
+            .unwrap();
+        let err = s
+            .run(&json!({"ms": 1, "ignore_sigterm": true}))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("ignore_sigterm"), "{err}");
+        assert_eq!(s.run(&json!({"ms": 1})).unwrap(), json!({"spun_ms": 1}));
+    }
+
+    #[test]
+    fn alloc_holds_what_it_allocates() {
+        let cfg = Config::from_toml("", std::path::Path::new(".")).unwrap();
+        let f = alloc("m", &spec("debug.alloc"), &cfg).unwrap();
+        assert!(f.validate(&json!({"mb": MAX_ALLOC_MB + 1})).is_err());
+        assert!(f.validate(&json!({})).is_err());
+        let mut t = f.build(&ctx()).unwrap();
+        assert_eq!(t.run(&json!({"mb": 1})).unwrap(), json!({"held_mb": 1}));
+        assert_eq!(t.run(&json!({"mb": 2})).unwrap(), json!({"held_mb": 3}));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Server {
 /// Parses `toml` (relative model paths resolve against the repository root) and
 /// serves it on a free port.
 pub async fn start(toml: &str) -> Server {
+    // `processes` pools start the celeriac binary, not this test harness.
+    celeriac::actors::worker::child::set_program(env!("CARGO_BIN_EXE_celeriac"));
     let config = Config::from_toml(toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
         .expect("test config parses");
     let app = App::start(config).await.expect("app starts");
