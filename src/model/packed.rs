@@ -496,8 +496,15 @@ pub fn load_shared(
         .and_then(|s| s.to_str())
         .unwrap_or("model");
     let canonical = std::fs::canonicalize(weights).unwrap_or_else(|_| weights.to_path_buf());
+    // Files of other kernel sets (`CELERIAC_ISA`) keep their own names, so processes
+    // with different caps do not replace each other's file.
+    let kernel: String = precision
+        .kernel()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let prefix = format!(
-        "{stem}-{:08x}-{precision}-",
+        "{stem}-{:08x}-{precision}-{kernel}-",
         fnv(&[canonical.as_os_str().as_encoded_bytes()]) as u32
     );
     let name = format!("{prefix}{:016x}.packed", fnv(&[key.as_bytes()]));
