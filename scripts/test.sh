@@ -13,4 +13,13 @@ scripts/fetch-model.sh models/spam-minilm
 # redis-server and the Python celery client, for the broker tests.
 scripts/test-deps.sh
 export CELERIAC_PYTHON=${CELERIAC_PYTHON:-${CELERIAC_CACHE:-$HOME/.cache/celeriac}/pyenv/bin/python}
+# The precision fidelity bars (tests/model.rs) need the bench inputs and the SMS Spam
+# Collection, which live outside the project.
+SHARED_DIR=${CELERIAC_SHARED:-$(cd "$(dirname "$0")/.." && pwd)/../shared}
+if [ -f "$SHARED_DIR/bench/inputs.jsonl" ] && [ -f "$SHARED_DIR/data/sms_spam.csv" ]; then
+  export CELERIAC_SHARED=$SHARED_DIR
+  echo "precision fidelity bars: checked against $SHARED_DIR"
+else
+  echo "precision fidelity bars: NOT CHECKED ($SHARED_DIR has no bench/inputs.jsonl and data/sms_spam.csv; set CELERIAC_SHARED)"
+fi
 cargo test --release --locked "$@"

@@ -686,54 +686,40 @@ fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
     }
 }
 
-// The element-wise kernels: one body each, compiled twice (baseline and AVX2 + FMA)
-// and chosen at run time with the same detection as `sgemm`.
+// The element-wise kernels: one body each, compiled three times (baseline, AVX2 + FMA,
+// AVX-512) and chosen at run time with the same detection as `sgemm`.
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gelu(x: &mut [f32]) {
-        super::gelu_body(x)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-        super::layer_norm_body(x, w, b, eps)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attention(
-        qkv: &[f32],
-        ctx: &mut [f32],
-        heads: usize,
-        d: usize,
-        scale: f32,
-        scratch: &mut [f32],
-    ) {
-        super::attention_body::<super::Fused>(qkv, ctx, heads, d, scale, scratch)
-    }
+/// One module of the element-wise kernels compiled for `features` (the bodies are
+/// `#[inline(always)]`, so each module gets its own vectorised copy).
+macro_rules! simd_build {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            #[target_feature(enable = $features)]
+            pub unsafe fn gelu(x: &mut [f32]) {
+                super::gelu_body(x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+                super::layer_norm_body(x, w, b, eps)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn attention(
+                qkv: &[f32],
+                ctx: &mut [f32],
+                heads: usize,
+                d: usize,
+                scale: f32,
+                scratch: &mut [f32],
+            ) {
+                super::attention_body::<super::Fused>(qkv, ctx, heads, d, scale, scratch)
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub unsafe fn gelu(x: &mut [f32]) {
-        super::gelu_body(x)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-        super::layer_norm_body(x, w, b, eps)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub unsafe fn attention(
-        qkv: &[f32],
-        ctx: &mut [f32],
-        heads: usize,
-        d: usize,
-        scale: f32,
-        scratch: &mut [f32],
-    ) {
-        super::attention_body::<super::Fused>(qkv, ctx, heads, d, scale, scratch)
-    }
-}
+simd_build!(avx2, "avx2,fma");
+simd_build!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma");
 
 /// Whether the element-wise kernels' AVX-512 build runs here (with the f32 kernel's).
 fn wide() -> bool {
