@@ -87,8 +87,9 @@ const CONFIG: Config = Config {
 };
 
 /// The tile registers configured on this thread, released when dropped (so a thread
-/// switch saves no tile data).
-pub struct Tiles(());
+/// switch saves no tile data). Neither `Send` nor `Sync`: the configuration belongs to
+/// the thread that loaded it.
+pub struct Tiles(std::marker::PhantomData<*const ()>);
 
 impl Tiles {
     /// Configures the tiles on this thread.
@@ -102,7 +103,7 @@ impl Tiles {
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, preserves_flags));
         }
-        Tiles(())
+        Tiles(std::marker::PhantomData)
     }
 
     /// One block: `c` (32 × 32 four-byte sums, row stride 128 bytes) = rows
@@ -138,6 +139,24 @@ impl Tiles {
             for s in 0..steps {
                 let (a0, a1) = (a.add(s * ROW_BYTES), a1.add(s * ROW_BYTES));
                 let (b0, b1) = (b[0].add(s * 1024), b[1].add(s * 1024));
+                if s + 1 < steps {
+                    // The next step's weight tiles, a line per row (a prefetch never
+                    // faults; these are inside the panels anyway).
+                    for r in 0..16 {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            b0.add(1024 + r * 64).cast(),
+                        );
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            b1.add(1024 + r * 64).cast(),
+                        );
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            a0.add(ROW_BYTES + r * lda).cast(),
+                        );
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            a1.add(ROW_BYTES + r * lda).cast(),
+                        );
+                    }
+                }
                 match op {
                     Op::Bf16 => asm!(
                         "tileloadd tmm4, [{a0} + {lda}*1]",

@@ -65,6 +65,10 @@ struct Norm {
 }
 
 impl Norm {
+    fn check(&self, n: usize) -> bool {
+        self.weight.len() == n && self.bias.len() == n
+    }
+
     fn codec(&mut self, c: &mut impl Codec) -> std::result::Result<(), String> {
         c.buf(&mut self.weight)?;
         c.buf(&mut self.bias)
@@ -170,6 +174,22 @@ impl Dense {
             self.weight_t = Buf::default();
         }
         self
+    }
+
+    /// Whether its buffers fit `inp` × `out` (see [`PackedEncoder::validate`]).
+    fn check(&self, inp: usize, out: usize) -> bool {
+        let (i, o) = (self.inp, self.out);
+        i == inp
+            && o == out
+            && o > 0
+            && self.bias.len() == o
+            && (self.weight_t.is_empty() || self.weight_t.len() == i * o)
+            && match &self.packed {
+                Packed::F32(None) => self.weight_t.len() == i * o,
+                Packed::F32(Some(p)) => o.is_multiple_of(sgemm::PANEL) && p.len() == i * o,
+                Packed::Bf16(w) => w.check(i, o),
+                Packed::Int8(w) => w.check(i, o),
+            }
     }
 
     fn codec(&mut self, c: &mut impl Codec) -> std::result::Result<(), String> {
@@ -305,6 +325,34 @@ impl PackedEncoder {
         c.usize(&mut p)?;
         self.precision = *Precision::ALL.get(p).ok_or("unknown precision")?;
         Ok(())
+    }
+
+    /// Checks every buffer's length against the shapes, so a damaged or foreign cache
+    /// file is repacked instead of read out of bounds by the kernels.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let h = self.hidden;
+        let inter = self.layers.first().map_or(0, |l| l.intermediate.out);
+        let ok = h > 0
+            && self.heads > 0
+            && self.head_dim * self.heads == h
+            && !self.word.is_empty()
+            && self.word.len().is_multiple_of(h)
+            && self.position.len() == self.max_positions * h
+            && self.token_type.len() == h
+            && self.emb_norm.check(h)
+            && self.layers.iter().all(|l| {
+                l.qkv.check(h, 3 * h)
+                    && l.attn_out.check(h, h)
+                    && l.attn_norm.check(h)
+                    && l.intermediate.check(h, inter)
+                    && l.output.check(inter, h)
+                    && l.out_norm.check(h)
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err("buffer sizes do not match the model's shapes".into())
+        }
     }
 
     /// Whether the weights live in a shared, read-only map of the cache file.
@@ -453,6 +501,7 @@ fn code_fingerprint() -> u64 {
         include_bytes!("sgemm.rs"),
         include_bytes!("weights.rs"),
         include_bytes!("bert.rs"),
+        include_bytes!("../model.rs"),
     ])
 }
 
@@ -476,21 +525,36 @@ pub fn load_shared(
     let Some(dir) = cache else {
         return load();
     };
-    let key = match (std::fs::metadata(weights), std::fs::canonicalize(weights)) {
-        (Ok(meta), Ok(path)) => format!(
-            "weights={} size={} mtime={:?} config={:016x} precision={precision} f32={:?} \
-             bf16={:?} int8={:?} code={:016x}",
+    // The checkpoint as it is now; checked again after packing, so a file replaced
+    // meanwhile is never cached under the new file's key.
+    let identity = || -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(weights).ok()?;
+        let path = std::fs::canonicalize(weights).ok()?;
+        Some(format!(
+            "weights={} dev={} ino={} size={} mtime={}.{} ctime={}.{}",
             path.display(),
+            meta.dev(),
+            meta.ino(),
             meta.len(),
-            meta.modified().ok(),
-            fnv(&[config.as_bytes()]),
-            sgemm::isa(),
-            qgemm::kernel(qgemm::Element::Bf16),
-            qgemm::kernel(qgemm::Element::Int8),
-            code_fingerprint(),
-        ),
-        _ => return load(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        ))
     };
+    let Some(before) = identity() else {
+        return load();
+    };
+    let key = format!(
+        "{before} config={:016x} precision={precision} f32={:?} bf16={:?} int8={:?} \
+         code={:016x}",
+        fnv(&[config.as_bytes()]),
+        sgemm::isa(),
+        qgemm::kernel(qgemm::Element::Bf16),
+        qgemm::kernel(qgemm::Element::Int8),
+        code_fingerprint(),
+    );
     let stem = weights
         .file_stem()
         .and_then(|s| s.to_str())
@@ -513,7 +577,7 @@ pub fn load_shared(
         match Reader::open(&path, &key) {
             Ok(Some(mut r)) => {
                 let mut e = PackedEncoder::default();
-                match e.codec(&mut r) {
+                match e.codec(&mut r).and_then(|()| e.validate()) {
                     Ok(()) if r.finished() => Some(e),
                     Ok(()) => {
                         tracing::warn!(path = %path.display(), "packed weights: more fields than this build reads; repacking");
@@ -556,6 +620,10 @@ pub fn load_shared(
         return Ok(e);
     }
     let mut encoder = load()?;
+    if identity().as_deref() != Some(before.as_str()) {
+        tracing::warn!(path = %weights.display(), "checkpoint replaced while loading; not cached");
+        return Ok(encoder);
+    }
     let mut w = Writer::default();
     let written = encoder
         .codec(&mut w)
@@ -566,15 +634,22 @@ pub fn load_shared(
         tracing::warn!(path = %path.display(), %error, "packed weights not cached; packing in memory");
         return Ok(encoder);
     }
-    // Files of earlier keys for the same checkpoint and precision are stale (a process
-    // still mapping one keeps its pages until it exits).
+    // Files of other keys for the same checkpoint, precision and kernels are stale once
+    // they are an hour old (a process still mapping one keeps its pages until it exits;
+    // younger ones may belong to another build running now). Lock files and other
+    // processes' temporary files are left alone.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let n = entry.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with(&prefix) && n != name && !n.ends_with(".lock") {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if n.starts_with(&prefix) && n.ends_with(".packed") && n != name && old {
                 let _ = std::fs::remove_file(entry.path());
-                let _ = std::fs::remove_file(dir.join(format!("{n}.lock")));
             }
         }
     }

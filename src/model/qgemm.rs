@@ -154,7 +154,7 @@ pub fn kernel(element: Element) -> Kernel {
 #[inline(always)]
 pub fn bf16(x: f32) -> u16 {
     let b = x.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// bf16 bits back to f32 (exact).
@@ -212,6 +212,15 @@ impl Bf16Weight {
         c.buf(&mut self.panels)?;
         c.usize(&mut self.inp)?;
         c.usize(&mut self.out)
+    }
+
+    /// Whether it is a whole packing of an `inp` × `out` weight.
+    pub fn check(&self, inp: usize, out: usize) -> bool {
+        self.inp == inp
+            && self.out == out
+            && inp > 0
+            && out.is_multiple_of(PANEL)
+            && self.panels.len() == out / PANEL * inp.div_ceil(2) * PANEL
     }
 
     /// Bytes held.
@@ -272,6 +281,17 @@ impl Int8Weight {
         c.buf(&mut self.colsum)?;
         c.usize(&mut self.inp)?;
         c.usize(&mut self.out)
+    }
+
+    /// Whether it is a whole packing of an `inp` × `out` weight.
+    pub fn check(&self, inp: usize, out: usize) -> bool {
+        self.inp == inp
+            && self.out == out
+            && inp > 0
+            && out.is_multiple_of(PANEL)
+            && self.panels.len() == out / PANEL * inp.div_ceil(4) * PANEL * 4
+            && self.scale.len() == out
+            && self.colsum.len() == out
     }
 
     /// Bytes held.
@@ -509,7 +529,7 @@ pub fn int8_acc_with(k: Kernel, x: &[f32], w: &Int8Weight, out: &mut [f32]) {
 /// Whether AMX runs a product: whole tile steps along `k` (`k_bytes` a multiple of 64)
 /// and whole two-panel blocks.
 fn amx_fits(k_bytes: usize, n_out: usize) -> bool {
-    k_bytes.is_multiple_of(amx::ROW_BYTES) && n_out.is_multiple_of(2 * PANEL)
+    k_bytes > 0 && k_bytes.is_multiple_of(amx::ROW_BYTES) && n_out.is_multiple_of(2 * PANEL)
 }
 
 /// An AMX block's epilogue: `(row, first column, the row's sums, the row's outputs)`.
@@ -1159,8 +1179,9 @@ mod tests {
     }
 
     /// Shapes: rows not a multiple of the tile, `k` not a multiple of the group, an
-    /// odd panel count, more than one row block (AMX's and the others'); the first two
-    /// run on AMX where it is present, the others fall back to AVX-512 there.
+    /// odd panel count, more than one row block (AMX's and the others'); those with
+    /// whole panel pairs and `k` a multiple of 64 (bf16: 32) run on AMX where it is
+    /// present, the others fall back to AVX-512 there.
     const SHAPES: [(usize, usize, usize); 8] = [
         (24, 1536, 384),
         (AMX_ROW_BLOCK + 40, 128, 64),
@@ -1236,21 +1257,26 @@ mod tests {
 
     #[test]
     fn threads_split_panels_without_changing_the_result() {
-        let (rows, inp, out) = (11, 384, 80);
-        let (x, wt, start) = case(rows, inp, out);
-        let w8 = Int8Weight::pack(&wt, inp, out);
-        let w16 = Bf16Weight::pack(&wt, inp, out);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let (mut a, mut b) = (start.clone(), start.clone());
-        int8_acc(&x, &w8, &mut a);
-        pool.install(|| int8_acc(&x, &w8, &mut b));
-        assert_eq!(a, b);
-        let (mut a, mut b) = (start.clone(), start);
-        bf16_acc(&x, &w16, &mut a);
-        pool.install(|| bf16_acc(&x, &w16, &mut b));
-        assert_eq!(a, b);
+        // An AMX-sized shape (whole panel pairs, k a multiple of 64) and one that is not.
+        for (rows, inp, out) in [(40, 384, 96), (11, 384, 80)] {
+            let (x, wt, start) = case(rows, inp, out);
+            let w8 = Int8Weight::pack(&wt, inp, out);
+            let w16 = Bf16Weight::pack(&wt, inp, out);
+            let pool = |n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+            };
+            let (one, two) = (pool(1), pool(2));
+            let (mut a, mut b) = (start.clone(), start.clone());
+            one.install(|| int8_acc(&x, &w8, &mut a));
+            two.install(|| int8_acc(&x, &w8, &mut b));
+            assert_eq!(a, b);
+            let (mut a, mut b) = (start.clone(), start);
+            one.install(|| bf16_acc(&x, &w16, &mut a));
+            two.install(|| bf16_acc(&x, &w16, &mut b));
+            assert_eq!(a, b);
+        }
     }
 }

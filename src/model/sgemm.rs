@@ -54,12 +54,14 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                // F for the kernel; BW and VL for the element-wise kernels' AVX-512
-                // build, which is chosen with it.
+                // F for the kernel; BW, VL, AVX2 and FMA for the element-wise
+                // kernels' AVX-512 build, which is chosen with it.
                 Isa::Avx512 => {
                     std::arch::is_x86_feature_detected!("avx512f")
                         && std::arch::is_x86_feature_detected!("avx512bw")
                         && std::arch::is_x86_feature_detected!("avx512vl")
+                        && std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
                 }
                 Isa::Avx2 => {
                     std::arch::is_x86_feature_detected!("avx2")
@@ -101,7 +103,7 @@ pub fn cap() -> Cap {
         Ok(other) => {
             tracing::warn!(
                 value = other,
-                "CELERIAC_ISA is `avx2`, `generic` or unset: ignored"
+                "CELERIAC_ISA is `avx512`, `avx2`, `generic` or unset: ignored"
             );
             Cap::None
         }

@@ -166,12 +166,14 @@ impl Reader {
         let Ok(file) = File::open(path) else {
             return Ok(None);
         };
-        // SAFETY: the cache file is only ever replaced by rename, never written in
-        // place, so the mapped bytes do not change under us.
+        // SAFETY: celeriac only ever replaces a cache file by rename (or unlinks it), never
+        // writes or truncates it in place, so the mapped bytes do not change under us.
+        // (Something else truncating it, or a cache on a network file system, could
+        // still fault a read: keep the cache on a local disk.)
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
         let mut at = 0usize;
         let mut take = |n: usize| -> Option<&[u8]> {
-            let s = map.get(at..at + n)?;
+            let s = map.get(at..at.checked_add(n)?)?;
             at += n;
             Some(s)
         };
