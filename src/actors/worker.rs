@@ -240,6 +240,35 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("task panicked: {text}")
 }
 
+/// A worker thread's loop: runs each batch the pool sends and tells the pool when it is
+/// ready again. A runner failure (or a panic `run` did not catch) is reported to the
+/// worker actor and ends the loop. Returns true when the pool closed the channel (the
+/// worker was let go), false after a failure.
+fn serve_batches(
+    rx: &mpsc::Receiver<Vec<StartedJob>>,
+    id: WorkerId,
+    ready_to: &ActorRef<PoolMessage>,
+    me: &ActorRef<WorkerMessage>,
+    mut run: impl FnMut(Vec<StartedJob>) -> Result<u32, String>,
+) -> bool {
+    while let Ok(batch) = rx.recv() {
+        // `run` catches task panics; this catches the rest, so the thread never ends
+        // without telling its actor.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(batch)))
+            .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
+        match outcome {
+            Ok(panics) => {
+                let _ = ready_to.cast(PoolMessage::Ready { worker: id, panics });
+            }
+            Err(why) => {
+                let _ = me.cast(WorkerMessage::Died(why));
+                return false;
+            }
+        }
+    }
+    true
+}
+
 impl Actor for Worker {
     type Msg = WorkerMessage;
     type State = WorkerState;
@@ -284,24 +313,7 @@ impl Actor for Worker {
                                 return;
                             }
                         };
-                        while let Ok(batch) = rx.recv() {
-                            // `run_batch` catches task panics; this catches the rest, so
-                            // the thread never ends without telling its actor.
-                            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                runner.run_batch(batch)
-                            }))
-                            .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
-                            match outcome {
-                                Ok(panics) => {
-                                    let _ =
-                                        ready_to.cast(PoolMessage::Ready { worker: id, panics });
-                                }
-                                Err(why) => {
-                                    let _ = me.cast(WorkerMessage::Died(why));
-                                    return;
-                                }
-                            }
-                        }
+                        serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b));
                     })?;
                 built_rx
                     .await
@@ -331,25 +343,11 @@ impl Actor for Worker {
                                 return;
                             }
                         };
-                        while let Ok(batch) = rx.recv() {
-                            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                runner.run_batch(batch)
-                            }))
-                            .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
-                            match outcome {
-                                Ok(panics) => {
-                                    let _ =
-                                        ready_to.cast(PoolMessage::Ready { worker: id, panics });
-                                }
-                                Err(why) => {
-                                    let _ = me.cast(WorkerMessage::Died(why));
-                                    return;
-                                }
-                            }
+                        if serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b)) {
+                            // The pool let the worker go: the child exits when its input
+                            // closes.
+                            runner.close();
                         }
-                        // The pool let the worker go: the child exits when its input
-                        // closes.
-                        runner.close();
                     })?;
                 built_rx
                     .await
