@@ -787,6 +787,29 @@ macro_rules! sub_tiles {
     }};
 }
 
+/// `f::<n, P>(args)` for a run-time row count `n` of at most 6 (or 4): the micro-tiles
+/// take their row count as a const generic.
+macro_rules! rows {
+    (6, $n:expr, $f:ident $(, $p:literal)? ($($a:expr),*)) => {
+        match $n {
+            6 => $f::<6 $(, $p)?>($($a),*),
+            5 => $f::<5 $(, $p)?>($($a),*),
+            4 => $f::<4 $(, $p)?>($($a),*),
+            3 => $f::<3 $(, $p)?>($($a),*),
+            2 => $f::<2 $(, $p)?>($($a),*),
+            _ => $f::<1 $(, $p)?>($($a),*),
+        }
+    };
+    (4, $n:expr, $f:ident ($($a:expr),*)) => {
+        match $n {
+            4 => $f::<4>($($a),*),
+            3 => $f::<3>($($a),*),
+            2 => $f::<2>($($a),*),
+            _ => $f::<1>($($a),*),
+        }
+    };
+}
+
 /// bf16 on AVX512-BF16: micro-tile of up to 6 rows × the unit's 1 or 2 panels.
 ///
 /// # Safety
@@ -803,23 +826,14 @@ unsafe fn bf16_panels_512<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [u32]) {
         unsafe {
             if tile.count == 2 {
                 let w1 = pw(tile.p0 + 1).as_ptr();
-                match n {
-                    6 => bf16_tile_512::<6, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
-                    5 => bf16_tile_512::<5, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
-                    4 => bf16_tile_512::<4, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
-                    3 => bf16_tile_512::<3, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
-                    2 => bf16_tile_512::<2, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
-                    _ => bf16_tile_512::<1, 2>(xs, [w0, w1], tile.groups, o, tile.ldo),
-                }
+                rows!(
+                    6,
+                    n,
+                    bf16_tile_512,
+                    2(xs, [w0, w1], tile.groups, o, tile.ldo)
+                )
             } else {
-                match n {
-                    6 => bf16_tile_512::<6, 1>(xs, [w0], tile.groups, o, tile.ldo),
-                    5 => bf16_tile_512::<5, 1>(xs, [w0], tile.groups, o, tile.ldo),
-                    4 => bf16_tile_512::<4, 1>(xs, [w0], tile.groups, o, tile.ldo),
-                    3 => bf16_tile_512::<3, 1>(xs, [w0], tile.groups, o, tile.ldo),
-                    2 => bf16_tile_512::<2, 1>(xs, [w0], tile.groups, o, tile.ldo),
-                    _ => bf16_tile_512::<1, 1>(xs, [w0], tile.groups, o, tile.ldo),
-                }
+                rows!(6, n, bf16_tile_512, 1(xs, [w0], tile.groups, o, tile.ldo))
             }
         }
     });
@@ -888,14 +902,7 @@ unsafe fn bf16_panels_avx2<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [u32]) {
             let xs = tile.xp[t * tile.groups * TILE_ROWS + r0..].as_ptr();
             let o = tile.at(t * TILE_ROWS + r0, p * PANEL);
             // SAFETY: as in `bf16_panels_512`, one panel.
-            unsafe {
-                match n {
-                    4 => bf16_tile_avx2::<4>(xs, w, tile.groups, o, tile.ldo),
-                    3 => bf16_tile_avx2::<3>(xs, w, tile.groups, o, tile.ldo),
-                    2 => bf16_tile_avx2::<2>(xs, w, tile.groups, o, tile.ldo),
-                    _ => bf16_tile_avx2::<1>(xs, w, tile.groups, o, tile.ldo),
-                }
-            }
+            unsafe { rows!(4, n, bf16_tile_avx2(xs, w, tile.groups, o, tile.ldo)) }
         });
     }
 }
@@ -975,23 +982,19 @@ unsafe fn int8_panels_512<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [i8], q: &Qu
         unsafe {
             if tile.count == 2 {
                 let w1 = pw(tile.p0 + 1).as_ptr();
-                match n {
-                    6 => int8_tile_512::<6, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
-                    5 => int8_tile_512::<5, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
-                    4 => int8_tile_512::<4, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
-                    3 => int8_tile_512::<3, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
-                    2 => int8_tile_512::<2, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
-                    _ => int8_tile_512::<1, 2>(xs, [w0, w1], tile.groups, o, tile.ldo, f),
-                }
+                rows!(
+                    6,
+                    n,
+                    int8_tile_512,
+                    2(xs, [w0, w1], tile.groups, o, tile.ldo, f)
+                )
             } else {
-                match n {
-                    6 => int8_tile_512::<6, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
-                    5 => int8_tile_512::<5, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
-                    4 => int8_tile_512::<4, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
-                    3 => int8_tile_512::<3, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
-                    2 => int8_tile_512::<2, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
-                    _ => int8_tile_512::<1, 1>(xs, [w0], tile.groups, o, tile.ldo, f),
-                }
+                rows!(
+                    6,
+                    n,
+                    int8_tile_512,
+                    1(xs, [w0], tile.groups, o, tile.ldo, f)
+                )
             }
         }
     });
@@ -1083,14 +1086,7 @@ unsafe fn int8_panels_avx2<'w>(tile: Tile, pw: impl Fn(usize) -> &'w [i8], q: &Q
                     colsum: q.colsum[c..].as_ptr(),
                 };
                 // SAFETY: as in `int8_panels_512`, 8 outputs from column `c`.
-                unsafe {
-                    match n {
-                        4 => int8_tile_avx2::<4>(xs, w, tile.groups, o, tile.ldo, f),
-                        3 => int8_tile_avx2::<3>(xs, w, tile.groups, o, tile.ldo, f),
-                        2 => int8_tile_avx2::<2>(xs, w, tile.groups, o, tile.ldo, f),
-                        _ => int8_tile_avx2::<1>(xs, w, tile.groups, o, tile.ldo, f),
-                    }
-                }
+                unsafe { rows!(4, n, int8_tile_avx2(xs, w, tile.groups, o, tile.ldo, f)) }
             });
         }
     }
