@@ -250,6 +250,16 @@ pub struct PoolConfig {
     /// only while another worker of the pool is busy (an idle pool never waits).
     #[serde(default = "default_max_batch_delay_ms")]
     pub max_batch_delay_ms: f64,
+    /// Most tokens (a model task's inputs, after truncation) handed to a worker at
+    /// once; a batch closes before the job that would pass it (a job longer than the
+    /// limit goes alone). 0: no limit, only `max_batch_size`. Size it for the device: a
+    /// GPU takes thousands of tokens per batch, a CPU core a few hundred.
+    #[serde(default)]
+    pub max_batch_tokens: usize,
+    /// Whether each worker runs its tasks' warm-up (a model forward at every length
+    /// bucket) before it reports ready, so readiness means fast. Default true.
+    #[serde(default = "default_true")]
+    pub warm_up: bool,
     /// With a broker: the Redis queue (Celery's queue name) this pool consumes and its
     /// tasks are sent to. Default `celery` (Celery's default queue) for the pool named
     /// `default`, else the pool's name.
@@ -456,6 +466,11 @@ pub struct TaskSpec {
     /// layers, `auto` (the default), `f32`, `bf16` or `int8` (README "Precision").
     #[serde(default)]
     pub precision: crate::model::Precision,
+    /// For model-backed kinds: which encoder implementation runs it, `packed` (CPU
+    /// only) or `candle` (CPU or CUDA); unset, the device's default (packed on the CPU,
+    /// candle on CUDA). README "Precision".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<crate::model::Kernels>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -514,6 +529,9 @@ fn default_nice() -> i32 {
 }
 fn default_max_batch_size() -> usize {
     32
+}
+fn default_true() -> bool {
+    true
 }
 fn default_max_batch_delay_ms() -> f64 {
     2.0

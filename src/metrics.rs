@@ -53,6 +53,15 @@ pub const BATCH_SIZE: &str = "celeriac_batch_size";
 pub const PADDING_RATIO: &str = "celeriac_batch_padding_ratio";
 /// Seconds to load a model onto a device.
 pub const MODEL_LOAD: &str = "celeriac_model_load_seconds";
+/// Real tokens (after truncation, before padding) per model batch.
+pub const BATCH_TOKENS: &str = "celeriac_batch_tokens";
+/// Seconds a model batch spent on its device (forward pass and copy back), by device.
+pub const DEVICE_BATCH_SECONDS: &str = "celeriac_batch_device_seconds";
+/// Gauge{device}: bytes in use on a CUDA device (every process's), read after batches
+/// at most once a second.
+pub const DEVICE_MEMORY: &str = "celeriac_device_memory_used_bytes";
+/// Seconds a worker's warm-up took, before it reported ready.
+pub const WARMUP: &str = "celeriac_worker_warmup_seconds";
 /// HTTP requests by route, method and status.
 pub const HTTP_REQUESTS: &str = "celeriac_http_requests_total";
 /// HTTP request durations by route and method.
@@ -88,6 +97,10 @@ pub const ALL: &[&str] = &[
     BATCH_SIZE,
     PADDING_RATIO,
     MODEL_LOAD,
+    BATCH_TOKENS,
+    DEVICE_BATCH_SECONDS,
+    DEVICE_MEMORY,
+    WARMUP,
     HTTP_REQUESTS,
     HTTP_DURATION,
 ];
@@ -98,6 +111,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 const RATIO_BUCKETS: &[f64] = &[1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0];
+const TOKEN_BUCKETS: &[f64] = &[
+    16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -105,7 +121,14 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let mut b = PrometheusBuilder::new();
-        for name in [QUEUE_WAIT, RUN_TIME, LATENCY, HTTP_DURATION] {
+        for name in [
+            QUEUE_WAIT,
+            RUN_TIME,
+            LATENCY,
+            HTTP_DURATION,
+            DEVICE_BATCH_SECONDS,
+            WARMUP,
+        ] {
             b = b
                 .set_buckets_for_metric(Matcher::Full(name.into()), LATENCY_BUCKETS)
                 .expect("non-empty buckets");
@@ -114,6 +137,8 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
             .expect("non-empty buckets")
             .set_buckets_for_metric(Matcher::Full(PADDING_RATIO.into()), RATIO_BUCKETS)
+            .expect("non-empty buckets")
+            .set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), TOKEN_BUCKETS)
             .expect("non-empty buckets");
         let handle = b
             .install_recorder()
@@ -166,6 +191,22 @@ pub fn install() -> &'static PrometheusHandle {
             "Padded tokens over real tokens of model batches."
         );
         describe_gauge!(MODEL_LOAD, "Seconds to load the model onto a device.");
+        describe_histogram!(
+            BATCH_TOKENS,
+            "Real tokens (truncated, unpadded) per model batch."
+        );
+        describe_histogram!(
+            DEVICE_BATCH_SECONDS,
+            "Seconds a model batch spent on its device (forward and copy back)."
+        );
+        describe_gauge!(
+            DEVICE_MEMORY,
+            "Bytes in use on a CUDA device (all processes), read after batches."
+        );
+        describe_histogram!(
+            WARMUP,
+            "Seconds a worker's warm-up took before it reported ready."
+        );
         describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
         describe_histogram!(HTTP_DURATION, "HTTP request durations by route and method.");
         handle
@@ -238,7 +279,9 @@ pub fn register(pools: &[&str], tasks: &[(&str, &str, bool)]) {
             let _ = histogram!(name, "pool" => pool.clone(), "task" => task.clone());
         }
         if *pads {
-            let _ = histogram!(PADDING_RATIO, "pool" => pool.clone(), "task" => task.clone());
+            for name in [PADDING_RATIO, BATCH_TOKENS] {
+                let _ = histogram!(name, "pool" => pool.clone(), "task" => task.clone());
+            }
         }
     }
     for code in crate::error::ApiError::CODES {
@@ -398,6 +441,30 @@ pub fn ran_batch(pool: &PoolShared, task: &str, jobs: usize, elapsed: Duration) 
 pub fn padding(pool: &str, task: &str, padded: usize, real: usize) {
     histogram!(PADDING_RATIO, "pool" => pool.to_string(), "task" => task.to_string())
         .record(padded as f64 / real.max(1) as f64);
+}
+
+/// A model batch of `tokens` real tokens ran on `device` for `elapsed`.
+pub fn model_batch(
+    pool: &str,
+    task: &str,
+    device: crate::config::DeviceSpec,
+    tokens: usize,
+    elapsed: Duration,
+) {
+    histogram!(BATCH_TOKENS, "pool" => pool.to_string(), "task" => task.to_string())
+        .record(tokens as f64);
+    histogram!(DEVICE_BATCH_SECONDS, "pool" => pool.to_string(), "task" => task.to_string(), "device" => device.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// `bytes` are in use on `device`.
+pub fn device_memory(device: crate::config::DeviceSpec, bytes: u64) {
+    gauge!(DEVICE_MEMORY, "device" => device.to_string()).set(bytes as f64);
+}
+
+/// A worker of `pool` warmed `task` up in `seconds`.
+pub fn warmed_up(pool: &str, task: &str, seconds: f64) {
+    histogram!(WARMUP, "pool" => pool.to_string(), "task" => task.to_string()).record(seconds);
 }
 
 /// A request was refused with this error code.

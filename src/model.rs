@@ -24,13 +24,15 @@ use crate::config::DeviceSpec;
 use bert::{BertConfig, CandleEncoder};
 use packed::PackedEncoder;
 
-/// Which implementation runs the encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which implementation runs the encoder (`[tasks."X"] kernels`; by default the
+/// device's, [`Kernels::for_device`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kernels {
     /// Packed batches and fused kernels on plain buffers ([`packed`]); CPU only.
     Packed,
-    /// candle-transformers' BERT, one tensor op at a time on a padded batch ([`bert`]);
-    /// CPU or CUDA.
+    /// The encoder on candle tensor ops, padded batches ([`bert`]); CPU or CUDA, f32,
+    /// f16 or bf16.
     Candle,
 }
 
@@ -42,33 +44,54 @@ impl Kernels {
             DeviceSpec::Cuda(_) => Kernels::Candle,
         }
     }
+
+    /// Its name in configs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernels::Packed => "packed",
+            Kernels::Candle => "candle",
+        }
+    }
 }
 
-/// The number format of the encoder's dense layers (`[tasks."X"] precision`). Layer
-/// norm, softmax, GELU, attention, pooling and the head always run in f32.
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The number format of the encoder's dense layers (`[tasks."X"] precision`). On the
+/// packed CPU kernels, layer norm, softmax, GELU, attention, pooling and the head always
+/// run in f32; on the candle kernels, layer norm and softmax sum in f32 and pooling and
+/// the head run in f32 ([`bert`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 where it is both faithful and faster than f32 here (AMX-BF16), f32
-    /// elsewhere; see [`Precision::resolve`] and README "Precision".
+    /// Packed kernels: bf16 where it is both faithful and faster than f32 here
+    /// (AMX-BF16), f32 elsewhere ([`Precision::resolve`]). Candle kernels: f16 on CUDA,
+    /// f32 on the CPU ([`Precision::for_kernels`]). README "Precision".
     #[default]
     Auto,
     /// f32 weights and activations.
     F32,
-    /// bf16 weights and activations, f32 sums ([`qgemm`]).
+    /// bf16 weights and activations, f32 sums ([`qgemm`] on the CPU, cuBLAS on CUDA).
     Bf16,
     /// int8 weights (a scale per output), u8 activations (per token), i32 sums
-    /// ([`qgemm`]).
+    /// ([`qgemm`]); packed CPU kernels only.
     Int8,
+    /// f16 weights and activations, f32 sums; candle kernels only (CUDA tensor cores).
+    F16,
 }
 
 impl Precision {
     /// Every setting.
-    pub const ALL: [Precision; 4] = [
+    /// (Appended, never reordered: the packed-weights cache stores the index.)
+    pub const ALL: [Precision; 5] = [
         Precision::Auto,
         Precision::F32,
         Precision::Bf16,
         Precision::Int8,
+        Precision::F16,
     ];
 
     /// Its name in configs, logs and metrics.
@@ -78,6 +101,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
+            Precision::F16 => "f16",
         }
     }
 
@@ -95,9 +119,42 @@ impl Precision {
         }
     }
 
-    /// The kernel its dense layers run on here.
+    /// What a setting runs in on `kernels` and `device`, or why it cannot run there:
+    /// `auto` is [`Precision::resolve`] on the packed kernels, f16 on CUDA and f32 on
+    /// the CPU with the candle kernels; int8 needs the packed kernels, f16 the candle
+    /// kernels.
+    pub fn for_kernels(self, kernels: Kernels, device: DeviceSpec) -> Result<Precision, String> {
+        match (kernels, self) {
+            (Kernels::Packed, Precision::F16) => Err(format!(
+                "precision f16 runs on the candle kernels (CUDA); the packed CPU kernels \
+                 run auto, f32, bf16 or int8 (device {device})"
+            )),
+            (Kernels::Packed, p) => Ok(p.resolve()),
+            (Kernels::Candle, Precision::Int8) => Err(format!(
+                "precision int8 runs on the packed CPU kernels only; the candle kernels \
+                 ({device}) run auto, f32, f16 or bf16"
+            )),
+            (Kernels::Candle, Precision::Auto) => Ok(match device {
+                DeviceSpec::Cuda(_) => Precision::F16,
+                DeviceSpec::Cpu => Precision::F32,
+            }),
+            (Kernels::Candle, p) => Ok(p),
+        }
+    }
+
+    /// The candle dtype of a resolved precision on the candle kernels.
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    /// The kernel its dense layers run on here (packed kernels).
     pub fn kernel(self) -> &'static str {
         match self.resolve() {
+            Precision::F16 => "candle",
             Precision::Bf16 => qgemm::kernel(qgemm::Element::Bf16).name(qgemm::Element::Bf16),
             Precision::Int8 => qgemm::kernel(qgemm::Element::Int8).name(qgemm::Element::Int8),
             _ => sgemm::isa().map_or("gemm crate", sgemm::Isa::as_str),
@@ -117,7 +174,7 @@ impl std::str::FromStr for Precision {
         Precision::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("precision `{s}`: expected auto, f32, bf16 or int8"))
+            .ok_or_else(|| format!("precision `{s}`: expected auto, f32, f16, bf16 or int8"))
     }
 }
 
@@ -137,12 +194,14 @@ type CResult = candle_core::Result<Tensor>;
 
 impl Encoder for CandleEncoder {
     fn embed(&self, token_ids: &[Vec<u32>], normalize: bool, device: &Device) -> CResult {
+        self.check(token_ids)?;
         let batch = pad(token_ids.to_vec(), device)?;
         let hidden = self.forward(&batch.ids, &batch.mask)?;
         bert::mean_pool(&hidden, &batch.mask, normalize)
     }
 
     fn hidden(&self, batch: &Batch, _: &Device) -> CResult {
+        self.check(&batch.token_ids)?;
         self.forward(&batch.ids, &batch.mask)
     }
 
@@ -293,6 +352,49 @@ impl Manifest {
     }
 }
 
+/// A model directory's tokenizer, truncating at the manifest's `max_length` (capped by
+/// the position embeddings) as the loaded classifier does: what submit uses to count
+/// and prepare an input's tokens off the worker's thread.
+pub fn load_tokenizer(dir: &Path, manifest: &Manifest) -> Result<Tokenizer, ModelError> {
+    let config_path = dir.join(&manifest.config);
+    let config_text =
+        std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
+    let config: BertConfig =
+        serde_json::from_str(&config_text).map_err(|e| file_error(&config_path, e))?;
+    let path = dir.join(&manifest.tokenizer);
+    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
+    truncate(
+        &mut tokenizer,
+        manifest.max_length.min(config.max_position_embeddings),
+    )?;
+    Ok(tokenizer)
+}
+
+fn truncate(tokenizer: &mut Tokenizer, max_length: usize) -> Result<(), ModelError> {
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(runtime)?;
+    Ok(())
+}
+
+/// Bytes in use on a CUDA device (every process's), or `None` on the CPU and in builds
+/// without the `cuda` feature.
+pub fn device_memory_used(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free) as u64);
+    }
+    let _ = device;
+    None
+}
+
 /// A loaded text classifier on one device.
 pub struct TextClassifier {
     encoder: Box<dyn Encoder>,
@@ -385,17 +487,7 @@ impl TextClassifier {
                 "the packed kernels run on the CPU only, not on {device}"
             )));
         }
-        // `auto` on the candle kernels is f32; an explicit half precision is refused.
-        let precision = match (kernels, precision) {
-            (Kernels::Candle, Precision::Auto) => Precision::F32,
-            (_, p) => p.resolve(),
-        };
-        if kernels == Kernels::Candle && precision != Precision::F32 {
-            return Err(runtime(format!(
-                "precision {precision} runs on the packed CPU kernels only; \
-                 the candle kernels ({device}) run f32"
-            )));
-        }
+        let precision = precision.for_kernels(kernels, device).map_err(runtime)?;
         let manifest = Manifest::read(dir)?;
         let device =
             bert::device_of(&device).map_err(|e| runtime(format!("device {device}: {e}")))?;
@@ -416,9 +508,10 @@ impl TextClassifier {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| file_error(&weights, e))?;
         let encoder: Box<dyn Encoder> = match kernels {
-            Kernels::Candle => {
-                Box::new(CandleEncoder::load(vb, &config).map_err(|e| file_error(&weights, e))?)
-            }
+            Kernels::Candle => Box::new(
+                CandleEncoder::load(vb, &config, precision.dtype())
+                    .map_err(|e| file_error(&weights, e))?,
+            ),
             Kernels::Packed => {
                 let cache = packed::cache_dir();
                 let encoder = packed::load_shared(
@@ -459,16 +552,12 @@ impl TextClassifier {
     pub fn set_max_length(&mut self, max_length: usize) -> Result<(), ModelError> {
         let max_length = max_length.min(self.config.max_position_embeddings);
         self.manifest.max_length = max_length;
-        self.tokenizer.with_padding(None);
-        self.tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: TruncationDirection::Right,
-            }))
-            .map_err(runtime)?;
-        Ok(())
+        truncate(&mut self.tokenizer, max_length)
+    }
+
+    /// The device its tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Token ids of one text (truncated, with special tokens).

@@ -43,6 +43,16 @@ pub struct WorkerContext {
     pub pool: String,
     /// Scheduling niceness of the worker's threads (`pools.NAME.nice`).
     pub nice: i32,
+    /// Whether the worker runs [`Task::warm_up`] before it reports ready
+    /// (`pools.NAME.warm_up`).
+    #[serde(default)]
+    pub warm_up: bool,
+    /// The pool's `max_batch_size`: the largest batch a warm-up should try.
+    #[serde(default)]
+    pub max_batch_size: usize,
+    /// The pool's `max_batch_tokens` (0: no limit).
+    #[serde(default)]
+    pub max_batch_tokens: usize,
 }
 
 /// Sets the calling thread's niceness (Linux: per thread). Model threads run a little
@@ -75,6 +85,44 @@ pub trait Task: Send {
     fn run_batch(&mut self, inputs: &[&Value]) -> Vec<Result<Value, TaskError>> {
         inputs.iter().map(|i| self.run(i)).collect()
     }
+
+    /// [`Task::run_batch`] with what [`TaskFactory::prepare`] made of each input at
+    /// submit time, where it is at hand (`None` where it is not: a `processes` child
+    /// gets inputs only). The default ignores it.
+    fn run_prepared(
+        &mut self,
+        inputs: &[&Value],
+        prepared: &[Option<&Prepared>],
+    ) -> Vec<Result<Value, TaskError>> {
+        let _ = prepared;
+        self.run_batch(inputs)
+    }
+
+    /// Runs the shapes the worker will meet before it reports ready, so the first
+    /// request is as fast as the hundredth (kernels compiled and loaded, weights paged
+    /// in). Returns how many forward passes it ran; the default runs none.
+    fn warm_up(&mut self) -> Result<usize, TaskError> {
+        Ok(0)
+    }
+}
+
+/// What a factory made of an input at submit time, off the worker's thread: its cost
+/// in tokens, for the pool's `max_batch_tokens`, and task-specific data (a text
+/// classifier's token ids) that the worker then does not compute again.
+#[derive(Clone)]
+pub struct Prepared {
+    /// Tokens the input costs a batch (truncation applied).
+    pub tokens: usize,
+    /// The task's own data, read back by its [`Task::run_prepared`].
+    pub data: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds [`Task`] instances for one registered task name.
@@ -82,6 +130,14 @@ pub trait TaskFactory: Send + Sync {
     /// Checks an input at submit time, so bad input gets a 4xx instead of a queued
     /// task that fails later. The message says what is wrong.
     fn validate(&self, input: &Value) -> Result<(), String>;
+
+    /// Prepares an input that [`TaskFactory::validate`] accepted, at submit time: a
+    /// model task tokenizes it here. `None` (the default): nothing to prepare, and the
+    /// input costs no tokens.
+    fn prepare(&self, input: &Value) -> Option<Prepared> {
+        let _ = input;
+        None
+    }
 
     /// Builds one worker's instance for the worker described by `ctx`.
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError>;
@@ -216,6 +272,8 @@ pub(crate) fn no_model(name: &str, spec: &crate::config::TaskSpec) -> Result<(),
         "model"
     } else if spec.precision != crate::model::Precision::Auto {
         "precision"
+    } else if spec.kernels.is_some() {
+        "kernels"
     } else {
         return Ok(());
     };

@@ -123,6 +123,88 @@ async fn batched_spam_predictions_equal_single_ones_in_order() {
     s.shutdown().await;
 }
 
+/// `max_batch_tokens`, on the CPU path with the real model: texts queued behind a busy
+/// worker go out in batches of at most 64 tokens (counted at submit, truncation
+/// applied), except a text longer than the budget, which goes alone; every answer is
+/// the text's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_max_batch_tokens() {
+    let s = start(
+        r#"
+        [pools.tokens]
+        concurrency = 1
+        intra_op_threads = 1
+        max_batch_size = 32
+        max_batch_tokens = 64
+        max_batch_delay_ms = 0.0
+        [tasks."spam.tokens"]
+        kind = "text_classifier"
+        pool = "tokens"
+        model = "models/spam-minilm"
+        [tasks."sleep.tokens"]
+        kind = "debug.sleep"
+        pool = "tokens"
+        "#,
+    )
+    .await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/spam-minilm");
+    let model = TextClassifier::load(&dir, DeviceSpec::Cpu).unwrap();
+    let mut texts: Vec<String> = (0..24)
+        .map(|i| format!("free entry {i}: call now to claim your prize"))
+        .collect();
+    texts.insert(10, "please call me back when you can ".repeat(20));
+    let lengths: Vec<usize> = texts
+        .iter()
+        .map(|t| model.token_ids(t).unwrap().len())
+        .collect();
+    assert!(lengths[10] > 64 && lengths.iter().filter(|&&l| l > 64).count() == 1);
+    // Hold the only worker so the texts queue up behind it.
+    let blocker = s.submit("sleep.tokens", json!({"ms": 400})).await;
+    assert!(s.wait_started(&blocker).await);
+    let inputs: Vec<Value> = texts.iter().map(|t| json!({ "text": t })).collect();
+    let r = s
+        .post("/v1/tasks/spam.tokens/batch", &json!({ "inputs": inputs }))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    for (id, text) in ids_of(&r).iter().zip(&texts) {
+        let v = s.wait_final(id, 30.0).await;
+        assert_eq!(v["state"], "SUCCESS", "{v}");
+        let got = v["result"]["probabilities"]["spam"].as_f64().unwrap() as f32;
+        let want = model.predict(&[text]).unwrap()[0][1];
+        assert!((got - want).abs() < 1e-5, "{text:?}: {got} vs {want}");
+    }
+    // Per batch: real tokens (`celeriac_batch_tokens`), bucketed.
+    let m = s.scrape().await;
+    let buckets = m
+        .samples
+        .iter()
+        .find(|x| x.metric == "celeriac_batch_tokens" && x.labels.get("pool") == Some("tokens"))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Histogram(b) => b.clone(),
+            v => panic!("{v:?}"),
+        })
+        .expect("celeriac_batch_tokens is exported");
+    let at_most = |le: f64| buckets.iter().find(|b| b.less_than == le).unwrap().count;
+    let batches = buckets.last().unwrap().count;
+    assert_eq!(
+        batches - at_most(64.0),
+        1.0,
+        "only the long text's batch passed 64 tokens: {buckets:?}"
+    );
+    let short: usize = lengths.iter().filter(|&&l| l <= 64).sum();
+    let per_batch = 64 / lengths[0];
+    assert!(
+        batches >= (short as f64 / 64.0).ceil() + 1.0 && per_batch > 1,
+        "{batches} batches for {short} short tokens"
+    );
+    assert!(
+        batches < texts.len() as f64,
+        "the texts went out in batches ({batches} for {})",
+        texts.len()
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_respect_max_batch_size() {
     let s = start(

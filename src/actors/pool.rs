@@ -356,6 +356,9 @@ impl PoolState {
                         name: format!("{}-{id}", self.shared.name),
                         pool: self.shared.name.clone(),
                         nice: config.nice,
+                        warm_up: config.warm_up,
+                        max_batch_size: config.max_batch_size,
+                        max_batch_tokens: config.max_batch_tokens,
                     },
                     tasks: self.tasks.clone(),
                     store: self.store.clone(),
@@ -548,10 +551,16 @@ impl PoolState {
 
     /// Hands queued jobs to idle workers until one side runs out. A job of a task that
     /// takes batches goes out with up to `max_batch_size - 1` more jobs of the same task
-    /// from the front of the queue. While the queue is shorter than a batch and another
-    /// worker is busy, it waits up to `max_batch_delay_ms` for the batch to fill.
+    /// from the front of the queue, as long as their tokens stay within
+    /// `max_batch_tokens` (when set; the first job always goes). While the queue is
+    /// shorter than a batch and another worker is busy, it waits up to
+    /// `max_batch_delay_ms` for the batch to fill.
     fn dispatch(&mut self) {
         let max_batch = self.shared.config.max_batch_size;
+        let max_tokens = match self.shared.config.max_batch_tokens {
+            0 => usize::MAX,
+            n => n,
+        };
         let max_delay = Duration::from_secs_f64(self.shared.config.max_batch_delay_ms / 1e3);
         while !self.queue.is_empty() {
             let Some(&worker) = self.idle.last() else {
@@ -571,6 +580,7 @@ impl PoolState {
                 }
             }
             let mut batch: Vec<StartedJob> = Vec::new();
+            let mut tokens = 0usize;
             while let Some(job) = self.queue.front() {
                 let fits = match batch.first() {
                     None => true,
@@ -578,6 +588,7 @@ impl PoolState {
                         batch.len() < max_batch
                             && job.task == first.job.task
                             && self.batching.contains(&job.task)
+                            && tokens.saturating_add(job.tokens()) <= max_tokens
                     }
                 };
                 if !fits {
@@ -588,6 +599,7 @@ impl PoolState {
                 // Revoked (or expired) while queued: skip it.
                 if let Some((attempt, waited)) = self.store.start(&job.id) {
                     crate::metrics::started(&self.shared.name, &job.task, waited);
+                    tokens = tokens.saturating_add(job.tokens());
                     batch.push(StartedJob { job, attempt });
                 }
             }

@@ -31,6 +31,16 @@ pub struct Job {
     pub input: Arc<Value>,
     /// When it was queued (for the autoscaler's queue-wait signal).
     pub enqueued: Instant,
+    /// What the task's factory made of the input at submit time
+    /// ([`crate::task::TaskFactory::prepare`]): its tokens, for `max_batch_tokens`.
+    pub prepared: Option<crate::task::Prepared>,
+}
+
+impl Job {
+    /// The tokens it costs a batch (0 for a task that counts none).
+    pub fn tokens(&self) -> usize {
+        self.prepared.as_ref().map_or(0, |p| p.tokens)
+    }
 }
 
 /// A job handed to a worker, with the attempt number its answer must carry.

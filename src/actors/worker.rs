@@ -28,7 +28,7 @@ use super::protocol::{PoolMessage, StartedJob, WorkerId, WorkerMessage};
 use crate::config::PoolKind;
 use crate::pool::PoolShared;
 use crate::store::TaskStore;
-use crate::task::{LoadError, Registered, Task, WorkerContext};
+use crate::task::{LoadError, Prepared, Registered, Task, WorkerContext};
 
 /// The worker actor.
 pub struct Worker;
@@ -81,7 +81,11 @@ impl Instances {
     ) -> Result<Self, LoadError> {
         let mut tasks = HashMap::new();
         for t in &registered {
-            tasks.insert(t.name.clone(), t.factory.build(&context)?);
+            let mut task = t.factory.build(&context)?;
+            if context.warm_up {
+                warm_up(&context, &t.name, task.as_mut())?;
+            }
+            tasks.insert(t.name.clone(), task);
         }
         Ok(Instances {
             registered,
@@ -118,10 +122,18 @@ impl Instances {
         &mut self,
         name: &Arc<str>,
         input: &Value,
+        prepared: Option<&Prepared>,
         panics: &mut u32,
     ) -> Result<Result<Value, String>, String> {
         let task = self.task(name);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| task.run(input))) {
+        let run = || match prepared {
+            None => task.run(input),
+            Some(_) => task
+                .run_prepared(&[input], &[prepared])
+                .pop()
+                .unwrap_or_else(|| Err(crate::task::TaskError("no answer".into()))),
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(run)) {
             Ok(outcome) => Ok(outcome.map_err(|e| e.0)),
             Err(payload) => {
                 *panics += 1;
@@ -131,8 +143,9 @@ impl Instances {
         }
     }
 
-    /// Runs a batch of inputs of task `name` and hands each answer to `answer` with its
-    /// index. Several inputs go through the task's batch entry point at once; if that
+    /// Runs a batch of inputs of task `name` (with what was prepared of each at submit
+    /// time, where at hand: `prepared` is empty or one per input) and hands each
+    /// answer to `answer` with its index. Several inputs go through the task's batch entry point at once; if that
     /// panics, they are run again one at a time so only the input that panics fails.
     /// Returns how many instances were rebuilt after a panic; an error only when an
     /// instance could not be rebuilt (the answers given until then stand).
@@ -140,15 +153,24 @@ impl Instances {
         &mut self,
         name: &Arc<str>,
         inputs: &[&Value],
+        prepared: &[Option<&Prepared>],
         answer: &mut dyn FnMut(usize, Result<Value, String>),
     ) -> Result<u32, String> {
         let mut panics = 0;
+        let prepared_of = |i: usize| prepared.get(i).copied().flatten();
         if let [input] = inputs {
-            answer(0, self.run_one(name, input, &mut panics)?);
+            answer(0, self.run_one(name, input, prepared_of(0), &mut panics)?);
             return Ok(panics);
         }
         let task = self.task(name);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| task.run_batch(inputs))) {
+        let run = || {
+            if prepared.len() == inputs.len() {
+                task.run_prepared(inputs, prepared)
+            } else {
+                task.run_batch(inputs)
+            }
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(run)) {
             Ok(out) if out.len() == inputs.len() => {
                 for (i, o) in out.into_iter().enumerate() {
                     answer(i, o.map_err(|e| e.0));
@@ -176,7 +198,7 @@ impl Instances {
                 // Each answer is handed on as it comes, so if an instance cannot be
                 // rebuilt, the jobs already answered keep their answers.
                 for (i, input) in inputs.iter().enumerate() {
-                    answer(i, self.run_one(name, input, &mut panics)?);
+                    answer(i, self.run_one(name, input, prepared_of(i), &mut panics)?);
                 }
             }
         }
@@ -215,13 +237,39 @@ impl Runner {
         let name = first.job.task.clone();
         let t0 = std::time::Instant::now();
         let inputs: Vec<&Value> = batch.iter().map(|s| &*s.job.input).collect();
+        let prepared: Vec<Option<&Prepared>> =
+            batch.iter().map(|s| s.job.prepared.as_ref()).collect();
         let (store, pool) = (&self.store, &self.pool);
-        let panics = self.instances.run(&name, &inputs, &mut |i, outcome| {
-            record(store, &pool.name, &batch[i], outcome)
-        })?;
+        let panics = self
+            .instances
+            .run(&name, &inputs, &prepared, &mut |i, outcome| {
+                record(store, &pool.name, &batch[i], outcome)
+            })?;
         crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
         Ok(panics)
     }
+}
+
+/// Runs a freshly built instance's warm-up, logs and records how long it took.
+fn warm_up(context: &WorkerContext, name: &Arc<str>, task: &mut dyn Task) -> Result<(), LoadError> {
+    let t0 = std::time::Instant::now();
+    let passes = task.warm_up().map_err(|e| LoadError {
+        task: name.to_string(),
+        message: format!("warm-up on {} failed: {e}", context.device),
+    })?;
+    if passes > 0 {
+        let seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            worker = %context.name,
+            task = %name,
+            device = %context.device,
+            passes,
+            seconds,
+            "warmed up"
+        );
+        crate::metrics::warmed_up(&context.pool, name, seconds);
+    }
+    Ok(())
 }
 
 /// Writes a job's answer, if its attempt is still the current one.
@@ -476,6 +524,9 @@ mod tests {
             name: "t-1".into(),
             pool: "p".into(),
             nice: 0,
+            warm_up: true,
+            max_batch_size: 32,
+            max_batch_tokens: 0,
         };
         let pool = PoolShared::new("p".into(), toml::from_str("").unwrap());
         let r = Runner::build(registered, context, store.clone(), pool).unwrap();
@@ -494,6 +545,7 @@ mod tests {
                         task: Arc::from("t"),
                         input: Arc::new(input.clone()),
                         enqueued: std::time::Instant::now(),
+                        prepared: None,
                     },
                     attempt,
                 }

@@ -236,6 +236,7 @@ async fn hand_over(
         };
         match input {
             Ok(input) => {
+                let prepared = reg.and_then(|r| r.factory.prepare(&input));
                 let input = Arc::new(input);
                 state.store.set_input(&id, input.clone());
                 events.push((id, task.clone(), input.clone()));
@@ -245,6 +246,7 @@ async fn hand_over(
                     task,
                     input,
                     enqueued: std::time::Instant::now(),
+                    prepared,
                 });
             }
             Err(why) => {

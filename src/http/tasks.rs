@@ -292,6 +292,7 @@ async fn enqueue(
         .map(|input| Job {
             id: state.store.insert(reg.name.clone()),
             task: reg.name.clone(),
+            prepared: reg.factory.prepare(&input),
             input: Arc::new(input),
             enqueued: std::time::Instant::now(),
         })

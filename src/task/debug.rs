@@ -314,6 +314,9 @@ mod tests {
             intra_op_threads: 1,
             name: "test".into(),
             nice: 0,
+            warm_up: true,
+            max_batch_size: 32,
+            max_batch_tokens: 0,
         }
     }
 
@@ -323,6 +326,7 @@ mod tests {
             kind: kind.into(),
             model: None,
             precision: Default::default(),
+            kernels: None,
             queue: None,
         }
     }

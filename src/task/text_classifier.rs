@@ -12,17 +12,31 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
-use super::{LoadError, Task, TaskError, TaskFactory, WorkerContext};
+use super::{LoadError, Prepared, Task, TaskError, TaskFactory, WorkerContext};
 use crate::config::{Config, DeviceSpec, TaskSpec};
 use crate::model::{Kernels, Manifest, Precision, TextClassifier};
+
+/// Sequence lengths a warm-up runs: powers of two from 8, and the model's
+/// `max_length`.
+fn warm_up_lengths(max_length: usize) -> Vec<usize> {
+    let mut lengths: Vec<usize> = std::iter::successors(Some(8usize), |l| l.checked_mul(2))
+        .take_while(|&l| l < max_length)
+        .collect();
+    lengths.push(max_length.max(2));
+    lengths
+}
 
 struct ClassifierFactory {
     task: String,
     dir: PathBuf,
     manifest: Manifest,
     precision: Precision,
+    /// The encoder implementation; `None`: the device's default.
+    kernels: Option<Kernels>,
     /// One loaded model per device, shared by that device's workers.
     loaded: Mutex<HashMap<DeviceSpec, Arc<TextClassifier>>>,
+    /// The model's tokenizer, for [`TaskFactory::prepare`] at submit time.
+    tokenizer: tokenizers::Tokenizer,
 }
 
 /// Builds the factory; checks the manifest and that the weights are present, so a
@@ -51,11 +65,15 @@ pub fn factory(
             model.display()
         )));
     }
+    let tokenizer =
+        crate::model::load_tokenizer(&dir, &manifest).map_err(|e| err(e.to_string()))?;
     Ok(Arc::new(ClassifierFactory {
+        tokenizer,
         task: name.to_string(),
         dir,
         manifest,
         precision: spec.precision,
+        kernels: spec.kernels,
         loaded: Mutex::new(HashMap::new()),
     }))
 }
@@ -67,7 +85,7 @@ impl ClassifierFactory {
             return Ok(m.clone());
         }
         let started = Instant::now();
-        let kernels = Kernels::for_device(device);
+        let kernels = self.kernels.unwrap_or_else(|| Kernels::for_device(device));
         let model =
             TextClassifier::load_with(&self.dir, device, kernels, self.precision).map_err(|e| {
                 LoadError {
@@ -82,6 +100,7 @@ impl ClassifierFactory {
             %device,
             setting = %self.precision,
             precision = %model.precision(),
+            %kernels,
             kernel = match kernels {
                 Kernels::Packed => model.precision().kernel(),
                 Kernels::Candle => "candle",
@@ -128,6 +147,17 @@ impl TaskFactory for ClassifierFactory {
         text_of(input, self.manifest.max_chars).map(drop)
     }
 
+    /// Tokenizes the text at submit time (on the submitting thread, not the worker's):
+    /// the batch's token budget counts these tokens, and the worker uses these ids.
+    fn prepare(&self, input: &Value) -> Option<Prepared> {
+        let text = text_of(input, self.manifest.max_chars).ok()?;
+        let ids = self.tokenizer.encode(text, true).ok()?.get_ids().to_vec();
+        Some(Prepared {
+            tokens: ids.len(),
+            data: Arc::new(ids),
+        })
+    }
+
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         let model = self.model_for(ctx.device)?;
         let threads = rayon::ThreadPoolBuilder::new()
@@ -148,6 +178,10 @@ impl TaskFactory for ClassifierFactory {
         Ok(Box::new(ClassifierTask {
             task: self.task.clone(),
             pool: ctx.pool.clone(),
+            device: ctx.device,
+            max_batch_size: ctx.max_batch_size.max(1),
+            max_batch_tokens: ctx.max_batch_tokens,
+            memory_checked: None,
             model,
             threads,
         }))
@@ -166,6 +200,13 @@ struct ClassifierTask {
     task: String,
     /// The worker's pool, for the metrics' `pool` label.
     pool: String,
+    /// The worker's device, for the device metrics and the warm-up's shapes.
+    device: DeviceSpec,
+    /// The pool's batch limits, for the warm-up's shapes.
+    max_batch_size: usize,
+    max_batch_tokens: usize,
+    /// When device memory was last read (at most once a second).
+    memory_checked: Option<Instant>,
     model: Arc<TextClassifier>,
     /// This worker's intra-op threads: matmuls run inside it.
     threads: rayon::ThreadPool,
@@ -198,18 +239,35 @@ impl Task for ClassifierTask {
         Ok(self.answer(&probs[0]))
     }
 
-    /// Tokenizes every input and runs them through `predict_batch` (one packed batch
-    /// on the CPU, length groups with the candle kernels); answers in input order.
-    /// Results equal `run`'s: packing and the attention mask keep texts apart.
     fn run_batch(&mut self, inputs: &[&Value]) -> Vec<Result<Value, TaskError>> {
+        self.run_prepared(inputs, &[])
+    }
+
+    /// Runs every input through `predict_batch` (one packed batch on the CPU, length
+    /// groups with the candle kernels), with the token ids prepared at submit where
+    /// given, else tokenizing here; answers in input order. Results equal `run`'s:
+    /// packing and the attention mask keep texts apart.
+    fn run_prepared(
+        &mut self,
+        inputs: &[&Value],
+        prepared: &[Option<&Prepared>],
+    ) -> Vec<Result<Value, TaskError>> {
         let max_chars = self.model.manifest.max_chars;
         let mut out: Vec<Option<Result<Value, TaskError>>> = vec![None; inputs.len()];
         // The valid inputs: their positions and their token ids.
         let (mut at, mut tokens) = (Vec::new(), Vec::new());
         for (i, input) in inputs.iter().enumerate() {
-            match text_of(input, max_chars)
-                .and_then(|t| self.model.token_ids(t).map_err(|e| e.to_string()))
-            {
+            let given = prepared
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|p| p.data.downcast_ref::<Vec<u32>>());
+            let ids = match given {
+                Some(ids) => Ok(ids.clone()),
+                None => text_of(input, max_chars)
+                    .and_then(|t| self.model.token_ids(t).map_err(|e| e.to_string())),
+            };
+            match ids {
                 Ok(ids) => {
                     at.push(i);
                     tokens.push(ids);
@@ -218,16 +276,70 @@ impl Task for ClassifierTask {
             }
         }
         let real: usize = tokens.iter().map(Vec::len).sum();
+        let t0 = Instant::now();
         let (probs, padded) = self.threads.install(|| self.model.predict_batch(&tokens));
+        let device_time = t0.elapsed();
         for (i, p) in at.into_iter().zip(probs) {
             out[i] = Some(p.map(|p| self.answer(&p)).map_err(TaskError));
         }
         if real > 0 {
             crate::metrics::padding(&self.pool, &self.task, padded, real);
+            crate::metrics::model_batch(&self.pool, &self.task, self.device, real, device_time);
+        }
+        if self
+            .memory_checked
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.memory_checked = Some(Instant::now());
+            if let Some(bytes) = crate::model::device_memory_used(self.model.device()) {
+                crate::metrics::device_memory(self.device, bytes);
+            }
         }
         out.into_iter()
             .map(|o| o.expect("every input answered"))
             .collect()
+    }
+
+    /// A forward at every length bucket ([`warm_up_lengths`]) with one text, and on an
+    /// accelerator also with the pool's largest batch at that length (within
+    /// `max_batch_tokens`): what a GPU compiles and loads kernels for at first use. On
+    /// the CPU one text per length pages the weights in and starts the worker's
+    /// threads; a full batch would cost a second of CPU per worker.
+    fn warm_up(&mut self) -> Result<usize, TaskError> {
+        let sample = self
+            .model
+            .token_ids("warm up")
+            .map_err(|e| TaskError(e.to_string()))?;
+        let (&first, &last) = sample
+            .first()
+            .zip(sample.last())
+            .ok_or_else(|| TaskError("the tokenizer gave no tokens for a warm-up text".into()))?;
+        let filler = sample.get(1).copied().unwrap_or(first);
+        let mut passes = 0;
+        for len in warm_up_lengths(self.model.manifest.max_length) {
+            let mut ids = vec![filler; len];
+            ids[0] = first;
+            ids[len - 1] = last;
+            let mut sizes = vec![1];
+            if self.device != DeviceSpec::Cpu && self.max_batch_size > 1 {
+                let fit = match self.max_batch_tokens {
+                    0 => self.max_batch_size,
+                    budget => (budget / len).clamp(1, self.max_batch_size),
+                };
+                if fit > 1 {
+                    sizes.push(fit);
+                }
+            }
+            for size in sizes {
+                let batch = vec![ids.clone(); size];
+                let (probs, _) = self.threads.install(|| self.model.predict_batch(&batch));
+                if let Some(Err(e)) = probs.into_iter().find(Result::is_err) {
+                    return Err(TaskError(format!("{len} tokens x {size}: {e}")));
+                }
+                passes += 1;
+            }
+        }
+        Ok(passes)
     }
 }
 

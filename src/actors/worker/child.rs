@@ -225,7 +225,9 @@ pub fn main(parent: u32) -> i32 {
         let inputs: Vec<&Value> = run.inputs.iter().collect();
         let mut answers: Vec<Option<Result<Value, String>>> = vec![None; inputs.len()];
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            instances.run(&name, &inputs, &mut |i, outcome| answers[i] = Some(outcome))
+            instances.run(&name, &inputs, &[], &mut |i, outcome| {
+                answers[i] = Some(outcome)
+            })
         }))
         .unwrap_or_else(|p| Err(panic_message(p.as_ref())));
         let (panics, fatal) = match ran {
