@@ -69,12 +69,17 @@ impl App {
         crate::metrics::install();
         let registry = Arc::new(Registry::from_config(&config, index)?);
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-        let tasks: Vec<(&str, &str, bool)> = registry
+        let tasks: Vec<crate::metrics::TaskSeries> = registry
             .names()
             .into_iter()
             .map(|t| {
                 let reg = registry.get(t).expect("listed by the registry");
-                (t, names[reg.pool], reg.factory.pads_batches())
+                crate::metrics::TaskSeries {
+                    task: t,
+                    pool: names[reg.pool],
+                    model: reg.factory.pads_batches(),
+                    devices: &pools[reg.pool].config.devices,
+                }
             })
             .collect();
         crate::metrics::register(&names, &tasks);

@@ -78,12 +78,92 @@ enum Command {
         #[arg(long)]
         parent: u32,
     },
+    /// Compare a model's precisions with f32 on one device: cosine of each text's
+    /// embedding to f32's (min / mean), label flips, and time, over a JSON-lines file
+    /// of `{"text": ...}`. Prints a Markdown table.
+    Fidelity {
+        /// The model directory.
+        #[arg(long, default_value = "models/spam-minilm")]
+        model: PathBuf,
+        /// The device: `cpu`, `cuda:0`, ...
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// `packed` or `candle`; default the device's.
+        #[arg(long)]
+        kernels: Option<String>,
+        /// The precisions to compare with f32, comma-separated; default bf16,int8 on
+        /// the packed kernels, f16,bf16 on the candle kernels.
+        #[arg(long)]
+        precisions: Option<String>,
+        /// JSON lines with a `text` field (e.g. ../shared/bench/inputs.jsonl).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Texts per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
         /// The configuration file.
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
     },
+}
+
+/// `celeriac fidelity`: prints the table of [`celeriac::model::fidelity::compare`].
+fn fidelity(
+    model: &std::path::Path,
+    device: &str,
+    kernels: Option<String>,
+    precisions: Option<String>,
+    inputs: &std::path::Path,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use celeriac::model::{Kernels, Precision};
+    let device: celeriac::config::DeviceSpec = device.parse().map_err(anyhow::Error::msg)?;
+    let kernels = match kernels.as_deref() {
+        None => Kernels::for_device(device),
+        Some("packed") => Kernels::Packed,
+        Some("candle") => Kernels::Candle,
+        Some(k) => anyhow::bail!("--kernels {k}: expected packed or candle"),
+    };
+    let precisions: Vec<Precision> = match precisions {
+        Some(list) => list
+            .split(',')
+            .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
+        None if kernels == Kernels::Packed => vec![Precision::Bf16, Precision::Int8],
+        None => vec![Precision::F16, Precision::Bf16],
+    };
+    let texts: Vec<String> = std::fs::read_to_string(inputs)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", inputs.display()))?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            v["text"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("a line without a string `text`: {l}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (f32_seconds, rows) =
+        celeriac::model::fidelity::compare(model, device, kernels, &precisions, &texts, batch)?;
+    println!(
+        "{} texts on {device}, {kernels} kernels, batches of {batch}; f32: {:.3} s",
+        texts.len(),
+        f32_seconds
+    );
+    println!("| precision | cosine to f32 min / mean | label flips | seconds |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.5} / {:.5} | {} | {:.3} |",
+            r.precision, r.min_cosine, r.mean_cosine, r.flips, r.seconds
+        );
+    }
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -165,6 +245,14 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Fidelity {
+            model,
+            device,
+            kernels,
+            precisions,
+            inputs,
+            batch,
+        } => fidelity(&model, &device, kernels, precisions, &inputs, batch),
         Command::TrainHead {
             model,
             data,

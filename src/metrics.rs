@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::pool::PoolShared;
 
-/// Workers by pool and state (`starting`, `idle`, `busy`, `stopping`; `parked`: slots
+/// Workers by pool and state (`starting`, `warming`, `idle`, `busy`, `stopping`; `parked`: slots
 /// whose workers failed to start past the restart budget).
 pub const WORKERS: &str = "celeriac_workers";
 /// Configured (target) pool size.
@@ -145,7 +145,7 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("no other metrics recorder is installed");
         describe_gauge!(
             WORKERS,
-            "Workers by pool and state (starting, idle, busy, stopping; parked: slots whose workers failed to start past the restart budget)."
+            "Workers by pool and state (starting, warming, idle, busy, stopping; parked: slots whose workers failed to start past the restart budget)."
         );
         describe_gauge!(
             POOL_SIZE,
@@ -256,10 +256,22 @@ const FINAL_STATES: [crate::store::TaskState; 3] = [
     crate::store::TaskState::Revoked,
 ];
 
+/// A task's series, for [`register`].
+pub struct TaskSeries<'a> {
+    /// The task's name.
+    pub task: &'a str,
+    /// Its pool.
+    pub pool: &'a str,
+    /// Whether it runs a model (padded batches, tokens, device time).
+    pub model: bool,
+    /// Its pool's devices.
+    pub devices: &'a [crate::config::DeviceSpec],
+}
+
 /// Registers, at zero, every series whose labels are known from the config, so that
 /// a fresh server exports every metric the dashboard uses and `increase()` sees the
-/// first event. `tasks` gives each task's name, pool and whether its model pads batches.
-pub fn register(pools: &[&str], tasks: &[(&str, &str, bool)]) {
+/// first event.
+pub fn register(pools: &[&str], tasks: &[TaskSeries]) {
     install();
     for pool in pools {
         let pool = pool.to_string();
@@ -268,8 +280,8 @@ pub fn register(pools: &[&str], tasks: &[(&str, &str, bool)]) {
         }
         let _ = histogram!(BATCH_SIZE, "pool" => pool.clone());
     }
-    for (task, pool, pads) in tasks {
-        let (task, pool) = (task.to_string(), pool.to_string());
+    for t in tasks {
+        let (task, pool) = (t.task.to_string(), t.pool.to_string());
         counter!(TASKS_SUBMITTED, "pool" => pool.clone(), "task" => task.clone()).absolute(0);
         for state in FINAL_STATES {
             counter!(TASKS_FINISHED, "pool" => pool.clone(), "task" => task.clone(), "state" => state.as_str())
@@ -278,9 +290,12 @@ pub fn register(pools: &[&str], tasks: &[(&str, &str, bool)]) {
         for name in [QUEUE_WAIT, RUN_TIME, LATENCY] {
             let _ = histogram!(name, "pool" => pool.clone(), "task" => task.clone());
         }
-        if *pads {
-            for name in [PADDING_RATIO, BATCH_TOKENS] {
+        if t.model {
+            for name in [PADDING_RATIO, BATCH_TOKENS, WARMUP] {
                 let _ = histogram!(name, "pool" => pool.clone(), "task" => task.clone());
+            }
+            for device in t.devices {
+                let _ = histogram!(DEVICE_BATCH_SECONDS, "pool" => pool.clone(), "task" => task.clone(), "device" => device.to_string());
             }
         }
     }
@@ -324,6 +339,7 @@ pub fn render(pools: &[std::sync::Arc<PoolShared>]) -> String {
         let s = p.status();
         for (state, n) in [
             ("starting", s.starting),
+            ("warming", s.warming),
             ("idle", s.idle),
             ("busy", s.busy),
             ("stopping", s.stopping),

@@ -7,6 +7,7 @@
 
 pub mod amx;
 pub mod bert;
+pub mod fidelity;
 pub mod packed;
 pub mod qgemm;
 pub mod sgemm;
@@ -532,6 +533,9 @@ impl TextClassifier {
                 Box::new(encoder)
             }
         };
+        // The uploads are asynchronous on CUDA: a failure among them surfaces here, at
+        // load, rather than in the first batch.
+        device.synchronize().map_err(runtime)?;
         let tokenizer_path = dir.join(&manifest.tokenizer);
         let tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| file_error(&tokenizer_path, e))?;
@@ -617,11 +621,24 @@ impl TextClassifier {
     /// Class probabilities for already tokenized texts run as one batch: packed, or
     /// padded to the longest of them (candle kernels).
     pub fn predict_tokens(&self, token_ids: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, ModelError> {
+        let emb = self.embed_tokens(token_ids)?;
+        self.head_of(&emb)
+    }
+
+    /// Embeddings `[batch, hidden]` and class probabilities of texts run as one batch
+    /// (one forward pass).
+    pub fn embed_and_predict(&self, texts: &[&str]) -> Result<(Tensor, Vec<Vec<f32>>), ModelError> {
+        let emb = self.embed_tokens(self.token_ids_of(texts)?)?;
+        let probs = self.head_of(&emb)?;
+        Ok((emb, probs))
+    }
+
+    /// The head's softmax over embeddings.
+    fn head_of(&self, emb: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
         let (weight, bias) = self
             .head
             .as_ref()
             .ok_or_else(|| runtime("this model was loaded without its head"))?;
-        let emb = self.embed_tokens(token_ids)?;
         let logits = emb
             .matmul(&weight.t().map_err(runtime)?)
             .and_then(|l| l.broadcast_add(bias))

@@ -23,6 +23,8 @@ pub struct PoolStatus {
     pub size: usize,
     /// Slots waiting to start a worker (after a failed start).
     pub starting: usize,
+    /// Workers started and warming up their tasks; they take work once warm.
+    pub warming: usize,
     /// Workers waiting for work.
     pub idle: usize,
     /// Workers running a batch.

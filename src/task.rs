@@ -148,6 +148,12 @@ pub trait TaskFactory: Send + Sync {
         false
     }
 
+    /// Whether its instances have a [`Task::warm_up`] worth waiting for: then a
+    /// `threads` worker takes work only once it warmed up.
+    fn warms_up(&self) -> bool {
+        false
+    }
+
     /// Whether its batches report a padding ratio (models that pad inputs to a common
     /// length), so the metric is registered from the start.
     fn pads_batches(&self) -> bool {

@@ -15,11 +15,13 @@
 //!   exponential back-off, inside a restart budget per pool; past the budget the slot is
 //!   parked until the pool is resized. When every slot is parked, queued tasks fail with
 //!   "no live worker" and submits get 503.
-//! - **Size.** Grow starts workers on new slots (the model is already loaded: this costs a
-//!   thread and a task instance; for kind `processes`, a child process that builds its
-//!   own). Shrink removes parked and waiting slots first, then
-//!   retires idle workers, then busy ones, which finish what they hold and stop. Nothing
-//!   queued or running is dropped. The autoscaler ([`super::autoscale`]) runs on the
+//! - **Size.** Grow starts workers on new slots (a CPU model is already loaded: this costs
+//!   a thread and a task instance; a CUDA worker loads its own copy; for kind
+//!   `processes`, a child process that builds its own). A `threads` worker whose tasks
+//!   warm up does so on its own thread after it started, and takes work once it sends
+//!   `Warmed`. Shrink removes parked and waiting slots first, then warming and idle
+//!   workers, then busy ones, which finish what they hold and stop. Nothing queued or
+//!   running is dropped. The autoscaler ([`super::autoscale`]) runs on the
 //!   pool's tick whenever the pool has bounds, from the file or from the admin API.
 //!
 //! After every message the actor publishes a [`PoolStatus`] snapshot; the HTTP side,
@@ -80,6 +82,9 @@ struct WorkerEntry {
     inbox: Inbox,
     actor: ActorRef<WorkerMessage>,
     running: Option<Running>,
+    /// Started and warming its tasks up (kind `threads`): it takes work once it sends
+    /// `Warmed`.
+    warming: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +221,7 @@ impl Actor for Pool {
                 state.dispatch();
             }
             PoolMessage::Ready { worker, panics } => state.ready(worker, panics),
+            PoolMessage::Warmed { worker } => state.warmed(worker),
             PoolMessage::Resize { change, reply } => {
                 let outcome = state.resize(change).await;
                 // The caller reads the published status: publish before answering.
@@ -298,6 +304,7 @@ impl PoolState {
             match (w.slot, &w.running) {
                 (None, _) => s.stopping += 1,
                 (Some(_), Some(_)) => s.busy += 1,
+                (Some(_), None) if w.warming => s.warming += 1,
                 (Some(_), None) => {}
             }
         }
@@ -330,9 +337,14 @@ impl PoolState {
 
     /// Spawns a worker on each of `slots` (free ones), linked to this actor, all at once:
     /// their starts overlap (for kind `processes`, a start is a child process building
-    /// its tasks). Each started worker is idle at once; one outcome per slot, in order.
+    /// and warming up its tasks). Each started worker is idle at once, except a
+    /// `threads` worker whose tasks warm up: it warms up on its own thread, off this
+    /// actor's path, and is idle once it sends `Warmed`. One outcome per slot, in order.
     async fn spawn_workers(&mut self, slots: &[usize]) -> Vec<Result<(), String>> {
         let config = &self.shared.config;
+        let warms = config.kind == PoolKind::Threads
+            && config.warm_up
+            && self.tasks.iter().any(|t| t.factory.warms_up());
         let mut started = Vec::new();
         let mut spawns = Vec::new();
         for &slot in slots {
@@ -393,17 +405,26 @@ impl PoolState {
                     inbox,
                     actor,
                     running: None,
+                    warming: warms,
                 },
             );
+            // A warming worker's start counts as failed if its warm-up fails: keep the
+            // slot's failures until it is warm.
+            let failures = match warms {
+                true => self.slots.get(&slot).map_or(0, |s| s.failures),
+                false => 0,
+            };
             self.slots.insert(
                 slot,
                 Slot {
                     state: SlotState::Running(id),
-                    failures: 0,
+                    failures,
                     generation: 0,
                 },
             );
-            self.idle.push(id);
+            if !warms {
+                self.idle.push(id);
+            }
             outcomes.push(Ok(()));
         }
         outcomes
@@ -472,6 +493,30 @@ impl PoolState {
             .send_after(delay, move || PoolMessage::Restart { slot, generation });
     }
 
+    /// A warming worker is warm: it takes work from now on (or stops, if a shrink
+    /// retired it meanwhile).
+    fn warmed(&mut self, worker: WorkerId) {
+        let Some(entry) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if !std::mem::take(&mut entry.warming) {
+            return;
+        }
+        match entry.slot {
+            None => {
+                let entry = self.workers.remove(&worker).expect("just found");
+                entry.actor.stop(Some("scaled down".into()));
+            }
+            Some(slot) => {
+                if let Some(s) = self.slots.get_mut(&slot) {
+                    s.failures = 0;
+                }
+                self.idle.push(worker);
+                self.dispatch();
+            }
+        }
+    }
+
     /// A worker finished its batch.
     fn ready(&mut self, worker: WorkerId, panics: u32) {
         if panics > 0 {
@@ -516,12 +561,23 @@ impl PoolState {
                 Loss::Crash => self.requeue_or_fail(running.jobs, why),
             }
         }
-        tracing::warn!(pool = %self.shared.name, worker, ?loss, "worker lost: {why}");
-        let Some(slot) = entry.slot else { return };
+        let Some(slot) = entry.slot else {
+            tracing::warn!(pool = %self.shared.name, worker, ?loss, "worker lost: {why}");
+            return;
+        };
         if self.shutting_down {
             self.slots.remove(&slot);
             return;
         }
+        if entry.warming {
+            // Its warm-up failed: a failed start, under the back-off and the budget.
+            tracing::error!(pool = %self.name(), slot, "worker failed to start: {why}");
+            self.failed_starts_total += 1;
+            let failures = self.slots.get(&slot).map_or(0, |s| s.failures);
+            self.schedule_retry(slot, failures + 1);
+            return;
+        }
+        tracing::warn!(pool = %self.shared.name, worker, ?loss, "worker lost: {why}");
         self.replaced += 1;
         let reason = match loss {
             Loss::TimeLimit => crate::metrics::Restart::TimeLimit,
@@ -570,7 +626,13 @@ impl PoolState {
                 let front = self.queue.front().expect("not empty");
                 let waited = front.enqueued.elapsed();
                 let busy = self.workers.values().any(|w| w.running.is_some());
-                if busy && waited < max_delay && self.batching.contains(&front.task) {
+                // A queue whose tokens already fill a batch does not wait either.
+                let tokens: usize = self.queue.iter().map(Job::tokens).sum();
+                if busy
+                    && waited < max_delay
+                    && self.batching.contains(&front.task)
+                    && tokens < max_tokens
+                {
                     if !self.flush_pending {
                         self.flush_pending = true;
                         self.myself
@@ -813,6 +875,22 @@ impl PoolState {
                     self.slots.remove(&k);
                     excess -= 1;
                 }
+            }
+            // Then warming workers, which take no work yet and stop at once.
+            let warming: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|(_, e)| e.warming && e.slot.is_some())
+                .map(|(w, _)| *w)
+                .take(excess)
+                .collect();
+            for w in warming {
+                let entry = self.workers.remove(&w).expect("listed above");
+                if let Some(slot) = entry.slot {
+                    self.slots.remove(&slot);
+                }
+                entry.actor.stop(Some("scaled down".into()));
+                excess -= 1;
             }
             // Then idle workers, which stop at once.
             while excess > 0 {

@@ -64,8 +64,14 @@ pub enum PoolMessage {
         /// Task instances it rebuilt after a task panicked while running the batch.
         panics: u32,
     },
-    /// Change the pool's size or autoscale bounds; answers once new workers run and
-    /// retired ones were told to stop.
+    /// A `threads` worker finished warming its tasks up and takes work from now on.
+    Warmed {
+        /// Its id.
+        worker: WorkerId,
+    },
+    /// Change the pool's size or autoscale bounds; answers once new workers run (a
+    /// worker that warms up takes work once it sent `Warmed`) and retired ones were
+    /// told to stop.
     Resize {
         /// The change.
         change: Resize,

@@ -81,17 +81,25 @@ impl Instances {
     ) -> Result<Self, LoadError> {
         let mut tasks = HashMap::new();
         for t in &registered {
-            let mut task = t.factory.build(&context)?;
-            if context.warm_up {
-                warm_up(&context, &t.name, task.as_mut())?;
-            }
-            tasks.insert(t.name.clone(), task);
+            tasks.insert(t.name.clone(), t.factory.build(&context)?);
         }
         Ok(Instances {
             registered,
             context,
             tasks,
         })
+    }
+
+    /// Runs every instance's warm-up when the pool asks for it (`warm_up`); an error
+    /// names the task and the device.
+    pub(crate) fn warm_up(&mut self) -> Result<(), LoadError> {
+        if !self.context.warm_up {
+            return Ok(());
+        }
+        for (name, task) in &mut self.tasks {
+            warm_up(&self.context, name, task.as_mut())?;
+        }
+        Ok(())
     }
 
     /// Replaces the instance of `name` after it panicked (its state may be broken).
@@ -104,9 +112,17 @@ impl Instances {
         let built = std::panic::catch_unwind(AssertUnwindSafe(|| reg.factory.build(&self.context)))
             .map_err(|payload| panic_message(payload.as_ref()))
             .and_then(|b| b.map_err(|e| e.to_string()));
-        let task = built.map_err(|e| {
+        let mut task = built.map_err(|e| {
             format!("could not rebuild the instance of `{name}` after a task panicked: {e}")
         })?;
+        if self.context.warm_up {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                warm_up(&self.context, name, task.as_mut())
+            }))
+            .map_err(|payload| panic_message(payload.as_ref()))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| format!("the rebuilt instance of `{name}` failed to warm up: {e}"))?;
+        }
         self.tasks.insert(name.clone(), task);
         Ok(())
     }
@@ -340,7 +356,9 @@ impl Actor for Worker {
         let mut child = None;
         let inline = match (shared.config.kind, batches) {
             (PoolKind::Solo, _) => Some(tokio::task::block_in_place(|| {
-                Runner::build(tasks, context, store, shared)
+                let mut runner = Runner::build(tasks, context, store, shared)?;
+                runner.instances.warm_up()?;
+                Ok::<_, LoadError>(runner)
             })?),
             (PoolKind::Threads, Some(rx)) => {
                 let (built_tx, built_rx) = tokio::sync::oneshot::channel();
@@ -361,6 +379,20 @@ impl Actor for Worker {
                                 return;
                             }
                         };
+                        // Warm up off the pool actor's path: the pool hands this
+                        // worker work once it says `Warmed`.
+                        if runner.instances.context.warm_up {
+                            let warmed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                runner.instances.warm_up()
+                            }))
+                            .map_err(|p| panic_message(p.as_ref()))
+                            .and_then(|r| r.map_err(|e| e.to_string()));
+                            if let Err(why) = warmed {
+                                let _ = me.cast(WorkerMessage::Died(why));
+                                return;
+                            }
+                            let _ = ready_to.cast(PoolMessage::Warmed { worker: id });
+                        }
                         serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b));
                     })?;
                 built_rx

@@ -174,6 +174,8 @@ pub struct PoolView {
 #[serde(deny_unknown_fields)]
 struct WorkerCounts {
     starting: usize,
+    /// Started, warming their tasks up; they take work once warm.
+    warming: usize,
     idle: usize,
     busy: usize,
     stopping: usize,
@@ -208,6 +210,7 @@ impl From<&PoolShared> for PoolView {
             max_concurrency: p.config.ceiling(),
             workers: WorkerCounts {
                 starting: s.starting,
+                warming: s.warming,
                 idle: s.idle,
                 busy: s.busy,
                 stopping: s.stopping,

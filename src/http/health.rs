@@ -130,13 +130,19 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
                 let min = s.minimum();
                 if !matches!(actor.get_status(), ractor::ActorStatus::Running) {
                     reasons.push(format!("pool `{}` has stopped (its actor exited)", p.pool));
-                } else if p.live == 0 {
-                    reasons.push(format!("pool `{}` has no live worker", p.pool));
                 } else if p.live < min {
-                    reasons.push(format!(
-                        "pool `{}` has {} live workers, below its minimum of {min}",
-                        p.pool, p.live
-                    ));
+                    let warming = match s.warming {
+                        0 => String::new(),
+                        n => format!(" ({n} warming up)"),
+                    };
+                    reasons.push(if p.live == 0 {
+                        format!("pool `{}` has no live worker{warming}", p.pool)
+                    } else {
+                        format!(
+                            "pool `{}` has {} live workers, below its minimum of {min}{warming}",
+                            p.pool, p.live
+                        )
+                    });
                 }
             }
             let ready = reasons.is_empty();

@@ -233,6 +233,9 @@ impl CandleEncoder {
     /// would read outside the embedding table there).
     pub fn check(&self, token_ids: &[Vec<u32>]) -> Result<()> {
         for ids in token_ids {
+            if ids.is_empty() {
+                candle_core::bail!("a text has no tokens");
+            }
             if ids.len() > self.max_positions {
                 candle_core::bail!(
                     "a text has {} tokens; the model takes at most {}",
@@ -343,10 +346,23 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor, normalize: bool) -> Result<Tens
     }
 }
 
-/// The device a worker's tensors live on.
+/// The device a model's tensors live on: on CUDA a handle with a stream (and cuBLAS
+/// handle) of its own, so the models of several workers on one GPU run concurrently.
 pub fn device_of(spec: &crate::config::DeviceSpec) -> Result<Device> {
     match spec {
         crate::config::DeviceSpec::Cpu => Ok(Device::Cpu),
-        crate::config::DeviceSpec::Cuda(n) => Device::new_cuda(*n),
+        crate::config::DeviceSpec::Cuda(n) => {
+            let device = Device::new_cuda_with_stream(*n)?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(d) = &device {
+                // SAFETY: cudarc's event tracking orders buffers used across streams.
+                // A model's buffers never cross streams here: its weights, inputs,
+                // activations and outputs are all created, used and freed on this
+                // device's one stream, in stream order. Tracking would only add two
+                // events per allocation and an event wait per launch.
+                unsafe { d.disable_event_tracking() };
+            }
+            Ok(device)
+        }
     }
 }

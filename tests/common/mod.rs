@@ -20,9 +20,20 @@ pub struct Server {
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Parses `toml` (relative model paths resolve against the repository root) and
-/// serves it on a free port.
+/// Parses `toml` (relative model paths resolve against the repository root), serves it
+/// on a free port, and waits (at most 120 s) until no worker is still warming up, so a
+/// test's first request meets warm workers.
 pub async fn start(toml: &str) -> Server {
+    let s = start_cold(toml).await;
+    wait_until(Duration::from_secs(120), || async {
+        s.state.pools.iter().all(|p| p.status().warming == 0)
+    })
+    .await;
+    s
+}
+
+/// [`start`] without waiting for warm-ups.
+pub async fn start_cold(toml: &str) -> Server {
     // `processes` pools start the celeriac binary, not this test harness.
     celeriac::actors::worker::child::set_program(env!("CARGO_BIN_EXE_celeriac"));
     let config = Config::from_toml(toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))

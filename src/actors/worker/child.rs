@@ -260,7 +260,10 @@ fn build(init: Init) -> Result<Instances, String> {
         .tasks
         .retain(|_, t| t.pool == pool && t.queue.is_none());
     let registry = Registry::from_config(&config, |_| 0).map_err(|e| e.to_string())?;
-    Instances::build(registry.for_pool(0), context).map_err(|e| e.to_string())
+    let mut instances =
+        Instances::build(registry.for_pool(0), context).map_err(|e| e.to_string())?;
+    instances.warm_up().map_err(|e| e.to_string())?;
+    Ok(instances)
 }
 
 /// The child dies with the thread that started it (and so with the server).
