@@ -64,7 +64,7 @@ for precision in $PRECISIONS; do
     "$CONFIG" > "$c"
   step "$precision: $WORKERS workers on $DEVICE, max_batch_size $BATCH, max_batch_tokens $TOKENS"
   t0=$(date +%s.%N)
-  RUST_LOG=info "$BIN" serve --config "$c" --listen 127.0.0.1:$PORT > "$OUT/srv-$precision.log" 2>&1 &
+  NO_COLOR=1 RUST_LOG=info "$BIN" serve --config "$c" --listen 127.0.0.1:$PORT > "$OUT/srv-$precision.log" 2>&1 &
   pid=$!
   for _ in $(seq 1200); do curl -sf 127.0.0.1:$PORT/health/ready > /dev/null && break; sleep 0.1; done
   echo "ready after $(echo "$(date +%s.%N) - $t0" | bc) s"

@@ -159,7 +159,7 @@ fn fidelity(
     println!("|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.5} / {:.5} | {} | {:.3} |",
+            "| {} | {:.6} / {:.6} | {} | {:.3} |",
             r.precision, r.min_cosine, r.mean_cosine, r.flips, r.seconds
         );
     }
