@@ -357,11 +357,7 @@ impl Manifest {
 /// the position embeddings) as the loaded classifier does: what submit uses to count
 /// and prepare an input's tokens off the worker's thread.
 pub fn load_tokenizer(dir: &Path, manifest: &Manifest) -> Result<Tokenizer, ModelError> {
-    let config_path = dir.join(&manifest.config);
-    let config_text =
-        std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
-    let config: BertConfig =
-        serde_json::from_str(&config_text).map_err(|e| file_error(&config_path, e))?;
+    let (_, config) = read_config(dir, manifest)?;
     let path = dir.join(&manifest.tokenizer);
     let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
     truncate(
@@ -369,6 +365,15 @@ pub fn load_tokenizer(dir: &Path, manifest: &Manifest) -> Result<Tokenizer, Mode
         manifest.max_length.min(config.max_position_embeddings),
     )?;
     Ok(tokenizer)
+}
+
+/// The model's `config.json`: its text (part of the packed-weights cache key) and its
+/// parsed fields.
+fn read_config(dir: &Path, manifest: &Manifest) -> Result<(String, BertConfig), ModelError> {
+    let path = dir.join(&manifest.config);
+    let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
+    let config = serde_json::from_str(&text).map_err(|e| file_error(&path, e))?;
+    Ok((text, config))
 }
 
 fn truncate(tokenizer: &mut Tokenizer, max_length: usize) -> Result<(), ModelError> {
@@ -492,11 +497,7 @@ impl TextClassifier {
         let manifest = Manifest::read(dir)?;
         let device =
             bert::device_of(&device).map_err(|e| runtime(format!("device {device}: {e}")))?;
-        let config_path = dir.join(&manifest.config);
-        let config_text =
-            std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
-        let config: BertConfig =
-            serde_json::from_str(&config_text).map_err(|e| file_error(&config_path, e))?;
+        let (config_text, config) = read_config(dir, &manifest)?;
         let weights = dir.join(&manifest.weights);
         if !weights.exists() {
             return Err(file_error(

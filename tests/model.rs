@@ -191,18 +191,7 @@ fn candle_half_precisions_meet_their_fidelity_bar() {
         );
         return;
     };
-    let bench: Vec<String> = std::fs::read_to_string(shared.join("bench/inputs.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(bench.len(), 1000);
+    let bench = bench_texts(&shared);
     let texts: Vec<&str> = bench.iter().map(String::as_str).collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -402,25 +391,7 @@ async fn workers_warm_up_before_ready_and_candle_serves_half_precision() {
         Precision::F32,
     )
     .unwrap();
-    let smoke = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
-    )
-    .unwrap();
-    let mut differs = false;
-    for line in smoke.lines() {
-        let case: Value = serde_json::from_str(line).unwrap();
-        let text = case["text"].as_str().unwrap();
-        let r = s
-            .post("/v1/tasks/spam.halftrue?wait=10", &json!({ "text": text }))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body["result"]["label"], case["label"], "{text}");
-        let spam = r.body["result"]["probabilities"]["spam"].as_f64().unwrap() as f32;
-        let want = direct.predict(&[text]).unwrap()[0][1];
-        assert!((spam - want).abs() < 1e-6, "{text}: {spam} vs {want}");
-        differs |= (spam - f32m.predict(&[text]).unwrap()[0][1]).abs() > 1e-7;
-    }
-    assert!(differs, "f16 answered exactly as f32 on every smoke text");
+    serves_its_own_precision(&s, "spam.halftrue", &direct, &f32m).await;
     s.shutdown().await;
 
     let s = common::start(&config(false)).await;
@@ -552,6 +523,23 @@ fn shared_dir() -> Option<PathBuf> {
         .then_some(dir)
 }
 
+/// The 1,000 bench texts of `../shared/bench/inputs.jsonl`.
+fn bench_texts(shared: &Path) -> Vec<String> {
+    let bench: Vec<String> = std::fs::read_to_string(shared.join("bench/inputs.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(bench.len(), 1000);
+    bench
+}
+
 /// Issue 13's fidelity bars, against f32 on the same kernels' machine:
 /// - bf16: cosine ≥ 0.999 on every one of the 1,000 bench texts, no label flips;
 /// - int8: mean cosine ≥ 0.995, minimum ≥ 0.98, at most 3 flips, held-out accuracy
@@ -568,18 +556,7 @@ fn every_precision_meets_its_fidelity_bar() {
         );
         return;
     };
-    let bench: Vec<String> = std::fs::read_to_string(shared.join("bench/inputs.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(bench.len(), 1000);
+    let bench = bench_texts(&shared);
     let rows = load_csv(&shared.join("data/sms_spam.csv")).unwrap();
     // The head's held-out split (models/spam-minilm/head.json: seed 42, 30 %).
     let (_, held_out) = split(&rows, 0.3, 42);
@@ -646,6 +623,45 @@ fn every_precision_meets_its_fidelity_bar() {
     assert!(failures.is_empty(), "fidelity bars missed: {failures:?}");
 }
 
+/// Every smoke text submitted to `task` gets the smoke label and `direct`'s own
+/// probabilities (the served precision's), and at least one differs from `f32m`'s.
+async fn serves_its_own_precision(
+    s: &common::Server,
+    task: &str,
+    direct: &TextClassifier,
+    f32m: &TextClassifier,
+) {
+    let smoke = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
+    )
+    .unwrap();
+    let precision = direct.precision();
+    let mut differs = false;
+    for line in smoke.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let text = case["text"].as_str().unwrap();
+        let r = s
+            .post(
+                &format!("/v1/tasks/{task}?wait=10"),
+                &json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.body["result"]["label"], case["label"],
+            "{precision}: {text}"
+        );
+        let spam = r.body["result"]["probabilities"]["spam"].as_f64().unwrap() as f32;
+        let want = direct.predict(&[text]).unwrap()[0][1];
+        assert!((spam - want).abs() < 1e-6, "{precision}: {spam} vs {want}");
+        differs |= (spam - f32m.predict(&[text]).unwrap()[0][1]).abs() > 1e-7;
+    }
+    assert!(
+        differs,
+        "{precision} answered exactly as f32 on every smoke text"
+    );
+}
+
 fn precision_config(precision: &str) -> String {
     spam_config().replace(
         "model = \"models/spam-minilm\"",
@@ -658,10 +674,6 @@ fn precision_config(precision: &str) -> String {
 /// kind without a model are start-up errors naming the setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precision_is_served_and_checked() {
-    let smoke = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
-    )
-    .unwrap();
     let f32m = TextClassifier::load_with(
         &model_dir(),
         DeviceSpec::Cpu,
@@ -674,27 +686,7 @@ async fn precision_is_served_and_checked() {
         let direct =
             TextClassifier::load_with(&model_dir(), DeviceSpec::Cpu, Kernels::Packed, precision)
                 .unwrap();
-        let mut differs = false;
-        for line in smoke.lines() {
-            let case: Value = serde_json::from_str(line).unwrap();
-            let text = case["text"].as_str().unwrap();
-            let r = s
-                .post("/v1/tasks/spam.predict?wait=10", &json!({ "text": text }))
-                .await;
-            assert_eq!(r.status, 200, "{}", r.body);
-            assert_eq!(
-                r.body["result"]["label"], case["label"],
-                "{precision}: {text}"
-            );
-            let spam = r.body["result"]["probabilities"]["spam"].as_f64().unwrap() as f32;
-            let want = direct.predict(&[text]).unwrap()[0][1];
-            assert!((spam - want).abs() < 1e-6, "{precision}: {spam} vs {want}");
-            differs |= (spam - f32m.predict(&[text]).unwrap()[0][1]).abs() > 1e-7;
-        }
-        assert!(
-            differs,
-            "{precision} answered exactly as f32 on every smoke text"
-        );
+        serves_its_own_precision(&s, "spam.predict", &direct, &f32m).await;
         s.shutdown().await;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
