@@ -63,19 +63,9 @@ async fn batched_spam_predictions_equal_single_ones_in_order() {
         "#,
     )
     .await;
-    let smoke = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
-    )
-    .unwrap();
-    let mut texts: Vec<String> = smoke
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let mut texts = common::jsonl_texts(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_smoke.jsonl"),
+    );
     // Lengths from 2 to ~120 tokens, so batches are grouped and padded.
     texts.push("hi".into());
     texts.push("call me ".repeat(40));

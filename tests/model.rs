@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use celeriac::config::DeviceSpec;
-use celeriac::model::fidelity::{argmax, cosine};
+use celeriac::model::fidelity::argmax;
 use celeriac::model::{Kernels, Precision, TextClassifier};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -525,17 +525,7 @@ fn shared_dir() -> Option<PathBuf> {
 
 /// The 1,000 bench texts of `../shared/bench/inputs.jsonl`.
 fn bench_texts(shared: &Path) -> Vec<String> {
-    let bench: Vec<String> = std::fs::read_to_string(shared.join("bench/inputs.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let bench = common::jsonl_texts(&shared.join("bench/inputs.jsonl"));
     assert_eq!(bench.len(), 1000);
     bench
 }
@@ -565,18 +555,10 @@ fn every_precision_meets_its_fidelity_bar() {
         .num_threads(2)
         .build()
         .unwrap();
-    let run = |p: Precision| {
+    let accuracy = |p: Precision| {
         let m =
             TextClassifier::load_with(&model_dir(), DeviceSpec::Cpu, Kernels::Packed, p).unwrap();
         pool.install(|| {
-            let mut emb = Vec::new();
-            let mut labels = Vec::new();
-            for chunk in bench.chunks(32) {
-                let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                let e = m.embed(&texts).unwrap().to_vec2::<f32>().unwrap();
-                emb.extend(e);
-                labels.extend(m.predict(&texts).unwrap().iter().map(|p| argmax(p)));
-            }
             let mut right = 0;
             for chunk in held_out.chunks(32) {
                 let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
@@ -585,10 +567,23 @@ fn every_precision_meets_its_fidelity_bar() {
                     right += (m.manifest.labels[argmax(&p)] == r.label) as usize;
                 }
             }
-            (emb, labels, right as f64 / held_out.len() as f64)
+            right as f64 / held_out.len() as f64
         })
     };
-    let (e32, l32, acc32) = run(Precision::F32);
+    let texts: Vec<&str> = bench.iter().map(String::as_str).collect();
+    let (_, rows) = pool
+        .install(|| {
+            celeriac::model::fidelity::compare(
+                &model_dir(),
+                DeviceSpec::Cpu,
+                Kernels::Packed,
+                &[Precision::Bf16, Precision::Int8],
+                &texts,
+                32,
+            )
+        })
+        .unwrap();
+    let acc32 = accuracy(Precision::F32);
     println!(
         "| precision | kernel | cosine to f32 min / mean | label flips (of 1,000) | held-out accuracy (1,547) |"
     );
@@ -599,12 +594,9 @@ fn every_precision_meets_its_fidelity_bar() {
         acc32
     );
     let mut failures = Vec::new();
-    for p in [Precision::Bf16, Precision::Int8] {
-        let (e, l, acc) = run(p);
-        let cos: Vec<f64> = e.iter().zip(&e32).map(|(a, b)| cosine(a, b)).collect();
-        let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
-        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
-        let flips = l.iter().zip(&l32).filter(|(a, b)| a != b).count();
+    for r in rows {
+        let (p, min, mean, flips) = (r.precision, r.min_cosine, r.mean_cosine, r.flips);
+        let acc = accuracy(p);
         println!(
             "| {p} | {} | {min:.5} / {mean:.5} | {flips} | {acc:.4} ({:+.2} pt) |",
             p.kernel(),

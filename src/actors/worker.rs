@@ -91,11 +91,8 @@ impl Instances {
     }
 
     /// Runs every instance's warm-up when the pool asks for it (`warm_up`); an error
-    /// names the task and the device.
+    /// (or a panic) names the task and the device.
     pub(crate) fn warm_up(&mut self) -> Result<(), LoadError> {
-        if !self.context.warm_up {
-            return Ok(());
-        }
         for (name, task) in &mut self.tasks {
             warm_up(&self.context, name, task.as_mut())?;
         }
@@ -115,14 +112,8 @@ impl Instances {
         let mut task = built.map_err(|e| {
             format!("could not rebuild the instance of `{name}` after a task panicked: {e}")
         })?;
-        if self.context.warm_up {
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                warm_up(&self.context, name, task.as_mut())
-            }))
-            .map_err(|payload| panic_message(payload.as_ref()))
-            .and_then(|r| r.map_err(|e| e.to_string()))
+        warm_up(&self.context, name, task.as_mut())
             .map_err(|e| format!("the rebuilt instance of `{name}` failed to warm up: {e}"))?;
-        }
         self.tasks.insert(name.clone(), task);
         Ok(())
     }
@@ -266,13 +257,20 @@ impl Runner {
     }
 }
 
-/// Runs a freshly built instance's warm-up, logs and records how long it took.
+/// Runs a freshly built instance's warm-up when the pool asks for it (`warm_up`), logs
+/// and records how long it took. A panic in it is an error, as a failed warm-up is.
 fn warm_up(context: &WorkerContext, name: &Arc<str>, task: &mut dyn Task) -> Result<(), LoadError> {
+    if !context.warm_up {
+        return Ok(());
+    }
     let t0 = std::time::Instant::now();
-    let passes = task.warm_up().map_err(|e| LoadError {
-        task: name.to_string(),
-        message: format!("warm-up on {} failed: {e}", context.device),
-    })?;
+    let passes = std::panic::catch_unwind(AssertUnwindSafe(|| task.warm_up()))
+        .map_err(|payload| panic_message(payload.as_ref()))
+        .and_then(|r| r.map_err(|e| e.0))
+        .map_err(|e| LoadError {
+            task: name.to_string(),
+            message: format!("warm-up on {} failed: {e}", context.device),
+        })?;
     if passes > 0 {
         let seconds = t0.elapsed().as_secs_f64();
         tracing::info!(
@@ -382,13 +380,8 @@ impl Actor for Worker {
                         // Warm up off the pool actor's path: the pool hands this
                         // worker work once it says `Warmed`.
                         if runner.instances.context.warm_up {
-                            let warmed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                runner.instances.warm_up()
-                            }))
-                            .map_err(|p| panic_message(p.as_ref()))
-                            .and_then(|r| r.map_err(|e| e.to_string()));
-                            if let Err(why) = warmed {
-                                let _ = me.cast(WorkerMessage::Died(why));
+                            if let Err(e) = runner.instances.warm_up() {
+                                let _ = me.cast(WorkerMessage::Died(e.to_string()));
                                 return;
                             }
                             let _ = ready_to.cast(PoolMessage::Warmed { worker: id });

@@ -801,34 +801,32 @@ fn wide() -> bool {
     sgemm::isa() == Some(sgemm::Isa::Avx512)
 }
 
+/// Calls the element-wise kernel `$f` of the widest build this CPU runs (AVX-512, else
+/// AVX2 + FMA), else evaluates `$plain`.
+macro_rules! widest {
+    ($f:ident($($arg:expr),*), $plain:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
+            return unsafe { avx512::$f($($arg),*) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if sgemm::available() {
+            // SAFETY: AVX2 and FMA were detected.
+            return unsafe { avx2::$f($($arg),*) };
+        }
+        $plain
+    }};
+}
+
 /// GELU in place.
 fn gelu(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if wide() {
-        // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
-        return unsafe { avx512::gelu(x) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if sgemm::available() {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { avx2::gelu(x) };
-    }
-    gelu_body(x)
+    widest!(gelu(x), gelu_body(x))
 }
 
 /// Layer norm of every row of `x`, in place (see `layer_norm_body`).
 fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if wide() {
-        // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
-        return unsafe { avx512::layer_norm(x, w, b, eps) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if sgemm::available() {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { avx2::layer_norm(x, w, b, eps) };
-    }
-    layer_norm_body(x, w, b, eps)
+    widest!(layer_norm(x, w, b, eps), layer_norm_body(x, w, b, eps))
 }
 
 /// Self-attention of one text (see `attention_body`).
@@ -840,17 +838,10 @@ fn attention(
     scale: f32,
     scratch: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if wide() {
-        // SAFETY: AVX-512F/BW/VL were detected (the f32 kernel is AVX-512's).
-        return unsafe { avx512::attention(qkv, ctx, heads, d, scale, scratch) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if sgemm::available() {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { avx2::attention(qkv, ctx, heads, d, scale, scratch) };
-    }
-    attention_body::<Plain>(qkv, ctx, heads, d, scale, scratch)
+    widest!(
+        attention(qkv, ctx, heads, d, scale, scratch),
+        attention_body::<Plain>(qkv, ctx, heads, d, scale, scratch)
+    )
 }
 
 /// `a · b + c`, fused into one FMA (inside the AVX2 and AVX-512 builds, whose target

@@ -282,3 +282,18 @@ pub fn with_backoff(config: &str, initial_ms: u64, max_ms: u64) -> String {
         &format!("backoff_initial_ms = {initial_ms}\nbackoff_max_ms = {max_ms}"),
     )
 }
+
+/// The `text` field of every line of a JSON-lines file.
+pub fn jsonl_texts(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
