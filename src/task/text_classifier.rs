@@ -7,7 +7,6 @@
 //! ([`TaskFactory::prepare`]); a worker warms up at every length bucket before it takes
 //! work ([`Task::warm_up`]).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +35,9 @@ struct ClassifierFactory {
     precision: Precision,
     /// The encoder implementation; `None`: the device's default.
     kernels: Option<Kernels>,
-    /// One loaded model per CPU, shared by its workers. A CUDA worker loads its own
-    /// copy (see [`ClassifierFactory::model_for`]).
-    loaded: Mutex<HashMap<DeviceSpec, Arc<TextClassifier>>>,
+    /// The model on the CPU, loaded once and shared by the CPU workers. A CUDA worker
+    /// loads its own copy (see [`ClassifierFactory::model_for`]).
+    cpu: Mutex<Option<Arc<TextClassifier>>>,
     /// The model's tokenizer, for [`TaskFactory::prepare`] at submit time.
     tokenizer: tokenizers::Tokenizer,
 }
@@ -78,7 +77,7 @@ pub fn factory(
         manifest,
         precision: spec.precision,
         kernels: spec.kernels,
-        loaded: Mutex::new(HashMap::new()),
+        cpu: Mutex::new(None),
     }))
 }
 
@@ -88,8 +87,8 @@ impl ClassifierFactory {
     /// (device memory is plentiful: 45 MiB in f16 for MiniLM), so the workers of a GPU
     /// run concurrently and share no handle across threads.
     fn model_for(&self, device: DeviceSpec) -> Result<Arc<TextClassifier>, LoadError> {
-        let mut shared = (device == DeviceSpec::Cpu).then(|| self.loaded.lock());
-        if let Some(m) = shared.as_ref().and_then(|l| l.get(&device)) {
+        let mut shared = (device == DeviceSpec::Cpu).then(|| self.cpu.lock());
+        if let Some(m) = shared.as_ref().and_then(|cpu| cpu.as_ref()) {
             return Ok(m.clone());
         }
         let started = Instant::now();
@@ -118,8 +117,8 @@ impl ClassifierFactory {
         );
         crate::metrics::model_loaded(&self.task, seconds);
         let model = Arc::new(model);
-        if let Some(l) = shared.as_mut() {
-            l.insert(device, model.clone());
+        if let Some(cpu) = shared.as_mut() {
+            **cpu = Some(model.clone());
         }
         Ok(model)
     }
