@@ -179,8 +179,8 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// What the classifier needs of an encoder: the packed CPU kernels and
-/// candle-transformers' BERT both provide it.
+/// What the classifier needs of an encoder: the packed CPU kernels and the candle
+/// encoder ([`bert`]) both provide it.
 trait Encoder: Send + Sync {
     /// Pooled (L2-normalised when `normalize`) embeddings of tokenized texts run as one
     /// batch, `[batch, hidden]`.
