@@ -28,6 +28,7 @@ use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
 use super::bert::{BertConfig, checkpoint_root};
+use super::sgemm::Write;
 use super::weights::{Buf, Codec, Reader, Writer};
 use super::{Precision, qgemm, sgemm};
 
@@ -426,16 +427,20 @@ impl PackedEncoder {
         layer_norm(&mut x, &self.emb_norm.weight, &self.emb_norm.bias, self.eps);
 
         let inter = self.layers.first().map_or(0, |l| l.intermediate.out);
-        let mut qkv = vec![0f32; tokens * 3 * h];
-        let mut ctx = vec![0f32; tokens * h];
-        let mut mid = vec![0f32; tokens * inter];
         let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
-        let mut scratch = vec![0f32; attention_scratch(longest, self.head_dim)];
+        // Every value of the workspace is written before it is read (`Write::Set`,
+        // attention), so a reused one needs no clearing.
+        let mut work = WORKSPACE.take();
+        let sizes = [tokens * 3 * h, tokens * h, tokens * inter];
+        let need = sizes.iter().sum::<usize>() + attention_scratch(longest, h);
+        work.resize(work.len().max(need), 0.0);
+        let (qkv, rest) = work.split_at_mut(sizes[0]);
+        let (ctx, rest) = rest.split_at_mut(sizes[1]);
+        let (mid, scratch) = rest.split_at_mut(sizes[2]);
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         for l in &self.layers {
             // Q, K, V for every token at once.
-            fill_rows(&mut qkv, &l.qkv.bias);
-            dense_acc(&x, &l.qkv, &mut qkv, par);
+            apply(&x, &l.qkv, qkv, par, Write::Set);
             // Attention, per text and head, over the text's own tokens.
             for w in offsets.windows(2) {
                 let (s, e) = (w[0], w[1]);
@@ -445,24 +450,37 @@ impl PackedEncoder {
                     self.heads,
                     self.head_dim,
                     scale,
-                    &mut scratch,
+                    scratch,
                 );
             }
             // x = norm(x + ctx · Woᵀ + bo)
-            add_rows(&mut x, &l.attn_out.bias);
-            dense_acc(&ctx, &l.attn_out, &mut x, par);
+            apply(ctx, &l.attn_out, &mut x, par, Write::Add);
             layer_norm(&mut x, &l.attn_norm.weight, &l.attn_norm.bias, self.eps);
             // mid = gelu(x · Wiᵀ + bi)
-            fill_rows(&mut mid, &l.intermediate.bias);
-            dense_acc(&x, &l.intermediate, &mut mid, par);
-            gelu(&mut mid);
+            apply(&x, &l.intermediate, mid, par, Write::Set);
+            gelu(mid);
             // x = norm(x + mid · Wᵀ + b)
-            add_rows(&mut x, &l.output.bias);
-            dense_acc(&mid, &l.output, &mut x, par);
+            apply(mid, &l.output, &mut x, par, Write::Add);
             layer_norm(&mut x, &l.out_norm.weight, &l.out_norm.bias, self.eps);
+        }
+        if work.len() <= WORKSPACE_KEPT {
+            WORKSPACE.set(work);
         }
         Ok(x)
     }
+}
+
+/// The largest [`WORKSPACE`] a thread keeps between forward passes, in floats
+/// (16 MiB: a batch of about 400 tokens; bigger ones allocate their own).
+const WORKSPACE_KEPT: usize = 4 << 20;
+
+thread_local! {
+    /// A forward pass's intermediate activations (Q/K/V, attention output, the
+    /// intermediate layer, attention scratch), kept between passes on the thread: a
+    /// fresh one of a few MiB is page-faulted in on every pass. A pass takes it and
+    /// puts it back, so a thread waiting in rayon that runs another pass meanwhile
+    /// finds it empty and allocates its own.
+    static WORKSPACE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Where packed weights are cached ([`load_shared`]): `$CELERIAC_CACHE_DIR/packed`
@@ -710,22 +728,31 @@ fn add_rows(m: &mut [f32], row: &[f32]) {
 /// Up to this size the activations are one of sgemm's row blocks (252 tokens).
 const SGEMM_MAX_ROWS: usize = sgemm::ROW_BLOCK;
 
-/// `out += x · weightᵀ`, with `x` `[rows, d.inp]` and `out` `[rows, d.out]`.
+/// `out = x · weightᵀ + bias` or `out += x · weightᵀ + bias` ([`Write`]), with `x`
+/// `[rows, d.inp]` and `out` `[rows, d.out]`. sgemm applies the bias and the mode as it
+/// writes; the other kernels accumulate onto the bias (or the residual plus the bias),
+/// set in a pass of its own.
 ///
 /// `gemm` vectorises along the destination's unit-stride dimension and wants the
 /// left operand unit-stride along it too, so this computes the transposed product
 /// `outᵀ += weight · xᵀ`, reading the weight from its transposed copy `[inp, out]`
 /// (unit stride along `out`) and `x` as it is: no operand needs transposing at run
 /// time.
-fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
+fn apply(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, write: Write) {
+    if let Packed::F32(Some(panels)) = &d.packed
+        // With AVX-512, sgemm wins at every batch size measured (BENCHMARKS.md) and
+        // the `gemm` layout is not kept.
+        && (x.len() <= SGEMM_MAX_ROWS * d.inp || d.weight_t.is_empty())
+    {
+        return sgemm::dense(x, d.inp, panels, Some(&d.bias), write, out, d.out);
+    }
+    match write {
+        Write::Set => fill_rows(out, &d.bias),
+        Write::Add => add_rows(out, &d.bias),
+    }
     match &d.packed {
         Packed::Bf16(w) => return qgemm::bf16_acc(x, w, out),
         Packed::Int8(w) => return qgemm::int8_acc(x, w, out),
-        // With AVX-512, sgemm wins at every batch size measured (BENCHMARKS.md) and
-        // the `gemm` layout is not kept.
-        Packed::F32(Some(panels)) if x.len() <= SGEMM_MAX_ROWS * d.inp || d.weight_t.is_empty() => {
-            return sgemm::dense_acc(x, d.inp, panels, out, d.out);
-        }
         Packed::F32(_) => {}
     }
     let rows = x.len() / d.inp;
@@ -767,7 +794,7 @@ fn dense_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
 /// One module of the element-wise kernels compiled for `features` (the bodies are
 /// `#[inline(always)]`, so each module gets its own vectorised copy).
 macro_rules! simd_build {
-    ($name:ident, $features:literal) => {
+    ($name:ident, $features:literal, $tile:literal) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             #[target_feature(enable = $features)]
@@ -787,14 +814,16 @@ macro_rules! simd_build {
                 scale: f32,
                 scratch: &mut [f32],
             ) {
-                super::attention_body::<super::Fused>(qkv, ctx, heads, d, scale, scratch)
+                super::attention_body::<super::Fused, $tile>(qkv, ctx, heads, d, scale, scratch)
             }
         }
     };
 }
 
-simd_build!(avx2, "avx2,fma");
-simd_build!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma");
+// Query tiles: 4 queries × 16 keys are 8 AVX accumulators but only 4 AVX-512 ones,
+// too few to cover an FMA's latency on two ports; AVX-512 takes 8.
+simd_build!(avx2, "avx2,fma", 4);
+simd_build!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma", 8);
 
 /// Whether the element-wise kernels' AVX-512 build runs here (with the f32 kernel's).
 fn wide() -> bool {
@@ -840,7 +869,7 @@ fn attention(
 ) {
     widest!(
         attention(qkv, ctx, heads, d, scale, scratch),
-        attention_body::<Plain>(qkv, ctx, heads, d, scale, scratch)
+        attention_body::<Plain, 4>(qkv, ctx, heads, d, scale, scratch)
     )
 }
 
@@ -950,13 +979,14 @@ fn layer_norm_body(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 /// Keys per block of the attention kernel: a text's scores are computed over its length
 /// rounded up to this, so every vector loop is whole.
 const KEY_BLOCK: usize = 16;
-/// Queries computed together: their accumulators are independent, so the multiply-adds
-/// of one do not wait for another's.
-const QUERY_TILE: usize = 4;
+/// The most queries an [`attention`] build computes together (its query tile): their
+/// accumulators are independent, so the multiply-adds of one do not wait for another's.
+const QUERY_TILE: usize = 8;
 
-/// The scratch floats [`attention`] needs for a text of `len` tokens and head width `d`.
-fn attention_scratch(len: usize, d: usize) -> usize {
-    len.next_multiple_of(KEY_BLOCK) * (d + QUERY_TILE)
+/// The scratch floats [`attention`] needs for a text of `len` tokens and `h` values
+/// per token in each of Q, K and V (heads × head width).
+fn attention_scratch(len: usize, h: usize) -> usize {
+    len.next_multiple_of(KEY_BLOCK) * (3 * h + QUERY_TILE)
 }
 
 /// The largest value of `v` (16 lanes, so it vectorises; `v` a multiple of 16 long).
@@ -973,15 +1003,19 @@ fn lane_max(v: &[f32]) -> f32 {
 
 /// Self-attention of one text: `qkv` is its `[len, 3 * hidden]` rows (Q | K | V, each
 /// `heads x d` wide), `ctx` its `[len, hidden]` output. `scratch` holds at least
-/// [`attention_scratch`]`(len, d)` floats.
+/// [`attention_scratch`]`(len, heads * d)` floats.
 ///
-/// Per head, the keys are transposed to `[d, lp]` (`lp` the length rounded up to
-/// [`KEY_BLOCK`], zero-padded). Queries go [`QUERY_TILE`] at a time: their scores are
+/// First, one pass over the text's rows (in a batch they have left L2 by now, and
+/// going head by head would read each row twelve times, 128 bytes at a time) copies
+/// them out: the keys transposed to `[hidden, lp]` (`lp` the length rounded up to
+/// [`KEY_BLOCK`], zero-padded), the queries scaled (so the scores' broadcasts are plain
+/// loads), the values as they are. Then per head, queries go `QT` at a time: their
+/// scores are
 /// blocks of 16 keys accumulated in registers over `d`; the padding scores are set to
 /// minus infinity before the softmax and their weights to zero after it; the weighted
 /// sum of values is accumulated 16 columns at a time (when `d` is a multiple of 16).
 #[inline(always)]
-fn attention_body<M: MulAdd>(
+fn attention_body<M: MulAdd, const QT: usize>(
     qkv: &[f32],
     ctx: &mut [f32],
     heads: usize,
@@ -992,29 +1026,37 @@ fn attention_body<M: MulAdd>(
     let h = heads * d;
     let len = ctx.len() / h;
     let lp = len.next_multiple_of(KEY_BLOCK);
-    let (kt, probs) = scratch[..lp * (d + QUERY_TILE)].split_at_mut(lp * d);
-    // The padding columns of `kt` are never written below: zero them once.
-    for c in 0..d {
+    let (kt, rest) = scratch[..lp * (3 * h + QT)].split_at_mut(lp * h);
+    let (qs, rest) = rest.split_at_mut(lp * h);
+    let (vs, probs) = rest.split_at_mut(lp * h);
+    for (j, row) in qkv.chunks_exact(3 * h).take(len).enumerate() {
+        let (q, kv) = row.split_at(h);
+        let (k, v) = kv.split_at(h);
+        for (o, &qv) in qs[j * h..][..h].iter_mut().zip(q) {
+            *o = qv * scale;
+        }
+        for (c, &kv) in k.iter().enumerate() {
+            kt[c * lp + j] = kv;
+        }
+        vs[j * h..][..h].copy_from_slice(v);
+    }
+    // The padding columns of `kt`: zero, so that padding scores are finite.
+    for c in 0..h {
         kt[c * lp + len..(c + 1) * lp].fill(0.0);
     }
     for head in 0..heads {
-        for j in 0..len {
-            let k = &qkv[j * 3 * h + h + head * d..][..d];
-            for (c, &kv) in k.iter().enumerate() {
-                kt[c * lp + j] = kv;
-            }
-        }
-        for i0 in (0..len).step_by(QUERY_TILE) {
-            let n = QUERY_TILE.min(len - i0);
+        let kt = &kt[head * d * lp..][..d * lp];
+        for i0 in (0..len).step_by(QT) {
+            let n = QT.min(len - i0);
             // A short last tile repeats its last query; those rows are not written.
-            let q: [&[f32]; QUERY_TILE] =
-                std::array::from_fn(|t| &qkv[(i0 + t.min(n - 1)) * 3 * h + head * d..][..d]);
+            let q: [&[f32]; QT] =
+                std::array::from_fn(|t| &qs[(i0 + t.min(n - 1)) * h + head * d..][..d]);
             for b in 0..lp / KEY_BLOCK {
-                let mut s = [[0f32; KEY_BLOCK]; QUERY_TILE];
+                let mut s = [[0f32; KEY_BLOCK]; QT];
                 for c in 0..d {
                     let k = &kt[c * lp + b * KEY_BLOCK..][..KEY_BLOCK];
                     for (s, q) in s.iter_mut().zip(&q) {
-                        let qv = q[c] * scale;
+                        let qv = q[c];
                         for l in 0..KEY_BLOCK {
                             s[l] = M::mul_add(qv, k[l], s[l]);
                         }
@@ -1034,10 +1076,10 @@ fn attention_body<M: MulAdd>(
                 let inv = 1.0 / lane_sum(row, |v| v);
                 row.iter_mut().for_each(|r| *r *= inv);
             }
-            let v = |j: usize| &qkv[j * 3 * h + 2 * h + head * d..][..d];
+            let v = |j: usize| &vs[j * h + head * d..][..d];
             if d.is_multiple_of(KEY_BLOCK) {
                 for db in (0..d).step_by(KEY_BLOCK) {
-                    let mut acc = [[0f32; KEY_BLOCK]; QUERY_TILE];
+                    let mut acc = [[0f32; KEY_BLOCK]; QT];
                     for j in 0..len {
                         let v = &v(j)[db..][..KEY_BLOCK];
                         for (t, acc) in acc.iter_mut().enumerate() {
@@ -1147,7 +1189,7 @@ mod tests {
             .map(|i| ((i * 29 % 83) as f32 - 41.0) * 0.05)
             .collect();
         let mut ctx = vec![0f32; len * h];
-        let mut scratch = vec![0f32; attention_scratch(len, d)];
+        let mut scratch = vec![0f32; attention_scratch(len, h)];
         // Scores of the size a model's 1/sqrt(d) gives (up to about ±20 here).
         let scale = 2.0 / d as f32;
         attention(&qkv, &mut ctx, heads, d, scale, &mut scratch);
