@@ -78,11 +78,24 @@ fn main() {
         }
         let b1_rate = singles as f64 / t_all.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);
+        // The model alone, as ../shared/bench/peers measures ONNX Runtime and OpenVINO:
+        // the texts tokenized beforehand (the encoder, pooling and the head are timed).
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| model.token_ids(t).unwrap()).collect();
+        let mut model_lat = Vec::with_capacity(singles);
+        for i in 0..singles {
+            let one = vec![ids[i % ids.len()].clone()];
+            let t = Instant::now();
+            model.predict_tokens(one).unwrap();
+            model_lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let model_mean = model_lat.iter().sum::<f64>() / model_lat.len().max(1) as f64;
+        model_lat.sort_by(f64::total_cmp);
         let mut json = serde_json::json!({
             "impl": format!("celeriac-{kernels:?}-{precision}").to_lowercase(), "threads": threads, "load_s": load_s,
             "precision": precision.as_str(), "kernel": precision.kernel(),
             "b1_p50_ms": pct(&lat, 0.5), "b1_p90_ms": pct(&lat, 0.9), "b1_p99_ms": pct(&lat, 0.99),
             "b1_msgs_per_s": b1_rate,
+            "b1_model_p50_ms": pct(&model_lat, 0.5), "b1_model_msgs_per_s": 1e3 / model_mean,
         });
         println!(
             "celeriac ({kernels:?} kernels, {precision} on {}), {threads} intra-op thread(s): load {load_s:.3} s",
@@ -93,6 +106,11 @@ fn main() {
             pct(&lat, 0.5),
             pct(&lat, 0.9),
             pct(&lat, 0.99)
+        );
+        println!(
+            "  batch  1, model alone: p50 {:.2} ms ({:.1} msgs/s from the mean)",
+            pct(&model_lat, 0.5),
+            1e3 / model_mean
         );
         for b in batches.split(',').filter_map(|b| b.trim().parse::<usize>().ok()) {
             // Consecutive inputs, packed (no padding) or padded to the longest of each
@@ -111,8 +129,25 @@ fn main() {
             let rate = (rounds * b) as f64 / t.elapsed().as_secs_f64();
             let rate_name = if model.packs_batches() { "packed" } else { "padded to the longest" };
             if model.packs_batches() {
-                println!("  batch {b:>2}: {rate:.1} msgs/s {rate_name}");
+                // The model alone: the same batches tokenized beforehand; the median of
+                // three passes.
+                let mut times: Vec<f64> = (0..3)
+                    .map(|_| {
+                        let prepared: Vec<Vec<Vec<u32>>> = (0..rounds)
+                            .map(|r| (0..b).map(|j| ids[(r * b + j) % ids.len()].clone()).collect())
+                            .collect();
+                        let t = Instant::now();
+                        for batch in prepared {
+                            model.predict_tokens(batch).unwrap();
+                        }
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                let alone = (rounds * b) as f64 / times[1];
+                println!("  batch {b:>2}: {rate:.1} msgs/s {rate_name}; model alone {alone:.1} msgs/s");
                 json[format!("b{b}_msgs_per_s")] = serde_json::json!(rate);
+                json[format!("b{b}_model_msgs_per_s")] = serde_json::json!(alone);
                 continue;
             }
             // The served candle path: the same batches, grouped by length before padding.
