@@ -97,38 +97,28 @@ fn peak() -> f64 {
     0.0
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn peak_512() -> f64 {
-    use std::arch::x86_64::*;
-    let (b, c) = (_mm512_set1_ps(1.000_000_1), _mm512_set1_ps(1e-8));
-    let mut a = [_mm512_setzero_ps(); 16];
-    let n = 20_000_000u64;
-    let t = Instant::now();
-    for _ in 0..n {
-        for v in a.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, b, c);
+/// A register-only FMA loop for one vector width: `$acc` independent accumulators of
+/// `$lanes` floats (enough to cover the FMA latency on two ports).
+macro_rules! peak {
+    ($name:ident, $features:literal, $set1:ident, $fma:ident, $acc:literal, $lanes:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name() -> f64 {
+            use std::arch::x86_64::*;
+            let (b, c) = ($set1(1.000_000_1), $set1(1e-8));
+            let mut a = [$set1(0.0); $acc];
+            let n = 20_000_000u64;
+            let t = Instant::now();
+            for _ in 0..n {
+                for v in a.iter_mut() {
+                    *v = $fma(*v, b, c);
+                }
+            }
+            let s = t.elapsed().as_secs_f64();
+            std::hint::black_box(a);
+            n as f64 * $acc as f64 * 2.0 * $lanes as f64 / s / 1e9
         }
-    }
-    let s = t.elapsed().as_secs_f64();
-    std::hint::black_box(a);
-    n as f64 * 16.0 * 32.0 / s / 1e9
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn peak_256() -> f64 {
-    use std::arch::x86_64::*;
-    let (b, c) = (_mm256_set1_ps(1.000_000_1), _mm256_set1_ps(1e-8));
-    let mut a = [_mm256_setzero_ps(); 12];
-    let n = 20_000_000u64;
-    let t = Instant::now();
-    for _ in 0..n {
-        for v in a.iter_mut() {
-            *v = _mm256_fmadd_ps(*v, b, c);
-        }
-    }
-    let s = t.elapsed().as_secs_f64();
-    std::hint::black_box(a);
-    n as f64 * 12.0 * 16.0 / s / 1e9
-}
+peak!(peak_512, "avx512f", _mm512_set1_ps, _mm512_fmadd_ps, 16, 16);
+peak!(peak_256, "avx2,fma", _mm256_set1_ps, _mm256_fmadd_ps, 12, 8);

@@ -265,6 +265,33 @@ pub fn dense_with(
     }
 }
 
+/// A [`Dst`] store for one vector width: writes one vector of sums for row `r` at column
+/// `c`, adding the bias (if any) and the output's contents (unless it is set).
+///
+/// # Safety (of the generated method)
+/// The target features are present; the vector's columns are inside the output and the
+/// bias.
+macro_rules! put {
+    ($name:ident, $features:literal, $vec:ty, $load:ident, $add:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $name(self, r: usize, c: usize, mut v: $vec) {
+            // SAFETY: the caller keeps the vector's columns inside both buffers.
+            unsafe {
+                let o = self.out.add(r * self.ldo + c);
+                if !self.bias.is_null() {
+                    v = $add(v, $load(self.bias.add(c)));
+                }
+                if !self.set {
+                    v = $add(v, $load(o));
+                }
+                $store(o, v);
+            }
+        }
+    };
+}
+
 /// Where a kernel writes: the output at a tile's first element (row stride `ldo`),
 /// the bias at the tile's first column (null: none), and whether the output is set
 /// rather than added to ([`Write`]).
@@ -310,47 +337,22 @@ impl Dst {
         }
     }
 
-    /// Writes one vector of sums for row `r`, columns `c..c+16`.
-    ///
-    /// # Safety
-    /// AVX-512F is present; the 16 columns are inside the output and the bias.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn put_512(self, r: usize, c: usize, mut v: __m512) {
-        // SAFETY: the caller keeps the 16 columns inside both buffers.
-        unsafe {
-            let o = self.out.add(r * self.ldo + c);
-            if !self.bias.is_null() {
-                v = _mm512_add_ps(v, _mm512_loadu_ps(self.bias.add(c)));
-            }
-            if !self.set {
-                v = _mm512_add_ps(v, _mm512_loadu_ps(o));
-            }
-            _mm512_storeu_ps(o, v);
-        }
-    }
-
-    /// [`Dst::put_512`] for 8 columns on AVX2.
-    ///
-    /// # Safety
-    /// AVX2 is present; the 8 columns are inside the output and the bias.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn put_256(self, r: usize, c: usize, mut v: __m256) {
-        // SAFETY: the caller keeps the 8 columns inside both buffers.
-        unsafe {
-            let o = self.out.add(r * self.ldo + c);
-            if !self.bias.is_null() {
-                v = _mm256_add_ps(v, _mm256_loadu_ps(self.bias.add(c)));
-            }
-            if !self.set {
-                v = _mm256_add_ps(v, _mm256_loadu_ps(o));
-            }
-            _mm256_storeu_ps(o, v);
-        }
-    }
+    put!(
+        put_512,
+        "avx512f",
+        __m512,
+        _mm512_loadu_ps,
+        _mm512_add_ps,
+        _mm512_storeu_ps
+    );
+    put!(
+        put_256,
+        "avx2",
+        __m256,
+        _mm256_loadu_ps,
+        _mm256_add_ps,
+        _mm256_storeu_ps
+    );
 }
 
 /// One panel over one block of rows and of `k`: `xp` the block's rows repacked
