@@ -51,7 +51,7 @@ fn main() {
             for _ in 0..5 {
                 let t = Instant::now();
                 for r in 0..reps {
-                    sgemm::dense_with(
+                    sgemm::dense(
                         isa,
                         &x,
                         inp,

@@ -192,23 +192,13 @@ fn candle_half_precisions_meet_their_fidelity_bar() {
         return;
     };
     let bench = bench_texts(&shared);
-    let texts: Vec<&str> = bench.iter().map(String::as_str).collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    let (_, rows) = pool
-        .install(|| {
-            celeriac::model::fidelity::compare(
-                &model_dir(),
-                DeviceSpec::Cpu,
-                Kernels::Candle,
-                &[Precision::F16, Precision::Bf16],
-                &texts,
-                32,
-            )
-        })
-        .unwrap();
+    let pool = two_threads();
+    let rows = fidelity_rows(
+        &pool,
+        Kernels::Candle,
+        &[Precision::F16, Precision::Bf16],
+        &bench,
+    );
     println!(
         "| precision (candle kernels, CPU) | cosine to f32 min / mean | label flips (of 1,000) |"
     );
@@ -523,6 +513,37 @@ fn shared_dir() -> Option<PathBuf> {
         .then_some(dir)
 }
 
+/// A rayon pool of two intra-op threads (this machine's cores) for the fidelity runs.
+fn two_threads() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+}
+
+/// `precisions` against f32 on `kernels` (CPU) over `texts`, in batches of 32, on `pool`.
+fn fidelity_rows(
+    pool: &rayon::ThreadPool,
+    kernels: Kernels,
+    precisions: &[Precision],
+    texts: &[String],
+) -> Vec<celeriac::model::fidelity::Fidelity> {
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (_, rows) = pool
+        .install(|| {
+            celeriac::model::fidelity::compare(
+                &model_dir(),
+                DeviceSpec::Cpu,
+                kernels,
+                precisions,
+                &texts,
+                32,
+            )
+        })
+        .unwrap();
+    rows
+}
+
 /// The 1,000 bench texts of `../shared/bench/inputs.jsonl`.
 fn bench_texts(shared: &Path) -> Vec<String> {
     let bench = common::jsonl_texts(&shared.join("bench/inputs.jsonl"));
@@ -551,10 +572,7 @@ fn every_precision_meets_its_fidelity_bar() {
     // The head's held-out split (models/spam-minilm/head.json: seed 42, 30 %).
     let (_, held_out) = split(&rows, 0.3, 42);
     assert_eq!(held_out.len(), 1547);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = two_threads();
     let accuracy = |p: Precision| {
         let m =
             TextClassifier::load_with(&model_dir(), DeviceSpec::Cpu, Kernels::Packed, p).unwrap();
@@ -570,19 +588,12 @@ fn every_precision_meets_its_fidelity_bar() {
             right as f64 / held_out.len() as f64
         })
     };
-    let texts: Vec<&str> = bench.iter().map(String::as_str).collect();
-    let (_, rows) = pool
-        .install(|| {
-            celeriac::model::fidelity::compare(
-                &model_dir(),
-                DeviceSpec::Cpu,
-                Kernels::Packed,
-                &[Precision::Bf16, Precision::Int8],
-                &texts,
-                32,
-            )
-        })
-        .unwrap();
+    let rows = fidelity_rows(
+        &pool,
+        Kernels::Packed,
+        &[Precision::Bf16, Precision::Int8],
+        &bench,
+    );
     let acc32 = accuracy(Precision::F32);
     println!(
         "| precision | kernel | cosine to f32 min / mean | label flips (of 1,000) | held-out accuracy (1,547) |"

@@ -20,6 +20,7 @@ use crate::broker::BrokerError;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::store::{StoreError, TaskId, TaskState, TaskView};
+use crate::task::TaskFactory;
 
 fn reject(e: ApiError) -> Rejection {
     warp::reject::custom(e)
@@ -285,20 +286,20 @@ async fn enqueue(
     }
     // Tokenize (or whatever the task prepares) before admission; a large batch on a
     // blocking thread, so it does not hold up the runtime's other requests.
-    let (inputs, mut prepared) = if inputs.len() > PREPARE_INLINE {
-        let factory = reg.factory.clone();
-        tokio::task::spawn_blocking(move || {
-            let prepared: Vec<_> = inputs.iter().map(|i| factory.prepare(i)).collect();
-            (inputs, prepared)
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(task, "preparing a batch's inputs failed: {e}");
-            ApiError::Internal
-        })?
-    } else {
-        let prepared: Vec<_> = inputs.iter().map(|i| reg.factory.prepare(i)).collect();
+    let prepare = |factory: Arc<dyn TaskFactory>, inputs: Vec<Value>| {
+        let prepared: Vec<_> = inputs.iter().map(|i| factory.prepare(i)).collect();
         (inputs, prepared)
+    };
+    let factory = reg.factory.clone();
+    let (inputs, mut prepared) = if inputs.len() > PREPARE_INLINE {
+        tokio::task::spawn_blocking(move || prepare(factory, inputs))
+            .await
+            .map_err(|e| {
+                tracing::error!(task, "preparing a batch's inputs failed: {e}");
+                ApiError::Internal
+            })?
+    } else {
+        prepare(factory, inputs)
     };
     if !pool.try_admit(inputs.len()) {
         return Err(ApiError::QueueFull(pool.name.clone()));

@@ -775,7 +775,8 @@ fn apply(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, write: Write) 
         // the `gemm` layout is not kept.
         && (x.len() <= SGEMM_MAX_ROWS * d.inp || d.weight_t.is_empty())
     {
-        return sgemm::dense(x, d.inp, panels, Some(&d.bias), write, out, d.out);
+        let isa = sgemm::isa().expect("f32 panels are packed only where sgemm runs");
+        return sgemm::dense(isa, x, d.inp, panels, Some(&d.bias), write, out, d.out);
     }
     match write {
         Write::Set => fill_rows(out, &d.bias),

@@ -117,7 +117,7 @@ pub fn cap() -> Cap {
     })
 }
 
-/// The kernel [`dense`] uses: the widest this CPU runs, chosen once, within
+/// The kernel the encoder runs [`dense`] on: the widest this CPU runs, chosen once, within
 /// [`cap`]. `None` when not even AVX2 + FMA is there (or `CELERIAC_ISA=generic`).
 pub fn isa() -> Option<Isa> {
     static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
@@ -161,32 +161,16 @@ pub enum Write {
     Add,
 }
 
-/// `out = x · wᵀ + bias` or `out += x · wᵀ + bias` ([`Write`]): `x` is `[rows, inp]`,
-/// `out` `[rows, n_out]`, both row-major, `panels` the weight packed by [`pack`], and
-/// `bias` `n_out` long (or none). Panels are shared among the calling rayon pool's
-/// threads when it has more than one.
+/// `out = x · wᵀ + bias` or `out += x · wᵀ + bias` ([`Write`]) on kernel `isa` ([`isa`]
+/// gives this CPU's; tests run every kernel it supports): `x` is `[rows, inp]`, `out`
+/// `[rows, n_out]`, both row-major, `panels` the weight packed by [`pack`], and `bias`
+/// `n_out` long (or none). Panels are shared among the calling rayon pool's threads
+/// when it has more than one.
 ///
 /// # Panics
-/// When the shapes disagree, or when [`available`] is false.
-pub fn dense(
-    x: &[f32],
-    inp: usize,
-    panels: &[f32],
-    bias: Option<&[f32]>,
-    write: Write,
-    out: &mut [f32],
-    n_out: usize,
-) {
-    let isa = isa().expect("sgemm::dense needs AVX2 and FMA");
-    dense_with(isa, x, inp, panels, bias, write, out, n_out)
-}
-
-/// [`dense`] with a given kernel (tests run every kernel the CPU supports).
-///
-/// # Panics
-/// As [`dense`], and when the CPU does not run `isa`.
+/// When the shapes disagree, or when the CPU does not run `isa`.
 #[allow(clippy::too_many_arguments)]
-pub fn dense_with(
+pub fn dense(
     isa: Isa,
     x: &[f32],
     inp: usize,
@@ -302,7 +286,7 @@ struct Dst {
     bias: *const f32,
     set: bool,
 }
-// SAFETY: threads write disjoint columns through it (see `dense_with`) and only read
+// SAFETY: threads write disjoint columns through it (see `dense`) and only read
 // the bias.
 unsafe impl Send for Dst {}
 // SAFETY: as for `Send`.
@@ -450,7 +434,7 @@ thread_local! {
     static REPACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// [`dense_with`] on AVX-512. Rows go in blocks that stay in L2; within a block, in
+/// [`dense`] on AVX-512. Rows go in blocks that stay in L2; within a block, in
 /// passes of at most [`PASS_ROWS`] tokens. A unit of work is a pair of panels: for each
 /// pass it runs over the whole of `k`, so a panel pair (24 or 96 KiB) stays in L1 or
 /// L2 across the passes, and the weight is read front to back, one stream per panel,
@@ -663,7 +647,7 @@ mod tests {
                     continue;
                 }
                 let mut got = before.clone();
-                dense_with(
+                dense(
                     isa,
                     &x,
                     inp,
@@ -705,13 +689,14 @@ mod tests {
         let wt: Vec<f32> = (0..inp * out).map(|i| (i % 7) as f32 * -0.1).collect();
         let panels = pack(&wt, inp, out);
         let mut one = vec![1f32; rows * out];
-        dense(&x, inp, &panels, None, Write::Add, &mut one, out);
+        let isa = isa().expect("checked above");
+        dense(isa, &x, inp, &panels, None, Write::Add, &mut one, out);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
         let mut two = vec![1f32; rows * out];
-        pool.install(|| dense(&x, inp, &panels, None, Write::Add, &mut two, out));
+        pool.install(|| dense(isa, &x, inp, &panels, None, Write::Add, &mut two, out));
         assert_eq!(one, two);
     }
 }
