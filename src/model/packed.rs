@@ -392,24 +392,27 @@ impl PackedEncoder {
         // last-level cache at every step. Texts never see each other, so the answers
         // are the same.
         let total: usize = texts.iter().map(Vec::len).sum();
-        if total <= GROUP_TOKENS {
-            return self.forward_group(texts);
-        }
         let mut out = Vec::with_capacity(total * self.hidden);
-        let (mut start, mut tokens) = (0, 0);
+        // Groups of about equal size (a greedy cut would leave a short last group,
+        // which streams every weight for a handful of tokens).
+        let groups = total.div_ceil(GROUP_TOKENS).max(1);
+        // Text `i` starts a new group when more than half of it would fall past the
+        // current group's share of the tokens.
+        let (mut start, mut done, mut cut) = (0, 0, 1);
         for (i, t) in texts.iter().enumerate() {
-            if i > start && tokens + t.len() > GROUP_TOKENS {
-                out.extend(self.forward_group(&texts[start..i])?);
-                (start, tokens) = (i, 0);
+            if i > start && (done + t.len() / 2) * groups > total * cut {
+                self.forward_group(&texts[start..i], &mut out)?;
+                start = i;
+                cut += 1;
             }
-            tokens += t.len();
+            done += t.len();
         }
-        out.extend(self.forward_group(&texts[start..])?);
+        self.forward_group(&texts[start..], &mut out)?;
         Ok(out)
     }
 
-    /// [`PackedEncoder::forward`] of one group.
-    fn forward_group(&self, texts: &[Vec<u32>]) -> Result<Vec<f32>> {
+    /// [`PackedEncoder::forward`] of one group: its rows are appended to `out`.
+    fn forward_group(&self, texts: &[Vec<u32>], out: &mut Vec<f32>) -> Result<()> {
         let h = self.hidden;
         let vocab = self.word.len() / h;
         let mut offsets = Vec::with_capacity(texts.len() + 1);
@@ -428,10 +431,33 @@ impl PackedEncoder {
             offsets.push(offsets.last().copied().unwrap_or(0) + ids.len());
         }
         let tokens = offsets[texts.len()];
-        let mut x = vec![0f32; tokens * h];
         if tokens == 0 {
-            return Ok(x);
+            return Ok(());
         }
+        let inter = self.layers.first().map_or(0, |l| l.intermediate.out);
+        let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
+        // Every value of the workspace is written before it is read (the embeddings,
+        // `Write::Set`, attention), so a reused one needs no clearing. Its parts start
+        // on 64-byte boundaries (whole multiples of 16 floats from an aligned start),
+        // so no vector load or store of the kernels splits a cache line: unaligned,
+        // the products ran 10-15 % slower (sgemm_bench).
+        let mut work = WORKSPACE.take();
+        let sizes = [tokens * h, tokens * 3 * h, tokens * h, tokens * inter]
+            .map(|n| n.next_multiple_of(ALIGN_FLOATS));
+        let need = sizes.iter().sum::<usize>() + attention_scratch(longest, h) + ALIGN_FLOATS;
+        work.resize(work.len().max(need), 0.0);
+        let skip = work
+            .as_ptr()
+            .align_offset(ALIGN_FLOATS * 4)
+            .min(ALIGN_FLOATS);
+        let (x, rest) = work[skip..].split_at_mut(sizes[0]);
+        let x = &mut x[..tokens * h];
+        let (qkv, rest) = rest.split_at_mut(sizes[1]);
+        let qkv = &mut qkv[..tokens * 3 * h];
+        let (ctx, rest) = rest.split_at_mut(sizes[2]);
+        let ctx = &mut ctx[..tokens * h];
+        let (mid, scratch) = rest.split_at_mut(sizes[3]);
+        let mid = &mut mid[..tokens * inter];
         let par = parallelism();
         for (ids, &start) in texts.iter().zip(&offsets) {
             for (p, &id) in ids.iter().enumerate() {
@@ -448,23 +474,12 @@ impl PackedEncoder {
                 }
             }
         }
-        layer_norm(&mut x, &self.emb_norm.weight, &self.emb_norm.bias, self.eps);
+        layer_norm(x, &self.emb_norm.weight, &self.emb_norm.bias, self.eps);
 
-        let inter = self.layers.first().map_or(0, |l| l.intermediate.out);
-        let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
-        // Every value of the workspace is written before it is read (`Write::Set`,
-        // attention), so a reused one needs no clearing.
-        let mut work = WORKSPACE.take();
-        let sizes = [tokens * 3 * h, tokens * h, tokens * inter];
-        let need = sizes.iter().sum::<usize>() + attention_scratch(longest, h);
-        work.resize(work.len().max(need), 0.0);
-        let (qkv, rest) = work.split_at_mut(sizes[0]);
-        let (ctx, rest) = rest.split_at_mut(sizes[1]);
-        let (mid, scratch) = rest.split_at_mut(sizes[2]);
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         for l in &self.layers {
             // Q, K, V for every token at once.
-            apply(&x, &l.qkv, qkv, par, Write::Set);
+            apply(x, &l.qkv, qkv, par, Write::Set);
             // Attention, per text and head, over the text's own tokens.
             for w in offsets.windows(2) {
                 let (s, e) = (w[0], w[1]);
@@ -478,19 +493,19 @@ impl PackedEncoder {
                 );
             }
             // x = norm(x + ctx · Woᵀ + bo)
-            apply(ctx, &l.attn_out, &mut x, par, Write::Add);
-            layer_norm(&mut x, &l.attn_norm.weight, &l.attn_norm.bias, self.eps);
+            apply(ctx, &l.attn_out, x, par, Write::Add);
+            layer_norm(x, &l.attn_norm.weight, &l.attn_norm.bias, self.eps);
             // mid = gelu(x · Wiᵀ + bi)
-            apply(&x, &l.intermediate, mid, par, Write::Set);
-            gelu(mid);
+            apply(x, &l.intermediate, mid, par, Write::Gelu);
             // x = norm(x + mid · Wᵀ + b)
-            apply(mid, &l.output, &mut x, par, Write::Add);
-            layer_norm(&mut x, &l.out_norm.weight, &l.out_norm.bias, self.eps);
+            apply(mid, &l.output, x, par, Write::Add);
+            layer_norm(x, &l.out_norm.weight, &l.out_norm.bias, self.eps);
         }
+        out.extend_from_slice(x);
         if work.len() <= WORKSPACE_KEPT {
             WORKSPACE.set(work);
         }
-        Ok(x)
+        Ok(())
     }
 }
 
@@ -500,6 +515,9 @@ impl PackedEncoder {
 /// from 480–579 to 558–615 in bf16 (`bench_model`, 1 thread, alternated); int8 did
 /// not move.
 const GROUP_TOKENS: usize = 384;
+
+/// Floats per 64-byte cache line: the workspace's parts start on line boundaries.
+const ALIGN_FLOATS: usize = 16;
 
 /// The largest [`WORKSPACE`] a thread keeps between forward passes, in floats
 /// (16 MiB: a batch of about 400 tokens; bigger ones allocate their own).
@@ -759,16 +777,11 @@ fn add_rows(m: &mut [f32], row: &[f32]) {
 /// Up to this size the activations are one of sgemm's row blocks (252 tokens).
 const SGEMM_MAX_ROWS: usize = sgemm::ROW_BLOCK;
 
-/// `out = x · weightᵀ + bias` or `out += x · weightᵀ + bias` ([`Write`]), with `x`
-/// `[rows, d.inp]` and `out` `[rows, d.out]`. sgemm applies the bias and the mode as it
-/// writes; the other kernels accumulate onto the bias (or the residual plus the bias),
-/// set in a pass of its own.
-///
-/// `gemm` vectorises along the destination's unit-stride dimension and wants the
-/// left operand unit-stride along it too, so this computes the transposed product
-/// `outᵀ += weight · xᵀ`, reading the weight from its transposed copy `[inp, out]`
-/// (unit stride along `out`) and `x` as it is: no operand needs transposing at run
-/// time.
+/// `out = x · weightᵀ + bias`, `out += x · weightᵀ + bias` or
+/// `out = gelu(x · weightᵀ + bias)` ([`Write`]), with `x` `[rows, d.inp]` and `out`
+/// `[rows, d.out]`. sgemm applies the bias, the mode and GELU as it writes; the other
+/// kernels accumulate onto the bias (or the residual plus the bias), set in a pass of
+/// its own, and GELU takes a pass after them.
 fn apply(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, write: Write) {
     if let Packed::F32(Some(panels)) = &d.packed
         // With AVX-512, sgemm wins at every batch size measured (BENCHMARKS.md) and
@@ -779,14 +792,27 @@ fn apply(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, write: Write) 
         return sgemm::dense(isa, x, d.inp, panels, Some(&d.bias), write, out, d.out);
     }
     match write {
-        Write::Set => fill_rows(out, &d.bias),
+        Write::Set | Write::Gelu => fill_rows(out, &d.bias),
         Write::Add => add_rows(out, &d.bias),
     }
     match &d.packed {
-        Packed::Bf16(w) => return qgemm::bf16_acc(x, w, out),
-        Packed::Int8(w) => return qgemm::int8_acc(x, w, out),
-        Packed::F32(_) => {}
+        Packed::Bf16(w) => qgemm::bf16_acc(x, w, out),
+        Packed::Int8(w) => qgemm::int8_acc(x, w, out),
+        Packed::F32(_) => gemm_acc(x, d, out, par),
     }
+    if write == Write::Gelu {
+        gelu(out);
+    }
+}
+
+/// `out += x · weightᵀ` through the `gemm` crate (f32 without sgemm's panels).
+///
+/// `gemm` vectorises along the destination's unit-stride dimension and wants the
+/// left operand unit-stride along it too, so this computes the transposed product
+/// `outᵀ += weight · xᵀ`, reading the weight from its transposed copy `[inp, out]`
+/// (unit stride along `out`) and `x` as it is: no operand needs transposing at run
+/// time.
+fn gemm_acc(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
     let rows = x.len() / d.inp;
     assert_eq!(x.len(), rows * d.inp);
     assert_eq!(out.len(), rows * d.out);
@@ -881,7 +907,7 @@ macro_rules! widest {
 }
 
 /// GELU in place.
-fn gelu(x: &mut [f32]) {
+pub(super) fn gelu(x: &mut [f32]) {
     widest!(gelu(x), gelu_body(x))
 }
 
@@ -890,7 +916,8 @@ fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     widest!(layer_norm(x, w, b, eps), layer_norm_body(x, w, b, eps))
 }
 
-/// Self-attention of one text (see `attention_body`).
+/// Self-attention of one text (see `attention_body`; on AVX-512 with head widths a
+/// multiple of 16, [`attention_512`]).
 fn attention(
     qkv: &[f32],
     ctx: &mut [f32],
@@ -899,10 +926,206 @@ fn attention(
     scale: f32,
     scratch: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if wide() && d.is_multiple_of(KEY_BLOCK) {
+        let len = ctx.len() / (heads * d);
+        assert!(
+            qkv.len() >= len * 3 * heads * d && scratch.len() >= attention_scratch(len, heads * d)
+        );
+        // SAFETY: AVX-512F/BW/VL were detected; the shapes are asserted above.
+        return unsafe { attention_512(qkv, ctx, heads, d, scale, scratch) };
+    }
     widest!(
         attention(qkv, ctx, heads, d, scale, scratch),
         attention_body::<Plain, 4>(qkv, ctx, heads, d, scale, scratch)
     )
+}
+
+/// [`attention`] on AVX-512 for head widths that are a multiple of 16, written with
+/// intrinsics: the generic body's loops are short (about 24 keys, 32 columns) and the
+/// compiler's vectorisation of them left the attention at about a tenth of a batch's
+/// time, several times its arithmetic.
+///
+/// Only the keys are staged (transposed to `[hidden, lp]`, `lp` the length rounded up
+/// to 16); queries and values are read where the QKV product wrote them. Per head, 8
+/// queries at a time: their scores, 16 keys per vector, go to `probs` with the padding
+/// keys masked to minus infinity as they are stored (out of the maximum); each query's
+/// row then takes its exponentials in place, the padding's set to zero, and the weighted sum of values runs 32 columns at a time
+/// (16 accumulators), the softmax's division applied once, to the sums.
+///
+/// # Safety
+/// AVX-512F is present; `d` is a multiple of 16; `qkv` holds at least `len` rows of
+/// `3 * heads * d` and `scratch` at least [`attention_scratch`]`(len, heads * d)`
+/// floats, `len = ctx.len() / (heads * d)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attention_512(
+    qkv: &[f32],
+    ctx: &mut [f32],
+    heads: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const QT: usize = QUERY_TILE;
+    let h = heads * d;
+    let len = ctx.len() / h;
+    if len == 0 {
+        return;
+    }
+    let lp = len.next_multiple_of(KEY_BLOCK);
+    let (kt, probs) = scratch.split_at_mut(lp * h);
+    let probs = &mut probs[..QT * lp];
+    for (j, row) in qkv.chunks_exact(3 * h).take(len).enumerate() {
+        for (c, &kv) in row[h..2 * h].iter().enumerate() {
+            kt[c * lp + j] = kv;
+        }
+    }
+    for c in 0..h {
+        kt[c * lp + len..(c + 1) * lp].fill(0.0);
+    }
+    // The last key block's real keys.
+    let tail: __mmask16 = if len.is_multiple_of(KEY_BLOCK) {
+        !0
+    } else {
+        (1u16 << (len % KEY_BLOCK)) - 1
+    };
+    let blocks = lp / KEY_BLOCK;
+    let row = 3 * h;
+    let (qp, kp, vp, pp, cp) = (
+        qkv.as_ptr(),
+        kt.as_ptr(),
+        qkv.as_ptr(),
+        probs.as_mut_ptr(),
+        ctx.as_mut_ptr(),
+    );
+    let vscale = _mm512_set1_ps(scale);
+    for head in 0..heads {
+        for i0 in (0..len).step_by(QT) {
+            let n = QT.min(len - i0);
+            // A short last tile repeats its last query; those rows are not written.
+            let q: [usize; QT] = std::array::from_fn(|t| (i0 + t.min(n - 1)) * row + head * d);
+            let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); QT];
+            for b in 0..blocks {
+                let mut s = [_mm512_setzero_ps(); QT];
+                for c in 0..d {
+                    // SAFETY: column `head·d + c < h` of `kt`, keys `16b..16b+16 <= lp`;
+                    // query rows `< len` of `qkv`, column `head·d + c < h`.
+                    unsafe {
+                        let k = _mm512_loadu_ps(kp.add((head * d + c) * lp + b * KEY_BLOCK));
+                        for t in 0..QT {
+                            let qv = _mm512_set1_ps(*qp.add(q[t] + c));
+                            s[t] = _mm512_fmadd_ps(qv, k, s[t]);
+                        }
+                    }
+                }
+                let keep = if b + 1 == blocks { tail } else { !0 };
+                for t in 0..QT {
+                    let v =
+                        _mm512_mask_mul_ps(_mm512_set1_ps(f32::NEG_INFINITY), keep, s[t], vscale);
+                    max[t] = _mm512_max_ps(max[t], v);
+                    // SAFETY: row `t < QT` of `probs`, keys `16b..16b+16 <= lp`.
+                    unsafe { _mm512_storeu_ps(pp.add(t * lp + b * KEY_BLOCK), v) };
+                }
+            }
+            let mut inv = [0f32; QT];
+            for t in 0..n {
+                let m = _mm512_set1_ps(_mm512_reduce_max_ps(max[t]));
+                let mut sum = _mm512_setzero_ps();
+                for b in 0..blocks {
+                    let keep = if b + 1 == blocks { tail } else { !0 };
+                    // SAFETY: as above.
+                    unsafe {
+                        let at = pp.add(t * lp + b * KEY_BLOCK);
+                        // Padding keys weigh nothing.
+                        let e = _mm512_maskz_mov_ps(
+                            keep,
+                            exp_nonpositive_512(_mm512_sub_ps(_mm512_loadu_ps(at), m)),
+                        );
+                        sum = _mm512_add_ps(sum, e);
+                        _mm512_storeu_ps(at, e);
+                    }
+                }
+                inv[t] = 1.0 / _mm512_reduce_add_ps(sum);
+            }
+            let mut c0 = 0;
+            while c0 < d {
+                // 32 columns (two vectors) at a time, or the last 16.
+                let two = c0 + 2 * KEY_BLOCK <= d;
+                let mut acc = [[_mm512_setzero_ps(); 2]; QT];
+                for j in 0..len {
+                    // SAFETY: value row `j < len`, columns `head·d + c0 .. + 32 <= h`
+                    // (or `+ 16` when only one vector is left); probs row `t < QT`,
+                    // key `j < lp`.
+                    unsafe {
+                        let v = vp.add(j * row + 2 * h + head * d + c0);
+                        let v0 = _mm512_loadu_ps(v);
+                        let v1 = if two {
+                            _mm512_loadu_ps(v.add(KEY_BLOCK))
+                        } else {
+                            v0
+                        };
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let p = _mm512_set1_ps(*pp.add(t * lp + j));
+                            acc[0] = _mm512_fmadd_ps(p, v0, acc[0]);
+                            if two {
+                                acc[1] = _mm512_fmadd_ps(p, v1, acc[1]);
+                            }
+                        }
+                    }
+                }
+                for t in 0..n {
+                    let w = _mm512_set1_ps(inv[t]);
+                    // SAFETY: context row `i0 + t < len`, columns inside head `head`.
+                    unsafe {
+                        let o = cp.add((i0 + t) * h + head * d + c0);
+                        _mm512_storeu_ps(o, _mm512_mul_ps(acc[t][0], w));
+                        if two {
+                            _mm512_storeu_ps(o.add(KEY_BLOCK), _mm512_mul_ps(acc[t][1], w));
+                        }
+                    }
+                }
+                c0 += if two { 2 * KEY_BLOCK } else { KEY_BLOCK };
+            }
+        }
+    }
+}
+
+/// [`exp_nonpositive`] on 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn exp_nonpositive_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let x = _mm512_min_ps(x, _mm512_setzero_ps());
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+        _mm512_set1_ps(0.5),
+    ));
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let e = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+        _mm512_set1_ps(1.0),
+    );
+    let two_n = _mm512_slli_epi32::<23>(_mm512_castps_si512(_mm512_add_ps(
+        n,
+        _mm512_set1_ps(127.0 + 8_388_608.0),
+    )));
+    _mm512_mul_ps(e, _mm512_castsi512_ps(two_n))
 }
 
 /// `a · b + c`, fused into one FMA (inside the AVX2 and AVX-512 builds, whose target
@@ -969,8 +1192,12 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // 2^n, built from its exponent bits (n is in [-126, 0]).
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n, built from its exponent bits (n is in [-126, 0]). n + 127 + 2^23 is an
+    // integer below 2^24, so its low mantissa bits are n + 127 exactly; shifting them
+    // into the exponent field needs no float-to-int conversion (Rust's saturating
+    // `as i32` is scalarised in vector loops: it had made the softmax most of the
+    // attention's time).
+    e * f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23)
 }
 
 #[inline(always)]
@@ -1210,7 +1437,14 @@ mod tests {
     fn attention_matches_a_direct_computation() {
         // Head widths off and on the 16-column path; lengths inside one key block,
         // a whole block, over one, and query tiles with a short last one.
-        for (heads, d, len) in [(3, 4, 5), (2, 32, 21), (1, 16, 16), (2, 32, 1), (1, 48, 34)] {
+        for (heads, d, len) in [
+            (3, 4, 5),
+            (2, 32, 21),
+            (1, 16, 16),
+            (2, 32, 1),
+            (1, 48, 34),
+            (12, 32, 140),
+        ] {
             attention_case(heads, d, len);
         }
     }
@@ -1220,11 +1454,23 @@ mod tests {
         let qkv: Vec<f32> = (0..len * 3 * h)
             .map(|i| ((i * 29 % 83) as f32 - 41.0) * 0.05)
             .collect();
-        let mut ctx = vec![0f32; len * h];
-        let mut scratch = vec![0f32; attention_scratch(len, h)];
         // Scores of the size a model's 1/sqrt(d) gives (up to about ±20 here).
         let scale = 2.0 / d as f32;
-        attention(&qkv, &mut ctx, heads, d, scale, &mut scratch);
+        // The widest build this CPU runs (AVX-512's intrinsics where `d` is a multiple
+        // of 16), then the generic one.
+        let mut scratch = vec![0f32; attention_scratch(len, h)];
+        let mut widest = vec![0f32; len * h];
+        attention(&qkv, &mut widest, heads, d, scale, &mut scratch);
+        let mut plain = vec![0f32; len * h];
+        attention_body::<Plain, 4>(&qkv, &mut plain, heads, d, scale, &mut scratch);
+        for ctx in [widest, plain] {
+            check_attention(&qkv, &ctx, heads, d, scale);
+        }
+    }
+
+    fn check_attention(qkv: &[f32], ctx: &[f32], heads: usize, d: usize, scale: f32) {
+        let h = heads * d;
+        let len = ctx.len() / h;
         for head in 0..heads {
             for i in 0..len {
                 let q = |c: usize| qkv[i * 3 * h + head * d + c];

@@ -159,6 +159,9 @@ pub enum Write {
     Set,
     /// `out += x · wᵀ + bias`: a residual connection.
     Add,
+    /// `out = gelu(x · wᵀ + bias)` (the erf form): the intermediate layer, its
+    /// activation taken as the sums are stored rather than in a pass of its own.
+    Gelu,
 }
 
 /// `out = x · wᵀ + bias` or `out += x · wᵀ + bias` ([`Write`]) on kernel `isa` ([`isa`]
@@ -191,7 +194,8 @@ pub fn dense(
         out: out.as_mut_ptr(),
         ldo: n_out,
         bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        set: write == Write::Set,
+        set: write != Write::Add,
+        gelu: write == Write::Gelu,
     };
     if rows == 0 {
         return;
@@ -225,8 +229,12 @@ pub fn dense(
             }
             let xp = &xp;
             // The bias and the output's mode apply once, with the first block of `k`;
-            // later blocks add to what it wrote.
-            let dst = if k0 == 0 { dst } else { dst.accumulate() };
+            // later blocks add to what it wrote; GELU applies with the last.
+            let first = if k0 == 0 { dst } else { dst.accumulate() };
+            let dst = Dst {
+                gelu: dst.gelu && k0 + kc == inp,
+                ..first
+            };
             // A unit of work: one panel.
             let run = |p: usize| {
                 // SAFETY: the CPU runs AVX2 and FMA (asserted above). Unit `p` writes
@@ -277,14 +285,15 @@ macro_rules! put {
 }
 
 /// Where a kernel writes: the output at a tile's first element (row stride `ldo`),
-/// the bias at the tile's first column (null: none), and whether the output is set
-/// rather than added to ([`Write`]).
+/// the bias at the tile's first column (null: none), whether the output is set
+/// rather than added to, and whether GELU is applied to what is stored ([`Write`]).
 #[derive(Clone, Copy)]
 struct Dst {
     out: *mut f32,
     ldo: usize,
     bias: *const f32,
     set: bool,
+    gelu: bool,
 }
 // SAFETY: threads write disjoint columns through it (see `dense`) and only read
 // the bias.
@@ -312,11 +321,31 @@ impl Dst {
         }
     }
 
-    /// The same output, added to, without the bias (a later block of `k`).
+    /// GELU over the `rows × cols` a tile has just stored (still in L1), if this
+    /// output takes it. A call of its own, after the stores: inlined into the kernel,
+    /// its constants took registers from the accumulators (half the speed).
+    ///
+    /// # Safety
+    /// The tile's rows and columns are inside the output.
+    #[inline(never)]
+    unsafe fn finish(self, rows: usize, cols: usize) {
+        if !self.gelu {
+            return;
+        }
+        for r in 0..rows {
+            // SAFETY: row `r` of the tile, `cols` columns, inside the output (the
+            // caller's bounds); no other reference to it is live.
+            let row = unsafe { std::slice::from_raw_parts_mut(self.out.add(r * self.ldo), cols) };
+            super::packed::gelu(row);
+        }
+    }
+
+    /// The same output, added to, without the bias or GELU (a later block of `k`).
     fn accumulate(self) -> Dst {
         Dst {
             bias: std::ptr::null(),
             set: false,
+            gelu: false,
             ..self
         }
     }
@@ -410,6 +439,8 @@ unsafe fn tile<const R: usize>(xp: *const f32, w: *const f32, kc: usize, dst: Ds
             dst.put_256(r, 8, a[1]);
         }
     }
+    // SAFETY: the tile's `R` rows of `PANEL` columns, as above.
+    unsafe { dst.finish(R, PANEL) };
 }
 
 /// Tokens per pass of the AVX-512 kernel: 12 tokens × 2 panels keep 24 accumulators in
@@ -592,6 +623,8 @@ unsafe fn tile_512<const R: usize, const P: usize>(
             unsafe { dst.put_512(r, i * PANEL, *a) };
         }
     }
+    // SAFETY: the pass's `R` rows of `P * PANEL` columns, as above.
+    unsafe { dst.finish(R, P * PANEL) };
 }
 
 #[cfg(test)]
@@ -634,6 +667,7 @@ mod tests {
                 (None, Write::Add, start.clone()),
                 (Some(&bias[..]), Write::Add, start.clone()),
                 (Some(&bias[..]), Write::Set, vec![f32::NAN; rows * out]),
+                (Some(&bias[..]), Write::Gelu, vec![f32::NAN; rows * out]),
             ];
             for (isa, (b, write, before)) in [Isa::Avx512, Isa::Avx2]
                 .into_iter()
@@ -659,14 +693,22 @@ mod tests {
                 );
                 for t in 0..rows {
                     for o in 0..out {
-                        let want = if *write == Write::Set {
-                            0.0
-                        } else {
+                        let sum = if *write == Write::Add {
                             start[t * out + o] as f64
+                        } else {
+                            0.0
                         } + b.map_or(0.0, |b| b[o] as f64)
                             + (0..inp)
                                 .map(|k| x[t * inp + k] as f64 * w[o * inp + k] as f64)
                                 .sum::<f64>();
+                        let want = if *write == Write::Gelu {
+                            let erf = super::super::packed::erf(
+                                (sum * std::f64::consts::FRAC_1_SQRT_2) as f32,
+                            ) as f64;
+                            0.5 * sum * (1.0 + erf)
+                        } else {
+                            sum
+                        };
                         let g = got[t * out + o] as f64;
                         assert!(
                             (g - want).abs() < 1e-4 * (1.0 + want.abs()),
