@@ -1,8 +1,9 @@
 //! The f32 dense kernel alone: GFLOP/s of `sgemm::dense` on the encoder's four
-//! shapes, at batch-1 and batched token counts, on one thread, next to this core's FMA
-//! peak (a register-only loop of independent multiply-adds).
+//! shapes, at batch-1 and batched token counts, on `--threads` threads (default 1, as
+//! the served workers run), next to one core's FMA peak (a register-only loop of
+//! independent multiply-adds).
 //!
-//!     cargo run --release --example sgemm_bench [-- --rows 18,190,758]
+//!     cargo run --release --example sgemm_bench [-- --rows 18,190,758 --threads 1]
 
 use std::time::Instant;
 
@@ -18,11 +19,30 @@ fn main() {
         .split(',')
         .map(|r| r.parse().expect("--rows: token counts"))
         .collect();
+    let threads: usize = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1, |t| t.parse().expect("--threads: a count"));
+    // `dense` splits panels over the calling rayon pool: outside one it would use the
+    // global pool, one thread per CPU.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool");
+    pool.install(|| run(&rows, threads));
+}
+
+fn run(rows: &[usize], threads: usize) {
     let isa = sgemm::isa().expect("sgemm needs AVX2 and FMA");
-    println!("kernel {}, FMA peak {:.1} GFLOP/s", isa.as_str(), peak());
+    println!(
+        "kernel {}, {threads} thread(s); one core's FMA peak {:.1} GFLOP/s",
+        isa.as_str(),
+        peak()
+    );
     // The encoder's shapes: QKV, attention out, intermediate, output.
     let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
-    for &m in &rows {
+    for &m in rows {
         let mut total = (0.0, 0.0);
         for &(inp, out) in &shapes {
             let w: Vec<f32> = (0..inp * out)

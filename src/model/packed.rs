@@ -386,15 +386,15 @@ impl PackedEncoder {
     /// `offsets[i]..offsets[i + 1]` of the returned `[tokens, hidden]` matrix
     /// (row-major), where `offsets` is the running sum of the texts' lengths.
     pub fn forward(&self, texts: &[Vec<u32>]) -> Result<Vec<f32>> {
-        // A big batch goes through the layers in groups of consecutive texts of at
-        // most GROUP_TOKENS tokens (a longer text alone): a group's activations stay
-        // in L2 from one operation to the next, where a whole batch's spill to the
-        // last-level cache at every step. Texts never see each other, so the answers
-        // are the same.
+        // A big batch goes through the layers in groups of consecutive texts, as many
+        // as GROUP_TOKENS-token groups would take, of about equal size: a group's
+        // activations stay in L2 from one operation to the next, where a whole
+        // batch's spill to the last-level cache at every step. (A greedy cut at
+        // GROUP_TOKENS would leave a short last group, which streams every weight for
+        // a handful of tokens.) Texts never see each other, so the answers are the
+        // same.
         let total: usize = texts.iter().map(Vec::len).sum();
         let mut out = Vec::with_capacity(total * self.hidden);
-        // Groups of about equal size (a greedy cut would leave a short last group,
-        // which streams every weight for a handful of tokens).
         let groups = total.div_ceil(GROUP_TOKENS).max(1);
         // Text `i` starts a new group when more than half of it would fall past the
         // current group's share of the tokens.
@@ -439,8 +439,9 @@ impl PackedEncoder {
         // Every value of the workspace is written before it is read (the embeddings,
         // `Write::Set`, attention), so a reused one needs no clearing. Its parts start
         // on 64-byte boundaries (whole multiples of 16 floats from an aligned start),
-        // so no vector load or store of the kernels splits a cache line: unaligned,
-        // the products ran 10-15 % slower (sgemm_bench).
+        // so no 512-bit load or store of the kernels splits a cache line. (Alternated
+        // with a 16-byte offset, as `malloc` gives, batch 32 moved by less than the
+        // noise, about 1 %.)
         let mut work = WORKSPACE.take();
         let sizes = [tokens * h, tokens * 3 * h, tokens * h, tokens * inter]
             .map(|n| n.next_multiple_of(ALIGN_FLOATS));
@@ -509,7 +510,7 @@ impl PackedEncoder {
     }
 }
 
-/// The most tokens [`PackedEncoder::forward`] runs through the layers together. 384
+/// About the most tokens [`PackedEncoder::forward`] runs through the layers together. 384
 /// tokens of f32 activations (Q/K/V, the intermediate layer) take about 4 MiB. Batch 32
 /// of the bench texts (about 760 tokens) went from 202–211 to 220 msgs/s in f32 and
 /// from 480–579 to 558–615 in bf16 (`bench_model`, 1 thread, alternated); int8 did
@@ -993,10 +994,10 @@ unsafe fn attention_512(
     };
     let blocks = lp / KEY_BLOCK;
     let row = 3 * h;
-    let (qp, kp, vp, pp, cp) = (
+    // `qp` reads the queries and the values, both in `qkv`'s rows.
+    let (qp, kp, pp, cp) = (
         qkv.as_ptr(),
         kt.as_ptr(),
-        qkv.as_ptr(),
         probs.as_mut_ptr(),
         ctx.as_mut_ptr(),
     );
@@ -1059,7 +1060,7 @@ unsafe fn attention_512(
                     // (or `+ 16` when only one vector is left); probs row `t < QT`,
                     // key `j < lp`.
                     unsafe {
-                        let v = vp.add(j * row + 2 * h + head * d + c0);
+                        let v = qp.add(j * row + 2 * h + head * d + c0);
                         let v0 = _mm512_loadu_ps(v);
                         let v1 = if two {
                             _mm512_loadu_ps(v.add(KEY_BLOCK))
