@@ -443,22 +443,21 @@ impl PackedEncoder {
         // with a 16-byte offset, as `malloc` gives, batch 32 moved by less than the
         // noise, about 1 %.)
         let mut work = WORKSPACE.take();
-        let sizes = [tokens * h, tokens * 3 * h, tokens * h, tokens * inter]
-            .map(|n| n.next_multiple_of(ALIGN_FLOATS));
-        let need = sizes.iter().sum::<usize>() + attention_scratch(longest, h) + ALIGN_FLOATS;
+        let sizes = [tokens * h, tokens * 3 * h, tokens * h, tokens * inter];
+        let need = sizes
+            .map(|n| n.next_multiple_of(ALIGN_FLOATS))
+            .iter()
+            .sum::<usize>()
+            + attention_scratch(longest, h)
+            + ALIGN_FLOATS;
         work.resize(work.len().max(need), 0.0);
         let skip = work
             .as_ptr()
             .align_offset(ALIGN_FLOATS * 4)
             .min(ALIGN_FLOATS);
-        let (x, rest) = work[skip..].split_at_mut(sizes[0]);
-        let x = &mut x[..tokens * h];
-        let (qkv, rest) = rest.split_at_mut(sizes[1]);
-        let qkv = &mut qkv[..tokens * 3 * h];
-        let (ctx, rest) = rest.split_at_mut(sizes[2]);
-        let ctx = &mut ctx[..tokens * h];
-        let (mid, scratch) = rest.split_at_mut(sizes[3]);
-        let mid = &mut mid[..tokens * inter];
+        let mut rest = &mut work[skip..];
+        let [x, qkv, ctx, mid] = sizes.map(|n| carve(&mut rest, n));
+        let scratch = rest;
         let par = parallelism();
         for (ids, &start) in texts.iter().zip(&offsets) {
             for (p, &id) in ids.iter().enumerate() {
@@ -477,7 +476,11 @@ impl PackedEncoder {
         }
         layer_norm(x, &self.emb_norm.weight, &self.emb_norm.bias, self.eps);
 
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let heads = Heads {
+            count: self.heads,
+            width: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        };
         for l in &self.layers {
             // Q, K, V for every token at once.
             apply(x, &l.qkv, qkv, par, Write::Set);
@@ -487,9 +490,7 @@ impl PackedEncoder {
                 attention(
                     &qkv[s * 3 * h..e * 3 * h],
                     &mut ctx[s * h..e * h],
-                    self.heads,
-                    self.head_dim,
-                    scale,
+                    heads,
                     scratch,
                 );
             }
@@ -519,6 +520,14 @@ const GROUP_TOKENS: usize = 384;
 
 /// Floats per 64-byte cache line: the workspace's parts start on line boundaries.
 const ALIGN_FLOATS: usize = 16;
+
+/// The first `n` floats of `rest`, which keeps what follows them rounded up to a whole
+/// cache line (so a part that starts on a line leaves the next one on a line too).
+fn carve<'a>(rest: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
+    let (part, tail) = std::mem::take(rest).split_at_mut(n.next_multiple_of(ALIGN_FLOATS));
+    *rest = tail;
+    &mut part[..n]
+}
 
 /// The largest [`WORKSPACE`] a thread keeps between forward passes, in floats
 /// (16 MiB: a batch of about 400 tokens; bigger ones allocate their own).
@@ -868,12 +877,10 @@ macro_rules! simd_build {
             pub unsafe fn attention(
                 qkv: &[f32],
                 ctx: &mut [f32],
-                heads: usize,
-                d: usize,
-                scale: f32,
+                heads: super::Heads,
                 scratch: &mut [f32],
             ) {
-                super::attention_body::<super::Fused, $tile>(qkv, ctx, heads, d, scale, scratch)
+                super::attention_body::<super::Fused, $tile>(qkv, ctx, heads, scratch)
             }
         }
     };
@@ -917,28 +924,28 @@ fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     widest!(layer_norm(x, w, b, eps), layer_norm_body(x, w, b, eps))
 }
 
+/// The attention's heads: how many, how wide, and the scale of their scores.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    count: usize,
+    width: usize,
+    scale: f32,
+}
+
 /// Self-attention of one text (see `attention_body`; on AVX-512 with head widths a
 /// multiple of 16, [`attention_512`]).
-fn attention(
-    qkv: &[f32],
-    ctx: &mut [f32],
-    heads: usize,
-    d: usize,
-    scale: f32,
-    scratch: &mut [f32],
-) {
+fn attention(qkv: &[f32], ctx: &mut [f32], heads: Heads, scratch: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if wide() && d.is_multiple_of(KEY_BLOCK) {
-        let len = ctx.len() / (heads * d);
-        assert!(
-            qkv.len() >= len * 3 * heads * d && scratch.len() >= attention_scratch(len, heads * d)
-        );
+    if wide() && heads.width.is_multiple_of(KEY_BLOCK) {
+        let h = heads.count * heads.width;
+        let len = ctx.len() / h;
+        assert!(qkv.len() >= len * 3 * h && scratch.len() >= attention_scratch(len, h));
         // SAFETY: AVX-512F/BW/VL were detected; the shapes are asserted above.
-        return unsafe { attention_512(qkv, ctx, heads, d, scale, scratch) };
+        return unsafe { attention_512(qkv, ctx, heads, scratch) };
     }
     widest!(
-        attention(qkv, ctx, heads, d, scale, scratch),
-        attention_body::<Plain, 4>(qkv, ctx, heads, d, scale, scratch)
+        attention(qkv, ctx, heads, scratch),
+        attention_body::<Plain, 4>(qkv, ctx, heads, scratch)
     )
 }
 
@@ -960,16 +967,14 @@ fn attention(
 /// floats, `len = ctx.len() / (heads * d)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attention_512(
-    qkv: &[f32],
-    ctx: &mut [f32],
-    heads: usize,
-    d: usize,
-    scale: f32,
-    scratch: &mut [f32],
-) {
+unsafe fn attention_512(qkv: &[f32], ctx: &mut [f32], shape: Heads, scratch: &mut [f32]) {
     use std::arch::x86_64::*;
     const QT: usize = QUERY_TILE;
+    let Heads {
+        count: heads,
+        width: d,
+        scale,
+    } = shape;
     let h = heads * d;
     let len = ctx.len() / h;
     if len == 0 {
@@ -1106,16 +1111,10 @@ fn exp_nonpositive_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m51
         _mm512_set1_ps(std::f32::consts::LOG2_E),
         _mm512_set1_ps(0.5),
     ));
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let e = _mm512_add_ps(
@@ -1178,6 +1177,21 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+/// ln 2 in two parts for [`exp_nonpositive`]'s range reduction,
+/// `r = x - n·LN2_HI + n·LN2_LO`: `n·LN2_HI` is exact for the `n` it sees.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = 2.121_944_4e-4;
+/// [`exp_nonpositive`]'s polynomial in `r`, highest degree first (it approximates
+/// `(exp(r) - 1 - r) / r²`).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `exp(x)` for `x <= 0` down to -87 (softmax inputs after subtracting the maximum):
 /// range reduction by ln 2 and a degree-6 polynomial (relative error < 2e-7 against
 /// libm). Branch-free, so loops over it vectorise.
@@ -1185,13 +1199,11 @@ pub fn erf(x: f32) -> f32 {
 pub fn exp_nonpositive(x: f32) -> f32 {
     let x = x.clamp(-87.0, 0.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let r = x - n * LN2_HI + n * LN2_LO;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let e = p * r * r + r + 1.0;
     // 2^n, built from its exponent bits (n is in [-126, 0]). n + 127 + 2^23 is an
     // integer below 2^24, so its low mantissa bits are n + 127 exactly; shifting them
@@ -1278,11 +1290,14 @@ fn lane_max(v: &[f32]) -> f32 {
 fn attention_body<M: MulAdd, const QT: usize>(
     qkv: &[f32],
     ctx: &mut [f32],
-    heads: usize,
-    d: usize,
-    scale: f32,
+    shape: Heads,
     scratch: &mut [f32],
 ) {
+    let Heads {
+        count: heads,
+        width: d,
+        scale,
+    } = shape;
     let h = heads * d;
     let len = ctx.len() / h;
     let lp = len.next_multiple_of(KEY_BLOCK);
@@ -1461,9 +1476,14 @@ mod tests {
         // of 16), then the generic one.
         let mut scratch = vec![0f32; attention_scratch(len, h)];
         let mut widest = vec![0f32; len * h];
-        attention(&qkv, &mut widest, heads, d, scale, &mut scratch);
+        let shape = Heads {
+            count: heads,
+            width: d,
+            scale,
+        };
+        attention(&qkv, &mut widest, shape, &mut scratch);
         let mut plain = vec![0f32; len * h];
-        attention_body::<Plain, 4>(&qkv, &mut plain, heads, d, scale, &mut scratch);
+        attention_body::<Plain, 4>(&qkv, &mut plain, shape, &mut scratch);
         for ctx in [widest, plain] {
             check_attention(&qkv, &ctx, heads, d, scale);
         }
