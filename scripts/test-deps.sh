@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need besides cargo, installed when missing (idempotent, quiet when done):
-#   - redis-server (apt-get; `apt-get update` only when the install fails);
+#   - redis-server and openssl (apt-get; `apt-get update` only when the install fails); the
+#     TLS broker tests make their certificates with the openssl command;
 #   - a virtualenv with the Python `celery`, `redis` and `flower` packages from PyPI, cached in
 #     ${CELERIAC_CACHE:-~/.cache/celeriac}/pyenv and rebuilt when the pins below change.
 # Prints nothing but errors and what it installs. The tests find the venv through
@@ -15,11 +16,14 @@ as_root() {
   elif command -v sudo > /dev/null; then sudo "$@"
   else echo "test-deps: need root (or sudo) to run: $*" >&2; return 1; fi
 }
-if ! command -v redis-server > /dev/null; then
-  echo "test-deps: apt-get install redis-server"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null \
+MISSING=()
+command -v redis-server > /dev/null || MISSING+=(redis-server)
+command -v openssl > /dev/null || MISSING+=(openssl)
+if [ ${#MISSING[@]} -gt 0 ]; then
+  echo "test-deps: apt-get install ${MISSING[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" > /dev/null \
     || { as_root apt-get update -qq \
-      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null; }
+      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" > /dev/null; }
 fi
 
 PY=${PYTHON:-python3}

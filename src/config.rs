@@ -113,8 +113,9 @@ pub struct ResultsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `redis://[:PASSWORD@]HOST:PORT/DB`; `CELERIAC_BROKER_URL` overrides it. Unset: the
-    /// embedded in-memory queue and store.
+    /// `redis://[USER][:PASSWORD@]HOST:PORT/DB`, `rediss://...` with Celery's `ssl_*`
+    /// options, or a Unix socket `redis+socket:///PATH` ([`crate::broker::url`]);
+    /// `CELERIAC_BROKER_URL` overrides it. Unset: the embedded in-memory queue and store.
     #[serde(default)]
     pub url: Option<String>,
     /// A message taken by a node that stops renewing its lease (the node died) goes back
@@ -850,12 +851,9 @@ impl Config {
         }
         let b = &self.broker;
         if let Some(url) = &b.url
-            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+            && let Err(e) = crate::broker::url::BrokerUrl::parse(url)
         {
-            return Err(invalid(
-                "broker.url",
-                format!("`{url}` is not a Redis URL: use redis://HOST:PORT/DB"),
-            ));
+            return Err(invalid("broker.url", e.to_string()));
         }
         positive(
             "broker.visibility_timeout_seconds",

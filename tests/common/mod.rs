@@ -1,7 +1,12 @@
-//! Shared helpers: a real celeriac server on 127.0.0.1:0, a client, `wait_until`.
+//! Shared helpers: a real celeriac server on 127.0.0.1:0, a client, `wait_until`,
+//! bounded waits on child processes; [`broker`] for the broker tests.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::future::Future;
+use std::io::Read;
+use std::process::{Child, ExitStatus, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +53,7 @@ pub async fn start_cold(toml: &str) -> Server {
     }));
     Server {
         url,
-        client: reqwest::Client::new(),
+        client: client(),
         state,
         stop: Some(stop),
         handle,
@@ -192,11 +197,25 @@ impl Server {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
 
-    /// Stops the server as SIGTERM would and waits for it to drain and exit.
+    /// Stops the server as SIGTERM would and waits (at most 60 s) for it to drain and
+    /// exit.
     pub async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.handle.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the server drained and exited within 60 s")
+            .unwrap()
+            .unwrap();
     }
+}
+
+/// An HTTP client whose every request gives up after 120 s, so a server that stops
+/// answering fails the test instead of hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("reqwest client")
 }
 
 /// Polls `cond` every 10 ms until it holds; false if `timeout` passes first.
@@ -214,6 +233,77 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (at most `limit`) for `child` to exit; kills it and panics past the limit, so a
+/// stuck process fails the test instead of hanging it.
+pub fn wait_child(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a child") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "child process {} still running after {limit:?}: killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_child`] off the async runtime; gives the child back with its status.
+pub async fn wait_child_async(mut child: Child, limit: Duration) -> (ExitStatus, Child) {
+    tokio::task::spawn_blocking(move || {
+        let status = wait_child(&mut child, limit);
+        (status, child)
+    })
+    .await
+    .expect("the waiting thread does not panic unless the child hangs")
+}
+
+/// Collects a child's piped stdout and stderr and waits (at most `limit`) for it to exit;
+/// past the limit it is killed and the test fails with what it printed.
+pub fn wait_child_output(mut child: Child, limit: Duration) -> Output {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "child process still running after {limit:?}: killed\n{}\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
     }
 }
 
