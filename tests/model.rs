@@ -184,11 +184,7 @@ fn packed_and_candle_kernels_agree() {
 /// Prints the fidelity table (BENCHMARKS.md quotes it).
 #[test]
 fn candle_half_precisions_meet_their_fidelity_bar() {
-    let Some(shared) = shared_dir() else {
-        eprintln!(
-            "candle f16/bf16 fidelity bars NOT CHECKED: no ../shared/bench/inputs.jsonl \
-             (set CELERIAC_SHARED)"
-        );
+    let Some(shared) = shared_dir_or_skip("candle f16/bf16 fidelity bars") else {
         return;
     };
     let bench = bench_texts(&shared);
@@ -513,6 +509,24 @@ fn shared_dir() -> Option<PathBuf> {
         .then_some(dir)
 }
 
+/// [`shared_dir`], or None after saying that `what` is not checked. Under CI (`CI` set
+/// to anything but `false` or `0`, as CI services set it) a missing directory fails the
+/// test instead: a bar that silently skips is a bar that no longer holds.
+fn shared_dir_or_skip(what: &str) -> Option<PathBuf> {
+    let dir = shared_dir();
+    if dir.is_none() {
+        let why = "no ../shared/bench/inputs.jsonl and ../shared/data/sms_spam.csv \
+                   (set CELERIAC_SHARED to a directory holding them)";
+        let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "false" | "0"));
+        assert!(
+            !ci,
+            "{what}: {why}; CI is set, so this fails instead of skipping"
+        );
+        eprintln!("{what} NOT CHECKED: {why}");
+    }
+    dir
+}
+
 /// A rayon pool of two intra-op threads (this machine's cores) for the fidelity runs.
 fn two_threads() -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
@@ -560,11 +574,7 @@ fn bench_texts(shared: &Path) -> Vec<String> {
 #[test]
 fn every_precision_meets_its_fidelity_bar() {
     use celeriac::model::train::{load_csv, split};
-    let Some(shared) = shared_dir() else {
-        eprintln!(
-            "fidelity bars NOT CHECKED: no ../shared/bench/inputs.jsonl and \
-             ../shared/data/sms_spam.csv (set CELERIAC_SHARED)"
-        );
+    let Some(shared) = shared_dir_or_skip("fidelity bars") else {
         return;
     };
     let bench = bench_texts(&shared);
