@@ -21,6 +21,18 @@ kind = "debug.sleep"
 pool = "p"
 "#;
 
+/// Kills the server if the test fails before it exits on its own.
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_queued_tasks_then_exits_zero() {
     let dir = std::env::temp_dir().join(format!("celeriac-sigterm-{}", std::process::id()));
@@ -28,13 +40,17 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
     let config = dir.join("test.toml");
     std::fs::write(&config, CONFIG).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-        .args(["--log-json", "serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut server = Reap(Some(
+        Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args(["--log-json", "serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    ));
+    let child = server.0.as_mut().unwrap();
+    let pid = child.id();
     // Read the log lines on a thread; find the address it listens on.
     let stdout = child.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
@@ -99,6 +115,12 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
         .await
         .unwrap();
     assert_eq!(live.status().as_u16(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
     // New work is refused with 503 while draining.
     assert!(
         wait_until(Duration::from_secs(5), || async {
@@ -131,6 +153,7 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
             "queued task finished before exit: {v}"
         );
     }
+    let child = server.0.take().unwrap();
     let (exit, _) = common::wait_child_async(child, Duration::from_secs(40)).await;
     assert_eq!(exit.code(), Some(0), "exits 0 after draining");
     // The reader thread ends when the process's stdout closes.
