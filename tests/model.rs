@@ -485,11 +485,15 @@ fn packed_numerics_hold_on_every_kernel_the_cpu_runs() {
         "packed_and_candle_kernels_agree",
         "every_precision_meets_its_fidelity_bar",
     ] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([test, "--exact", "--test-threads", "1"])
             .env("CELERIAC_ISA", "avx2")
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        // Bounded: a kernel that hangs fails here instead of hanging CI.
+        let out = common::wait_child_output(child, std::time::Duration::from_secs(900));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("1 passed"),
