@@ -426,7 +426,8 @@ async fn a_panicking_pool_actor_is_restarted_and_the_other_pools_never_notice() 
     let held: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..4 {
-            v.push(s.submit("a.sleep", json!({"ms": 400})).await);
+            // Long enough to be running still when the pool actor panics.
+            v.push(s.submit("a.sleep", json!({"ms": 3000})).await);
         }
         v
     };
@@ -494,8 +495,8 @@ async fn a_panicking_pool_actor_is_restarted_and_the_other_pools_never_notice() 
             _ => panic!("a counter"),
         });
     assert_eq!(restarts, Some(1.0));
-    // The old worker's sleep finished after the restart: its late answer changed nothing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The old worker's sleep finishes after the restart: its late answer changes nothing.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(s.wait_final(&held[0], 1.0).await["state"], "FAILURE");
     Arc::into_inner(s).unwrap().shutdown().await;
 }

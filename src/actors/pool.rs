@@ -233,6 +233,7 @@ impl Actor for Pool {
                     if let Some(f) = state.store.fail(&job.id, None, why.clone()) {
                         crate::metrics::finished(&state.shared.name, &f);
                     }
+                    state.shared.release(1);
                     panic!("{why}");
                 }
                 // A dead pool's queue is failed in `settle`.
