@@ -16,6 +16,11 @@ sentence-transformers does it), cross-encoder scores (reranker), and the entitie
 
     python scripts/make-tiny-models.py [--data ../shared/data/sms_spam.csv] [--out tests/data/tiny]
 
+With `--bench DIR` it makes, instead, random sequence classifiers of every architecture
+at all-MiniLM-L6-v2's shape (hidden 384, 6 layers, 12 heads, intermediate 1536), all with
+MiniLM's own tokenizer (models/spam-minilm/tokenizer.json), so each sees the same tokens:
+what bench/model.sh times per architecture. Not committed (about 90 MiB each).
+
 Needs torch, transformers, tokenizers, safetensors (PyPI). Deterministic on CPU.
 """
 
@@ -169,11 +174,54 @@ def round_floats(v):
     return v
 
 
+def bench_checkpoints(out):
+    """MiniLM-shaped random classifiers of every architecture, MiniLM's tokenizer."""
+    T = transformers
+    tok_file = os.path.join(HERE, "..", "models", "spam-minilm", "tokenizer.json")
+    tok = PreTrainedTokenizerFast(tokenizer_file=tok_file, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    shape = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                 intermediate_size=1536)
+    two = {0: "ham", 1: "spam"}
+    specs = [
+        ("bert", T.BertForSequenceClassification,
+         T.BertConfig(max_position_embeddings=512, id2label=two, **shape)),
+        ("roberta", T.RobertaForSequenceClassification,
+         T.RobertaConfig(max_position_embeddings=514, pad_token_id=1, type_vocab_size=1,
+                         id2label=two, **shape)),
+        ("xlm-roberta", T.XLMRobertaForSequenceClassification,
+         T.XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1, type_vocab_size=1,
+                            id2label=two, **shape)),
+        ("distilbert", T.DistilBertForSequenceClassification,
+         T.DistilBertConfig(vocab_size=30522, dim=384, n_layers=6, n_heads=12, hidden_dim=1536,
+                            max_position_embeddings=512, id2label=two)),
+        ("deberta-v2", T.DebertaV2ForSequenceClassification,
+         T.DebertaV2Config(max_position_embeddings=512, type_vocab_size=0, relative_attention=True,
+                           position_biased_input=False, pos_att_type=["p2c", "c2p"],
+                           norm_rel_ebd="layer_norm", share_att_key=True, position_buckets=256,
+                           max_relative_positions=-1, pooler_hidden_size=384, id2label=two,
+                           **shape)),
+        ("modernbert", T.ModernBertForSequenceClassification,
+         T.ModernBertConfig(max_position_embeddings=512, pad_token_id=0, cls_token_id=101,
+                            sep_token_id=102, bos_token_id=101, eos_token_id=102,
+                            global_attn_every_n_layers=3, local_attention=128, id2label=two,
+                            **shape)),
+    ]
+    for name, cls, config in specs:
+        torch.manual_seed(0)
+        save(cls(config).eval(), tok, os.path.join(out, name))
+        print(name, "ok")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default=None, help="make MiniLM-shaped checkpoints here instead")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "sms_spam.csv"))
     ap.add_argument("--out", default=os.path.join(HERE, "..", "tests", "data", "tiny"))
     args = ap.parse_args()
+    if args.bench:
+        bench_checkpoints(args.bench)
+        return
     torch.manual_seed(0)
     corpus = read_texts(args.data)
     # 20 test texts of every length the corpus has, up to 120 characters, plus a few

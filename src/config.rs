@@ -470,7 +470,19 @@ pub struct TaskSpec {
     /// only) or `candle` (CPU or CUDA); unset, the device's default (packed on the CPU,
     /// candle on CUDA). README "Precision".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernels: Option<crate::model::Kernels>,
+    pub kernels: Option<crate::model::Kernels>,    /// Kind `embeddings`: whether embeddings are L2-normalised; unset, as the
+    /// checkpoint's `modules.json` says (a `Normalize` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// Kind `embeddings`: keep the first this many values of each embedding (Matryoshka
+    /// models); unset, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
+    /// Checkpoint kinds: truncate inputs at this many tokens; unset, the checkpoint's
+    /// own maximum (`sentence_bert_config.json`, `tokenizer_config.json`, the position
+    /// table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod models;
 pub mod openapi;
 pub mod tasks;
 
@@ -47,6 +48,8 @@ pub fn routes(
         })
         .untuple_one()
         .and(task_routes)
+        .or(models::list(state.clone()))
+        .unify()
         .or(health::live())
         .unify()
         .or(health::ready(state.clone()))
@@ -156,6 +159,7 @@ pub const ROUTES: &[Route] = &[
     Route::new::<tasks::__path_submit_batch>("POST", "/v1/tasks/:task/batch", "tasks"),
     Route::new::<tasks::__path_get>("GET", "/v1/tasks/:task", "tasks"),
     Route::new::<tasks::__path_revoke>("DELETE", "/v1/tasks/:task", "tasks"),
+    Route::new::<models::__path_list>("GET", "/v1/models", "models"),
     Route::new::<admin::__path_list>("GET", "/v1/admin/pools", "admin"),
     Route::new::<admin::__path_update>("PUT", "/v1/admin/pools/:pool", "admin"),
     Route::new::<__path_metrics_route>("GET", "/metrics", "operations"),

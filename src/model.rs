@@ -7,6 +7,12 @@
 
 pub mod amx;
 pub mod bert;
+pub mod debertav2;
+pub mod family;
+pub mod heads;
+pub mod hf;
+pub mod modernbert;
+pub mod served;
 pub mod fidelity;
 pub mod packed;
 pub mod qgemm;
