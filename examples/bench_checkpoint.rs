@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use celeriac::config::DeviceSpec;
 use celeriac::model::Precision;
-use celeriac::model::served::{self, HeadKind, Overrides, ServedModel};
+use celeriac::model::served::{HeadKind, Overrides, ServedModel};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
@@ -72,7 +72,7 @@ fn main() {
     let predict = |batch: &[&str]| {
         let seqs: Vec<_> = batch
             .iter()
-            .map(|t| served::seq_of(&model.encode(t, None).unwrap()))
+            .map(|t| model.seq(&model.encode(t, None).unwrap()))
             .collect();
         model.predict(&seqs).unwrap()
     };

@@ -59,11 +59,14 @@ def wordpiece(corpus, vocab):
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
     tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]",
-    )
-    return fast, tok.token_to_id("[PAD]")
+    specials = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                    mask_token="[MASK]")
+    # BERT's tokenizers give the model token types (BertTokenizer's model_input_names);
+    # DistilBERT's do not (its model takes none).
+    bert = PreTrainedTokenizerFast(tokenizer_object=tok, **specials,
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    plain = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    return bert, plain, tok.token_to_id("[PAD]")
 
 
 def unigram(corpus, vocab, specials, cls, sep, pair_sep):
@@ -236,15 +239,17 @@ def main():
                 "transformers": transformers.__version__, "torch": torch.__version__, "models": {}}
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 
-    wp, wp_pad = wordpiece(corpus, 300)
+    wp, wp_plain, wp_pad = wordpiece(corpus, 300)
     wp_vocab = wp.backend_tokenizer.get_vocab_size()
+    deberta_types = ["input_ids", "token_type_ids", "attention_mask"]
     ug_x, ug_x_ids = unigram(corpus, 300, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s>", "</s>", True)
     xlmr_tok = PreTrainedTokenizerFast(tokenizer_object=ug_x, bos_token="<s>", eos_token="</s>",
                                        unk_token="<unk>", pad_token="<pad>", cls_token="<s>",
                                        sep_token="</s>", mask_token="<mask>")
     ug_d, ug_d_ids = unigram(corpus, 300, ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], "[CLS]", "[SEP]", False)
     deberta_tok = PreTrainedTokenizerFast(tokenizer_object=ug_d, unk_token="[UNK]", pad_token="[PAD]",
-                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                          model_input_names=deberta_types)
     bp_r, bp_r_ids = bpe(corpus, 350, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], True)
     roberta_tok = PreTrainedTokenizerFast(tokenizer_object=bp_r, bos_token="<s>", eos_token="</s>",
                                           unk_token="<unk>", pad_token="<pad>", cls_token="<s>",
@@ -268,7 +273,7 @@ def main():
         ("distilbert-cls", T.DistilBertForSequenceClassification,
          T.DistilBertConfig(vocab_size=wp_vocab, pad_token_id=wp_pad, max_position_embeddings=128,
                             dim=32, n_layers=2, n_heads=4, hidden_dim=48,
-                            id2label={0: "ham", 1: "spam"}), wp, "text_classifier", 0.3),
+                            id2label={0: "ham", 1: "spam"}), wp_plain, "text_classifier", 0.3),
         ("roberta-cls", T.RobertaForSequenceClassification,
          T.RobertaConfig(vocab_size=bp_r.get_vocab_size(), pad_token_id=bp_r_ids["<pad>"],
                          bos_token_id=bp_r_ids["<s>"], eos_token_id=bp_r_ids["</s>"],
@@ -307,7 +312,7 @@ def main():
         ("distilbert-embed", T.DistilBertModel,
          T.DistilBertConfig(vocab_size=wp_vocab, pad_token_id=wp_pad, max_position_embeddings=128,
                             dim=32, n_layers=2, n_heads=4, hidden_dim=48),
-         wp, "embeddings:max:normalize", 0.3),
+         wp_plain, "embeddings:max:normalize", 0.3),
         ("bert-rerank", T.BertForSequenceClassification,
          T.BertConfig(vocab_size=wp_vocab, pad_token_id=wp_pad, max_position_embeddings=128,
                       num_labels=1, **small), wp, "reranker", 0.3),

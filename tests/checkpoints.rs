@@ -11,7 +11,7 @@ use celeriac::config::DeviceSpec;
 use celeriac::model::Precision;
 use celeriac::model::family::Seq;
 use celeriac::model::hf::Checkpoint;
-use celeriac::model::served::{self, HeadKind, Overrides, ServedModel};
+use celeriac::model::served::{HeadKind, Overrides, ServedModel};
 use serde_json::Value;
 
 fn tiny(name: &str) -> PathBuf {
@@ -41,7 +41,7 @@ fn load(name: &str, kind: HeadKind, precision: Precision) -> ServedModel {
 fn seqs(model: &ServedModel, texts: &[(&str, Option<&str>)]) -> Vec<Seq> {
     texts
         .iter()
-        .map(|(t, p)| served::seq_of(&model.encode(t, *p).unwrap()))
+        .map(|(t, p)| model.seq(&model.encode(t, *p).unwrap()))
         .collect()
 }
 
@@ -141,6 +141,12 @@ fn sequence_classifiers_match_pytorch_in_f32() {
             .map(|l| l.as_str().unwrap().to_string())
             .collect();
         assert!(labels.iter().all(|l| model.info.labels.contains(l)));
+        // Token types as transformers' tokenizer class gives them: BERT's and DeBERTa's.
+        assert_eq!(
+            model.info.token_types,
+            matches!(*name, "bert-cls" | "bert-multilabel" | "deberta-cls"),
+            "{name}: token types"
+        );
         assert_eq!(
             model.info.multi_label,
             *name == "bert-multilabel",
@@ -261,7 +267,7 @@ fn token_classifiers_match_the_pipeline() {
         let (mut groups, mut worst) = (0, 0f32);
         for (i, t) in all.iter().enumerate() {
             let enc = model.encode(t, None).unwrap();
-            let logits = model.predict_tokens(&[served::seq_of(&enc)]).unwrap();
+            let logits = model.predict_tokens(&[model.seq(&enc)]).unwrap();
             let input = serde_json::json!({ "text": t });
             let answer = TokenClassifier::answer(&model, &input, &[enc], Outputs::Tokens(logits));
             let ours = answer["entities"].as_array().unwrap();

@@ -152,7 +152,26 @@ pub struct Checkpoint {
     /// `sentence_bert_config.json`'s `max_seq_length`, or `tokenizer_config.json`'s
     /// `model_max_length` when it is a real bound.
     pub declared_max_length: Option<usize>,
+    /// Whether the model gets the tokenizer's token types (a text pair's second segment
+    /// as type 1), as transformers decides it: `tokenizer_config.json`'s
+    /// `model_input_names`, else its `tokenizer_class` ([`TOKEN_TYPE_TOKENIZERS`]), else
+    /// the family (BERT and DeBERTa-v2 take them). Otherwise every token is type 0.
+    pub token_types: bool,
 }
+
+/// Tokenizer classes whose `model_input_names` include `token_type_ids` in transformers
+/// (the `Fast` variants alike).
+pub const TOKEN_TYPE_TOKENIZERS: &[&str] = &[
+    "BertTokenizer",
+    "DebertaV2Tokenizer",
+    "DebertaTokenizer",
+    "ElectraTokenizer",
+    "MobileBertTokenizer",
+    "ConvBertTokenizer",
+    "FunnelTokenizer",
+    "LayoutLMTokenizer",
+    "SqueezeBertTokenizer",
+];
 
 fn file_error(path: &Path, message: impl std::fmt::Display) -> ModelError {
     ModelError::File {
@@ -238,14 +257,28 @@ impl Checkpoint {
         let (pooling, normalize) = Self::modules(dir)?;
         let sbert = dir.join("sentence_bert_config.json");
         let tok_config = dir.join("tokenizer_config.json");
+        let tok_json = if tok_config.exists() {
+            Some(read_json(&tok_config)?)
+        } else {
+            None
+        };
+        let token_types = match &tok_json {
+            Some(t) => match t.get("model_input_names").and_then(Value::as_array) {
+                Some(names) => names.iter().any(|n| n == "token_type_ids"),
+                None => t
+                    .get("tokenizer_class")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| TOKEN_TYPE_TOKENIZERS.contains(&c.trim_end_matches("Fast"))),
+            },
+            None => matches!(model_type.as_str(), "bert" | "deberta-v2"),
+        };
         let declared_max_length = if sbert.exists() {
             read_json(&sbert)?
                 .get("max_seq_length")
                 .and_then(Value::as_u64)
                 .map(|n| n as usize)
-        } else if tok_config.exists() {
-            read_json(&tok_config)?
-                .get("model_max_length")
+        } else if let Some(t) = &tok_json {
+            t.get("model_max_length")
                 .and_then(Value::as_f64)
                 .filter(|&n| (1.0..1e6).contains(&n))
                 .map(|n| n as usize)
@@ -265,6 +298,7 @@ impl Checkpoint {
             pooling,
             normalize,
             declared_max_length,
+            token_types,
         })
     }
 

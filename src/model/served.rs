@@ -68,6 +68,8 @@ pub struct ModelInfo {
     pub kernels: Kernels,
     /// The kernel of its dense layers.
     pub kernel: String,
+    /// Whether the model gets the tokenizer's token types ([`Checkpoint::token_types`]).
+    pub token_types: bool,
 }
 
 enum Head {
@@ -202,6 +204,7 @@ impl ServedModel {
             precision: encoder.precision(),
             kernels: encoder.kernels(),
             kernel: encoder.kernel(),
+            token_types: ck.token_types,
         };
         Ok(ServedModel {
             encoder,
@@ -233,6 +236,11 @@ impl ServedModel {
     /// Tokenizes a text or a text pair (character offsets).
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoding, ModelError> {
         encode(&self.tokenizer, text, pair)
+    }
+
+    /// The sequence the encoder runs for an encoding.
+    pub fn seq(&self, e: &Encoding) -> Seq {
+        seq_of(e, self.info.token_types)
     }
 
     /// Whether a batch runs unpadded (packed kernels).
@@ -302,10 +310,14 @@ pub fn encode(
     .map_err(runtime)
 }
 
-/// An encoding's ids and token types.
-pub fn seq_of(e: &Encoding) -> Seq {
+/// An encoding's ids and token types (all 0 unless `token_types`).
+pub fn seq_of(e: &Encoding, token_types: bool) -> Seq {
     Seq {
         ids: e.get_ids().to_vec(),
-        types: e.get_type_ids().to_vec(),
+        types: if token_types {
+            e.get_type_ids().to_vec()
+        } else {
+            vec![0; e.len()]
+        },
     }
 }

@@ -367,7 +367,7 @@ impl<K: Kind> Task for CheckpointTask<K> {
         }
         let seqs: Vec<Seq> = valid
             .iter()
-            .flat_map(|(_, e)| e.iter().map(served::seq_of))
+            .flat_map(|(_, e)| e.iter().map(|e| self.model.seq(e)))
             .collect();
         let real: usize = seqs.iter().map(|s| s.ids.len()).sum();
         if !seqs.is_empty() {
