@@ -470,7 +470,8 @@ pub struct TaskSpec {
     /// only) or `candle` (CPU or CUDA); unset, the device's default (packed on the CPU,
     /// candle on CUDA). README "Precision".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernels: Option<crate::model::Kernels>,    /// Kind `embeddings`: whether embeddings are L2-normalised; unset, as the
+    pub kernels: Option<crate::model::Kernels>,
+    /// Kind `embeddings`: whether embeddings are L2-normalised; unset, as the
     /// checkpoint's `modules.json` says (a `Normalize` module).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,

@@ -91,10 +91,9 @@ fn every_kind_and_architecture_through_the_server() {
 }
 
 async fn run() {
-    let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(&tiny("expected.json"))).unwrap(),
-    )
-    .unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&tiny("expected.json"))).unwrap())
+            .unwrap();
     let texts: Vec<String> = expected["texts"]
         .as_array()
         .unwrap()
@@ -115,8 +114,14 @@ async fn run() {
     };
     let cls = entry("t.cls");
     assert_eq!(cls["kind"], "text_classifier");
-    assert_eq!(cls["model"]["architecture"], "BertForSequenceClassification");
-    assert_eq!(cls["model"]["labels"], json!(["negative", "neutral", "positive"]));
+    assert_eq!(
+        cls["model"]["architecture"],
+        "BertForSequenceClassification"
+    );
+    assert_eq!(
+        cls["model"]["labels"],
+        json!(["negative", "neutral", "positive"])
+    );
     assert_eq!(cls["model"]["precision"], "f32");
     assert_eq!(cls["model"]["kernels"], "packed");
     assert_eq!(cls["model"]["inputs"], json!(["text", "text_pair"]));
@@ -150,7 +155,11 @@ async fn run() {
             let labels = entry(task)["model"]["labels"].clone();
             for (j, l) in labels.as_array().unwrap().iter().enumerate() {
                 let got = r["probabilities"][l.as_str().unwrap()].as_f64().unwrap();
-                assert!((got - probs[j]).abs() < 1e-3, "{task} text {i} {l}: {got} vs {}", probs[j]);
+                assert!(
+                    (got - probs[j]).abs() < 1e-3,
+                    "{task} text {i} {l}: {got} vs {}",
+                    probs[j]
+                );
             }
             if task == "t.multi" {
                 let on: Vec<Value> = labels
@@ -175,7 +184,10 @@ async fn run() {
     let best = (0..3)
         .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
         .unwrap();
-    assert_eq!(view["result"]["label"], json!(["negative", "neutral", "positive"][best]));
+    assert_eq!(
+        view["result"]["label"],
+        json!(["negative", "neutral", "positive"][best])
+    );
 
     // Embeddings: cosine >= 0.9999.
     let want = &expected["models"]["bert-embed"]["embeddings"];
@@ -244,7 +256,11 @@ async fn run() {
     ] {
         let r = s.post(&format!("/v1/tasks/{task}"), &input).await;
         assert_eq!(r.status, 422, "{task} {input}: {}", r.body);
-        assert!(r.body["error"].is_string() && r.body["code"].is_string(), "{}", r.body);
+        assert!(
+            r.body["error"].is_string() && r.body["code"].is_string(),
+            "{}",
+            r.body
+        );
     }
     s.shutdown().await;
 }

@@ -21,7 +21,8 @@ fn tiny(name: &str) -> PathBuf {
 }
 
 fn expected() -> Value {
-    let text = std::fs::read_to_string(tiny("expected.json")).expect("tests/data/tiny/expected.json");
+    let text =
+        std::fs::read_to_string(tiny("expected.json")).expect("tests/data/tiny/expected.json");
     serde_json::from_str(&text).unwrap()
 }
 
@@ -64,7 +65,10 @@ fn texts(e: &Value, key: &str) -> Vec<String> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The label PyTorch chose must be ours, unless PyTorch's top two are within `tie`.
@@ -184,9 +188,17 @@ fn packed_families_run_bf16_and_int8_close_to_f32() {
                 };
                 agree += usize::from(arg(&pg) == arg(&pr));
             }
-            eprintln!("{name} {precision}: worst probability difference {worst:.4}, labels {agree}/20");
-            assert!(worst < 0.05, "{name} {precision}: probabilities differ by {worst}");
-            assert!(agree >= 18, "{name} {precision}: {agree}/20 labels agree with f32");
+            eprintln!(
+                "{name} {precision}: worst probability difference {worst:.4}, labels {agree}/20"
+            );
+            assert!(
+                worst < 0.05,
+                "{name} {precision}: probabilities differ by {worst}"
+            );
+            assert!(
+                agree >= 18,
+                "{name} {precision}: {agree}/20 labels agree with f32"
+            );
         }
     }
 }
@@ -208,7 +220,10 @@ fn embeddings_match_sentence_transformers_pooling() {
             let dot: f32 = g.iter().zip(&theirs).map(|(a, b)| a * b).sum();
             let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
             let cos = dot / (n(g) * n(&theirs));
-            assert!(d < 1e-4 && cos > 0.99999, "{name} text {i}: diff {d}, cosine {cos}");
+            assert!(
+                d < 1e-4 && cos > 0.99999,
+                "{name} text {i}: diff {d}, cosine {cos}"
+            );
         }
     }
     // Overrides: Matryoshka truncation, then normalisation.
@@ -286,11 +301,16 @@ fn token_classifiers_match_the_pipeline() {
                 "{name} text {i}: {t:?}"
             );
             for (a, b) in ours.iter().zip(theirs) {
-                worst = worst.max((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() as f32);
+                worst = worst.max(
+                    (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() as f32,
+                );
             }
             groups += ours.len();
         }
-        assert!(groups > 20, "{name}: only {groups} entities: the test would prove little");
+        assert!(
+            groups > 20,
+            "{name}: only {groups} entities: the test would prove little"
+        );
         assert!(worst < 1e-4, "{name}: scores differ by {worst}");
     }
 }
@@ -300,7 +320,10 @@ fn unsupported_model_types_are_refused_with_the_supported_list() {
     let dir = std::env::temp_dir().join(format!("celeriac-gpt2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
-    let err = Checkpoint::open(&dir).err().expect("gpt2 is refused").to_string();
+    let err = Checkpoint::open(&dir)
+        .err()
+        .expect("gpt2 is refused")
+        .to_string();
     assert!(err.contains("model_type `gpt2` is not supported"), "{err}");
     for t in celeriac::model::hf::SUPPORTED {
         assert!(err.contains(t), "{err}");
@@ -318,7 +341,10 @@ fn unsupported_model_types_are_refused_with_the_supported_list() {
     )
     .err()
     .expect("no head");
-    assert!(err.to_string().contains("ForSequenceClassification"), "{err}");
+    assert!(
+        err.to_string().contains("ForSequenceClassification"),
+        "{err}"
+    );
     // Precisions the candle families do not have.
     let err = ServedModel::open(
         &tiny("deberta-cls"),

@@ -213,13 +213,7 @@ pub fn load(
         };
         let cache = super::packed::cache_dir();
         let encoder = if ck.weights.len() == 1 {
-            super::packed::load_shared(
-                &weights,
-                &ck.config_text,
-                precision,
-                cache.as_deref(),
-                load,
-            )
+            super::packed::load_shared(&weights, &ck.config_text, precision, cache.as_deref(), load)
         } else {
             load()
         }
@@ -294,7 +288,11 @@ pub fn pad(
     seqs: &[Seq],
     pad_id: u32,
     device: &candle_core::Device,
-) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor, candle_core::Tensor)> {
+) -> candle_core::Result<(
+    candle_core::Tensor,
+    candle_core::Tensor,
+    candle_core::Tensor,
+)> {
     use candle_core::Tensor;
     let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0).max(1);
     let b = seqs.len();

@@ -444,15 +444,19 @@ pub fn aggregate_simple(
     }
     let mut groups: Vec<Vec<(usize, f32, &TokenOut)>> = Vec::new();
     for t in tokens.iter().filter(|t| !t.special) {
-        let (best, score) = t
-            .probs
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+        let (best, score) =
+            t.probs
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
+                );
         let (begins, this) = tag(&labels[best]);
-        let joins = groups.last().and_then(|g| g.last()).is_some_and(|&(last, _, _)| {
-            tag(&labels[last]).1 == this && !begins
-        });
+        let joins = groups
+            .last()
+            .and_then(|g| g.last())
+            .is_some_and(|&(last, _, _)| tag(&labels[last]).1 == this && !begins);
         if joins {
             groups.last_mut().expect("a group").push((best, score, t));
         } else {
@@ -489,7 +493,10 @@ mod tests {
         let hidden = [1.0, 2.0, 3.0, -4.0, 5.0, 6.0];
         let lens = [2, 1];
         let p = |m, norm, d| pool(&hidden, &lens, 2, m, norm, d);
-        assert_eq!(p(Pooling::Cls, false, None), vec![vec![1.0, 2.0], vec![5.0, 6.0]]);
+        assert_eq!(
+            p(Pooling::Cls, false, None),
+            vec![vec![1.0, 2.0], vec![5.0, 6.0]]
+        );
         assert_eq!(p(Pooling::Mean, false, None)[0], vec![2.0, -1.0]);
         assert_eq!(p(Pooling::Max, false, None)[0], vec![3.0, 2.0]);
         assert_eq!(p(Pooling::LastToken, false, None)[0], vec![3.0, -4.0]);

@@ -234,7 +234,10 @@ impl Checkpoint {
                 labels.into_iter().map(Option::unwrap_or_default).collect()
             }
             Some(_) => {
-                return Err(file_error(&config_path, "field `id2label` is not an object"));
+                return Err(file_error(
+                    &config_path,
+                    "field `id2label` is not an object",
+                ));
             }
         };
         let problem_type = config
@@ -459,7 +462,10 @@ mod tests {
         let snap = repo.join("snapshots").join(commit);
         assert_eq!(resolve_hub(&root, "org/tiny").unwrap(), snap);
         assert_eq!(resolve_hub(&root, "org/tiny@v1").unwrap(), snap);
-        assert_eq!(resolve_hub(&root, &format!("org/tiny@{commit}")).unwrap(), snap);
+        assert_eq!(
+            resolve_hub(&root, &format!("org/tiny@{commit}")).unwrap(),
+            snap
+        );
         let e = resolve_hub(&root, "org/tiny@nope").unwrap_err().to_string();
         assert!(e.contains("revision `nope`"), "{e}");
         let e = resolve_hub(&root, "org/other").unwrap_err().to_string();

@@ -291,8 +291,7 @@ impl PackedEncoder {
                 attn_norm: norm(&l.pp(layout.attn_norm), h)?,
                 intermediate: dense(&l.pp(layout.intermediate), h, config.intermediate_size)?
                     .finish(precision),
-                output: dense(&l.pp(layout.output), config.intermediate_size, h)?
-                    .finish(precision),
+                output: dense(&l.pp(layout.output), config.intermediate_size, h)?.finish(precision),
                 out_norm: norm(&l.pp(layout.out_norm), h)?,
             });
         }
@@ -428,9 +427,14 @@ impl PackedEncoder {
     }
 
     /// [`PackedEncoder::forward`] with each token's type (`None`: type 0 everywhere).
-    pub fn forward_typed(&self, texts: &[Vec<u32>], types: Option<&[Vec<u32>]>) -> Result<Vec<f32>> {
+    pub fn forward_typed(
+        &self,
+        texts: &[Vec<u32>],
+        types: Option<&[Vec<u32>]>,
+    ) -> Result<Vec<f32>> {
         if let Some(types) = types
-            && (types.len() != texts.len() || types.iter().zip(texts).any(|(t, i)| t.len() != i.len()))
+            && (types.len() != texts.len()
+                || types.iter().zip(texts).any(|(t, i)| t.len() != i.len()))
         {
             candle_core::bail!("token types do not match the token ids");
         }

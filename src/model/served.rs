@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-use tokenizers::{
-    Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::family::{self, Encoder, Seq};
 use super::heads::{self, SequenceHead, TokenHead};
@@ -146,9 +144,7 @@ impl ServedModel {
             }
         };
         let head = match kind {
-            HeadKind::Sequence => {
-                Head::Sequence(SequenceHead::load(ck, &vb, h, need_labels()?)?)
-            }
+            HeadKind::Sequence => Head::Sequence(SequenceHead::load(ck, &vb, h, need_labels()?)?),
             HeadKind::Tokens => Head::Tokens(TokenHead::load(ck, &vb, h, need_labels()?)?),
             HeadKind::Pooled => {
                 let pooling = ck.pooling.unwrap_or(Pooling::Mean);

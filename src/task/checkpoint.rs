@@ -187,7 +187,8 @@ pub fn factory<K: Kind>(
         seconds = started.elapsed().as_secs_f64(),
         "model loaded"
     );
-    let tokenizer = served::tokenizer_for(&ck, loaded.info.max_length).map_err(|e| err(e.to_string()))?;
+    let tokenizer =
+        served::tokenizer_for(&ck, loaded.info.max_length).map_err(|e| err(e.to_string()))?;
     let info = loaded.info.clone();
     let cpu = (device == DeviceSpec::Cpu).then(|| Arc::new(loaded));
     Ok(Arc::new(CheckpointFactory::<K> {
@@ -645,8 +646,15 @@ mod tests {
         );
         assert!(Reranker::texts(&json!({"query": "q", "documents": []})).is_err());
         assert!(Reranker::texts(&json!({"query": "q", "documents": [3]})).is_err());
-        assert!(Reranker::texts(&json!({"query": "q", "documents": ["x"], "raw_scores": 1})).is_err());
-        assert_eq!(Embeddings::texts(&json!({"text": ["a", "b"]})).unwrap().len(), 2);
+        assert!(
+            Reranker::texts(&json!({"query": "q", "documents": ["x"], "raw_scores": 1})).is_err()
+        );
+        assert_eq!(
+            Embeddings::texts(&json!({"text": ["a", "b"]}))
+                .unwrap()
+                .len(),
+            2
+        );
         assert!(Embeddings::texts(&json!({"text": []})).is_err());
         assert!(TokenClassifier::texts(&json!("text")).is_err());
     }
