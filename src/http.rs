@@ -159,13 +159,13 @@ pub const ROUTES: &[Route] = &[
     Route::new::<tasks::__path_submit_batch>("POST", "/v1/tasks/:task/batch", "tasks"),
     Route::new::<tasks::__path_get>("GET", "/v1/tasks/:task", "tasks"),
     Route::new::<tasks::__path_revoke>("DELETE", "/v1/tasks/:task", "tasks"),
-    Route::new::<models::__path_list>("GET", "/v1/models", "models"),
     Route::new::<admin::__path_list>("GET", "/v1/admin/pools", "admin"),
     Route::new::<admin::__path_update>("PUT", "/v1/admin/pools/:pool", "admin"),
     Route::new::<__path_metrics_route>("GET", "/metrics", "operations"),
     Route::new::<health::__path_live>("GET", "/health/live", "operations"),
     Route::new::<health::__path_ready>("GET", "/health/ready", "operations"),
     Route::new::<__path_openapi>("GET", "/openapi.json", "operations"),
+    Route::new::<models::__path_list>("GET", "/v1/models", "models"),
 ];
 
 fn template_matches(template: &str, path: &str) -> bool {
@@ -501,5 +501,7 @@ mod tests {
         assert_eq!(openapi[1], "/v1/tasks/{task}/batch");
         assert_eq!(openapi[5], "/v1/admin/pools/{pool}");
         assert_eq!(openapi[6], "/metrics");
+        assert_eq!(route_of("GET", "/v1/models"), "/v1/models");
+        assert_eq!(allowed_methods("/v1/models"), ["GET"]);
     }
 }
