@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # What the tests need besides cargo, installed when missing (idempotent, quiet when done):
-#   - redis-server (apt-get; `apt-get update` only when the install fails);
-#   - a virtualenv with the Python `celery`, `redis` and `flower` packages from PyPI, cached in
+#   - redis-server and curl (apt-get; `apt-get update` only when the install fails);
+#   - a virtualenv with the Python `celery`, `redis` and `flower` packages, `fastapi` and
+#     `uvicorn` (the seed's FastAPI app, tests/seed.rs) and `schemathesis` (the fuzz step,
+#     scripts/fuzz.sh) from PyPI, cached in
 #     ${CELERIAC_CACHE:-~/.cache/celeriac}/pyenv and rebuilt when the pins below change.
 # Prints nothing but errors and what it installs. The tests find the venv through
 # CELERIAC_PYTHON (set by scripts/test.sh) or at the default path.
 set -euo pipefail
 CACHE=${CELERIAC_CACHE:-$HOME/.cache/celeriac}
 VENV=$CACHE/pyenv
-PINS="celery[redis]==5.7.0 redis==8.1.0 flower==2.2.0"
+PINS="celery[redis]==5.7.0 redis==8.1.0 flower==2.2.0 fastapi==0.165.0 uvicorn==0.54.0 schemathesis==4.32.5"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
   elif command -v sudo > /dev/null; then sudo "$@"
   else echo "test-deps: need root (or sudo) to run: $*" >&2; return 1; fi
 }
-if ! command -v redis-server > /dev/null; then
-  echo "test-deps: apt-get install redis-server"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null \
+missing=()
+command -v redis-server > /dev/null || missing+=(redis-server)
+command -v curl > /dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test-deps: apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null \
     || { as_root apt-get update -qq \
-      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null; }
+      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null; }
 fi
 
 PY=${PYTHON:-python3}

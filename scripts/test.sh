@@ -23,3 +23,7 @@ else
   echo "precision fidelity bars: NOT CHECKED ($SHARED_DIR has no bench/inputs.jsonl and data/sms_spam.csv; set CELERIAC_SHARED)"
 fi
 cargo test --release --locked "$@"
+# A short fuzz run against the served OpenAPI document (about a minute).
+if [ $# = 0 ]; then
+  scripts/fuzz.sh
+fi

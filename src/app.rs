@@ -23,6 +23,8 @@ use crate::task::Registry;
 pub struct App {
     state: Arc<AppState>,
     supervisor: ActorRef<SupervisorMessage>,
+    /// Ends when the supervisor does: only at shutdown, unless it gave up on a pool.
+    supervisor_done: Option<tokio::task::JoinHandle<()>>,
     consumers: Option<Consumers>,
 }
 
@@ -85,7 +87,7 @@ impl App {
         crate::metrics::register(&names, &tasks);
         crate::metrics::register_http(crate::http::ROUTES);
         let store = Arc::new(TaskStore::new(secs(config.results.ttl_seconds)));
-        let (supervisor, _) = Actor::spawn(
+        let (supervisor, supervisor_done) = Actor::spawn(
             None,
             Supervisor,
             SupervisorArgs {
@@ -118,6 +120,7 @@ impl App {
         Ok(App {
             state,
             supervisor,
+            supervisor_done: Some(supervisor_done),
             consumers,
         })
     }
@@ -156,7 +159,20 @@ impl App {
             .run();
         let server = tokio::spawn(server);
 
-        shutdown.await;
+        let mut supervisor_done = self.supervisor_done.take().expect("serve runs once");
+        tokio::select! {
+            () = shutdown => {}
+            _ = &mut supervisor_done => {
+                // A pool kept failing and the supervisor gave up (see
+                // `actors::supervisor`): never stay up alive but unable to serve.
+                state.accepting.store(false, Ordering::SeqCst);
+                let _ = stop_http.send(());
+                sweeper.abort();
+                anyhow::bail!(
+                    "the supervisor stopped (a pool actor kept failing; see the log): exiting so that the process is restarted"
+                );
+            }
+        }
         state.accepting.store(false, Ordering::SeqCst);
         if let Some(c) = self.consumers.as_mut() {
             c.stop_taking().await;

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod limit;
+
+pub use limit::Limit;
+use limit::{DAY_SECONDS, MAX_SECONDS};
+
 /// A configuration error; the message names the setting to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -295,32 +300,55 @@ pub struct AutoscaleConfig {
 }
 
 impl AutoscaleConfig {
-    /// Checks the tuning; an error names the field and what is allowed.
-    pub fn validate_tuning(&self) -> Result<(), (&'static str, String)> {
-        let seconds = |v: f64| v.is_finite() && v > 0.0;
-        if self.scale_up_queue_depth == 0 {
-            return Err(("scale_up_queue_depth", "must be at least 1".into()));
-        }
-        if self.check_interval_ms == 0 {
-            return Err(("check_interval_ms", "must be at least 1".into()));
-        }
-        if !seconds(self.scale_up_cooldown_seconds) {
-            return Err((
-                "scale_up_cooldown_seconds",
+    /// `min` and `max`, before the pool's `max_concurrency` caps them.
+    pub const BOUNDS: Limit = Limit::int(1, PoolConfig::MAX_WORKERS, "workers");
+    /// The tuning fields and their ranges, shared by the config file, the admin API
+    /// and its OpenAPI document.
+    pub const TUNING: [(&'static str, Limit); 5] = [
+        (
+            "scale_up_queue_depth",
+            Limit::int(1, 10_000_000, "queued tasks"),
+        ),
+        ("scale_up_wait_ms", Limit::int(0, 86_400_000, "ms")),
+        ("scale_up_cooldown_seconds", Limit::seconds(DAY_SECONDS)),
+        ("scale_down_idle_seconds", Limit::seconds(DAY_SECONDS)),
+        ("check_interval_ms", Limit::int(1, 3_600_000, "ms")),
+    ];
+
+    /// The range of the tuning field `field`.
+    pub fn tuning_limit(field: &str) -> Option<Limit> {
+        Self::TUNING
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, l)| *l)
+    }
+
+    /// The tuning fields' values, in [`AutoscaleConfig::TUNING`]'s order.
+    fn tuning(&self) -> [f64; 5] {
+        [
+            self.scale_up_queue_depth as f64,
+            self.scale_up_wait_ms as f64,
+            self.scale_up_cooldown_seconds,
+            self.scale_down_idle_seconds,
+            self.check_interval_ms as f64,
+        ]
+    }
+
+    /// Checks the bounds against `ceiling` (the pool's `max_concurrency`) and the
+    /// tuning against [`AutoscaleConfig::TUNING`]; an error names the field (under
+    /// `prefix`) and what is allowed.
+    pub fn check(&self, prefix: &str, ceiling: usize) -> Result<(), ConfigError> {
+        if self.min == 0 || self.min > self.max || self.max > ceiling {
+            return Err(invalid(
+                prefix,
                 format!(
-                    "must be a positive number, got {}",
-                    self.scale_up_cooldown_seconds
+                    "need 1 <= min <= max <= max_concurrency ({ceiling}), got min {} max {}",
+                    self.min, self.max
                 ),
             ));
         }
-        if !seconds(self.scale_down_idle_seconds) {
-            return Err((
-                "scale_down_idle_seconds",
-                format!(
-                    "must be a positive number, got {}",
-                    self.scale_down_idle_seconds
-                ),
-            ));
+        for ((field, limit), value) in Self::TUNING.iter().zip(self.tuning()) {
+            within(format!("{prefix}.{field}"), *limit, value)?;
         }
         Ok(())
     }
@@ -397,6 +425,140 @@ impl serde::Serialize for DeviceSpec {
 }
 
 impl PoolConfig {
+    /// The most workers a pool may have (`max_concurrency`).
+    pub const MAX_WORKERS: u64 = 4096;
+    /// `concurrency` and `max_concurrency`.
+    pub const WORKERS: Limit = Limit::int(1, Self::MAX_WORKERS, "workers");
+    /// `queue_capacity`.
+    pub const QUEUE_CAPACITY: Limit = Limit::int(1, 10_000_000, "tasks");
+    /// `time_limit_seconds`.
+    pub const TIME_LIMIT_SECONDS: Limit = Limit::seconds(MAX_SECONDS);
+    /// `max_retries`.
+    pub const MAX_RETRIES: Limit = Limit::int(0, 1000, "retries");
+    /// `intra_op_threads`.
+    pub const INTRA_OP_THREADS: Limit = Limit::int(0, 1024, "threads");
+    /// `max_tasks_per_child`.
+    pub const MAX_TASKS_PER_CHILD: Limit = Limit::int(0, 1_000_000_000_000, "tasks");
+    /// `max_memory_per_child_mb`.
+    pub const MAX_MEMORY_PER_CHILD_MB: Limit = Limit::int(0, 1 << 24, "MiB");
+    /// `nice`.
+    pub const NICE: Limit = Limit::int(0, 19, "");
+    /// `max_batch_size`.
+    pub const MAX_BATCH_SIZE: Limit = Limit::int(1, 4096, "tasks");
+    /// `max_batch_delay_ms`.
+    pub const MAX_BATCH_DELAY_MS: Limit = Limit::number(0.0, 60_000.0, "ms");
+    /// `max_batch_tokens`.
+    pub const MAX_BATCH_TOKENS: Limit = Limit::int(0, 1 << 24, "tokens");
+
+    /// Checks the pool named `name`; errors name the setting.
+    fn check(&self, name: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("pools.{name}.{field}");
+        if self.kind != PoolKind::Solo {
+            within(key("concurrency"), Self::WORKERS, self.concurrency as f64)?;
+        }
+        for (field, limit, value) in [
+            (
+                "max_concurrency",
+                Self::WORKERS,
+                self.max_concurrency as f64,
+            ),
+            (
+                "queue_capacity",
+                Self::QUEUE_CAPACITY,
+                self.queue_capacity as f64,
+            ),
+            (
+                "time_limit_seconds",
+                Self::TIME_LIMIT_SECONDS,
+                self.time_limit_seconds,
+            ),
+            ("max_retries", Self::MAX_RETRIES, self.max_retries as f64),
+            (
+                "intra_op_threads",
+                Self::INTRA_OP_THREADS,
+                self.intra_op_threads as f64,
+            ),
+            (
+                "max_tasks_per_child",
+                Self::MAX_TASKS_PER_CHILD,
+                self.max_tasks_per_child as f64,
+            ),
+            (
+                "max_memory_per_child_mb",
+                Self::MAX_MEMORY_PER_CHILD_MB,
+                self.max_memory_per_child_mb as f64,
+            ),
+            ("nice", Self::NICE, self.nice as f64),
+            (
+                "max_batch_size",
+                Self::MAX_BATCH_SIZE,
+                self.max_batch_size as f64,
+            ),
+            (
+                "max_batch_delay_ms",
+                Self::MAX_BATCH_DELAY_MS,
+                self.max_batch_delay_ms,
+            ),
+            (
+                "max_batch_tokens",
+                Self::MAX_BATCH_TOKENS,
+                self.max_batch_tokens as f64,
+            ),
+        ] {
+            within(key(field), limit, value)?;
+        }
+        if self.max_concurrency < self.size() {
+            return Err(invalid(
+                key("max_concurrency"),
+                format!("is below concurrency ({})", self.size()),
+            ));
+        }
+        if self.kind != PoolKind::Processes {
+            for (field, set) in [
+                ("max_tasks_per_child", self.max_tasks_per_child > 0),
+                ("max_memory_per_child_mb", self.max_memory_per_child_mb > 0),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key(field),
+                        format!(
+                            "recycles child processes: only for kind = \"processes\" (this pool is `{}`); remove it or set 0",
+                            self.kind.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &self.autoscale {
+            if self.kind == PoolKind::Solo {
+                return Err(invalid(
+                    key("autoscale"),
+                    "a solo pool has one worker: remove autoscale",
+                ));
+            }
+            a.check(&key("autoscale"), self.max_concurrency)?;
+        }
+        self.check_devices(&key("devices"))
+    }
+
+    fn check_devices(&self, key: &str) -> Result<(), ConfigError> {
+        if self.devices.is_empty() {
+            return Err(invalid(key, "list at least one device, e.g. [\"cpu\"]"));
+        }
+        if !cfg!(feature = "cuda")
+            && let Some(d) = self
+                .devices
+                .iter()
+                .find(|d| matches!(d, DeviceSpec::Cuda(_)))
+        {
+            return Err(invalid(
+                key,
+                format!("`{d}` needs a build with CUDA: cargo build --release --features cuda"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The broker queue of the pool named `pool` (see [`PoolConfig::queue`]).
     pub fn queue_name(&self, pool: &str) -> String {
         match &self.queue {
@@ -637,9 +799,10 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// Seconds as a [`Duration`]; `validate` has already checked the value.
+/// Seconds as a [`Duration`], through the one checked conversion ([`limit::duration`]):
+/// `validate` has already checked the value, and it saturates besides.
 pub fn secs(value: f64) -> Duration {
-    Duration::from_secs_f64(value)
+    limit::duration(value)
 }
 
 impl Config {
@@ -725,169 +888,35 @@ impl Config {
         }
     }
 
-    /// Checks ranges and cross-references; errors name the setting.
+    /// Checks ranges and cross-references; errors name the setting. Each section checks
+    /// its own fields against the [`Limit`]s declared beside them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = |setting: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(invalid(
-                    setting,
-                    format!("must be a positive number, got {v}"),
-                ))
-            }
-        };
-        positive("server.max_wait_seconds", self.server.max_wait_seconds)?;
-        positive(
-            "server.drain_timeout_seconds",
-            self.server.drain_timeout_seconds,
-        )?;
-        if self.server.body_limit_bytes == 0 {
-            return Err(invalid("server.body_limit_bytes", "must be at least 1"));
-        }
-        if self
-            .server
-            .admin_token
-            .as_ref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            return Err(invalid(
-                "server.admin_token",
-                "is empty; remove it to disable the admin API, or set a token",
-            ));
-        }
-        positive("results.ttl_seconds", self.results.ttl_seconds)?;
-        positive(
-            "results.sweep_interval_seconds",
-            self.results.sweep_interval_seconds,
-        )?;
-        let s = &self.supervisor;
-        if s.backoff_initial_ms == 0 || s.backoff_max_ms < s.backoff_initial_ms {
-            return Err(invalid(
-                "supervisor.backoff_max_ms",
-                "need 0 < backoff_initial_ms <= backoff_max_ms",
-            ));
-        }
-        positive(
-            "supervisor.restart_window_seconds",
-            s.restart_window_seconds,
-        )?;
-        if s.time_limit_check_ms == 0 {
-            return Err(invalid(
-                "supervisor.time_limit_check_ms",
-                "must be at least 1",
-            ));
-        }
+        self.server.check()?;
+        self.results.check()?;
+        self.supervisor.check()?;
         if self.pools.is_empty() {
             return Err(invalid("pools", "define at least one pool"));
         }
         for (name, pool) in &self.pools {
-            let key = |field: &str| format!("pools.{name}.{field}");
-            if pool.kind != PoolKind::Solo && pool.concurrency == 0 {
-                return Err(invalid(key("concurrency"), "must be at least 1"));
-            }
-            if pool.queue_capacity == 0 {
-                return Err(invalid(key("queue_capacity"), "must be at least 1"));
-            }
-            positive(&key("time_limit_seconds"), pool.time_limit_seconds)?;
-            if !(0..=19).contains(&pool.nice) {
-                return Err(invalid(key("nice"), "must be between 0 and 19"));
-            }
-            if pool.max_batch_size == 0 {
-                return Err(invalid(key("max_batch_size"), "must be at least 1"));
-            }
-            if !(pool.max_batch_delay_ms.is_finite() && pool.max_batch_delay_ms >= 0.0) {
-                return Err(invalid(key("max_batch_delay_ms"), "must be a number >= 0"));
-            }
-            if pool.max_concurrency < pool.size() {
-                return Err(invalid(
-                    key("max_concurrency"),
-                    format!("is below concurrency ({})", pool.size()),
-                ));
-            }
-            if pool.kind != PoolKind::Processes {
-                for (field, set) in [
-                    ("max_tasks_per_child", pool.max_tasks_per_child > 0),
-                    ("max_memory_per_child_mb", pool.max_memory_per_child_mb > 0),
-                ] {
-                    if set {
-                        return Err(invalid(
-                            key(field),
-                            format!(
-                                "recycles child processes: only for kind = \"processes\" (this pool is `{}`); remove it or set 0",
-                                pool.kind.as_str()
-                            ),
-                        ));
-                    }
-                }
-            }
-            if pool.kind == PoolKind::Solo && pool.autoscale.is_some() {
-                return Err(invalid(
-                    key("autoscale"),
-                    "a solo pool has one worker: remove autoscale",
-                ));
-            }
-            if let Some(a) = &pool.autoscale {
-                if a.min == 0 || a.min > a.max || a.max > pool.max_concurrency {
-                    return Err(invalid(
-                        key("autoscale"),
-                        format!(
-                            "need 1 <= min <= max <= max_concurrency ({}), got min {} max {}",
-                            pool.max_concurrency, a.min, a.max
-                        ),
-                    ));
-                }
-                a.validate_tuning()
-                    .map_err(|(field, why)| invalid(key(&format!("autoscale.{field}")), why))?;
-            }
-            if pool.devices.is_empty() {
-                return Err(invalid(
-                    key("devices"),
-                    "list at least one device, e.g. [\"cpu\"]",
-                ));
-            }
-            if !cfg!(feature = "cuda")
-                && let Some(d) = pool
-                    .devices
-                    .iter()
-                    .find(|d| matches!(d, DeviceSpec::Cuda(_)))
-            {
-                return Err(invalid(
-                    key("devices"),
-                    format!("`{d}` needs a build with CUDA: cargo build --release --features cuda"),
-                ));
-            }
+            pool.check(name)?;
         }
         if self.tasks.is_empty() {
             return Err(invalid("tasks", "register at least one task"));
         }
-        let b = &self.broker;
-        if let Some(url) = &b.url
-            && !(url.starts_with("redis://") || url.starts_with("unix://"))
-        {
-            return Err(invalid(
-                "broker.url",
-                format!("`{url}` is not a Redis URL: use redis://HOST:PORT/DB"),
-            ));
+        self.broker.check()?;
+        self.check_queues()?;
+        for (name, task) in &self.tasks {
+            task.check(name, self)?;
         }
-        positive(
-            "broker.visibility_timeout_seconds",
-            b.visibility_timeout_seconds,
-        )?;
-        positive(
-            "broker.restore_interval_seconds",
-            b.restore_interval_seconds,
-        )?;
-        if b.node_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(invalid(
-                "broker.node_name",
-                "is empty; remove it or name the node",
-            ));
-        }
+        Ok(())
+    }
+
+    /// Each pool consumes a broker queue of its own, with a plain name.
+    fn check_queues(&self) -> Result<(), ConfigError> {
         let mut queues: BTreeMap<String, &str> = BTreeMap::new();
         for (name, pool) in &self.pools {
             let q = pool.queue_name(name);
-            if q.is_empty() || q.contains(['\x06', '\x16']) {
+            if !plain_queue(&q) {
                 return Err(invalid(
                     format!("pools.{name}.queue"),
                     "must be a plain, non-empty name",
@@ -902,63 +931,237 @@ impl Config {
                 ));
             }
         }
-        for (name, task) in &self.tasks {
-            if !valid_task_name(name) {
-                return Err(invalid(
-                    format!("tasks.{name}"),
-                    "task names use letters, digits, `.`, `_` and `-`",
-                ));
-            }
-            if let Some(q) = &task.queue {
-                let key = format!("tasks.\"{name}\"");
-                if !task.pool.is_empty() || !task.kind.is_empty() {
-                    return Err(invalid(
-                        format!("{key}.queue"),
-                        "a task with `queue` runs on other workers: remove `pool` and `kind`",
-                    ));
-                }
-                if self.broker.url.is_none() {
-                    return Err(invalid(
-                        format!("{key}.queue"),
-                        "sending to a queue needs a broker: set [broker] url or CELERIAC_BROKER_URL",
-                    ));
-                }
-                if q.is_empty() || q.contains(['\x06', '\x16']) {
-                    return Err(invalid(
-                        format!("{key}.queue"),
-                        "must be a plain, non-empty name",
-                    ));
-                }
-                if let Some(pool) = self.pools.iter().find(|(n, p)| p.queue_name(n) == *q) {
-                    return Err(invalid(
-                        format!("{key}.queue"),
-                        format!(
-                            "queue `{q}` is consumed by pool `{}`: route the task to the pool instead",
-                            pool.0
-                        ),
-                    ));
-                }
-                continue;
-            }
-            if task.kind.is_empty() {
-                return Err(invalid(
-                    format!("tasks.\"{name}\".kind"),
-                    "is missing: name the implementation (e.g. `text_classifier`), or give a `queue` for a task other workers run",
-                ));
-            }
-            if !self.pools.contains_key(&task.pool) {
-                return Err(invalid(
-                    format!("tasks.\"{name}\".pool"),
-                    format!(
-                        "no pool named `{}`; defined pools: {}",
-                        task.pool,
-                        self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
+        Ok(())
+    }
+}
+
+/// A queue name kombu can route: non-empty, without its separator characters.
+fn plain_queue(q: &str) -> bool {
+    !q.is_empty() && !q.contains(['\x06', '\x16'])
+}
+
+/// Checks `value` of the setting `key` against `limit`.
+fn within(key: impl Into<String>, limit: Limit, value: f64) -> Result<(), ConfigError> {
+    limit.check(value).map_err(|m| invalid(key, m))
+}
+
+impl ServerConfig {
+    /// `body_limit_bytes`.
+    pub const BODY_LIMIT_BYTES: Limit = Limit::int(1, 1 << 30, "bytes");
+    /// `max_wait_seconds`.
+    pub const MAX_WAIT_SECONDS: Limit = Limit::seconds(DAY_SECONDS);
+    /// `drain_timeout_seconds`.
+    pub const DRAIN_TIMEOUT_SECONDS: Limit = Limit::seconds(DAY_SECONDS);
+
+    fn check(&self) -> Result<(), ConfigError> {
+        within(
+            "server.max_wait_seconds",
+            Self::MAX_WAIT_SECONDS,
+            self.max_wait_seconds,
+        )?;
+        within(
+            "server.drain_timeout_seconds",
+            Self::DRAIN_TIMEOUT_SECONDS,
+            self.drain_timeout_seconds,
+        )?;
+        within(
+            "server.body_limit_bytes",
+            Self::BODY_LIMIT_BYTES,
+            self.body_limit_bytes as f64,
+        )?;
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "server.admin_token",
+                "is empty; remove it to disable the admin API, or set a token",
+            ));
         }
         Ok(())
     }
+}
+
+impl ResultsConfig {
+    /// `ttl_seconds`.
+    pub const TTL_SECONDS: Limit = Limit::seconds(MAX_SECONDS);
+    /// `sweep_interval_seconds`.
+    pub const SWEEP_INTERVAL_SECONDS: Limit = Limit::seconds(DAY_SECONDS);
+
+    fn check(&self) -> Result<(), ConfigError> {
+        within("results.ttl_seconds", Self::TTL_SECONDS, self.ttl_seconds)?;
+        within(
+            "results.sweep_interval_seconds",
+            Self::SWEEP_INTERVAL_SECONDS,
+            self.sweep_interval_seconds,
+        )
+    }
+}
+
+impl SupervisorConfig {
+    /// `backoff_initial_ms` and `backoff_max_ms`.
+    pub const BACKOFF_MS: Limit = Limit::int(1, 3_600_000, "ms");
+    /// `restart_budget`.
+    pub const RESTART_BUDGET: Limit = Limit::int(0, 1_000_000, "failed starts");
+    /// `restart_window_seconds`.
+    pub const RESTART_WINDOW_SECONDS: Limit = Limit::seconds(DAY_SECONDS);
+    /// `time_limit_check_ms`.
+    pub const TIME_LIMIT_CHECK_MS: Limit = Limit::int(1, 60_000, "ms");
+    /// `child_kill_grace_ms`.
+    pub const CHILD_KILL_GRACE_MS: Limit = Limit::int(0, 600_000, "ms");
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("supervisor.{field}");
+        for (field, limit, value) in [
+            (
+                "backoff_initial_ms",
+                Self::BACKOFF_MS,
+                self.backoff_initial_ms as f64,
+            ),
+            (
+                "backoff_max_ms",
+                Self::BACKOFF_MS,
+                self.backoff_max_ms as f64,
+            ),
+            (
+                "restart_budget",
+                Self::RESTART_BUDGET,
+                self.restart_budget as f64,
+            ),
+            (
+                "restart_window_seconds",
+                Self::RESTART_WINDOW_SECONDS,
+                self.restart_window_seconds,
+            ),
+            (
+                "time_limit_check_ms",
+                Self::TIME_LIMIT_CHECK_MS,
+                self.time_limit_check_ms as f64,
+            ),
+            (
+                "child_kill_grace_ms",
+                Self::CHILD_KILL_GRACE_MS,
+                self.child_kill_grace_ms as f64,
+            ),
+        ] {
+            within(key(field), limit, value)?;
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(invalid(
+                key("backoff_max_ms"),
+                "need backoff_initial_ms <= backoff_max_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BrokerConfig {
+    /// `visibility_timeout_seconds`.
+    pub const VISIBILITY_TIMEOUT_SECONDS: Limit = Limit::seconds(7.0 * DAY_SECONDS);
+    /// `restore_interval_seconds`.
+    pub const RESTORE_INTERVAL_SECONDS: Limit = Limit::seconds(DAY_SECONDS);
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url
+            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "broker.url",
+                format!("`{url}` is not a Redis URL: use redis://HOST:PORT/DB"),
+            ));
+        }
+        within(
+            "broker.visibility_timeout_seconds",
+            Self::VISIBILITY_TIMEOUT_SECONDS,
+            self.visibility_timeout_seconds,
+        )?;
+        within(
+            "broker.restore_interval_seconds",
+            Self::RESTORE_INTERVAL_SECONDS,
+            self.restore_interval_seconds,
+        )?;
+        if self.node_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid(
+                "broker.node_name",
+                "is empty; remove it or name the node",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TaskSpec {
+    /// Checks the task named `name` against the rest of `config`.
+    fn check(&self, name: &str, config: &Config) -> Result<(), ConfigError> {
+        if !valid_task_name(name) {
+            return Err(invalid(
+                format!("tasks.{name}"),
+                "task names use letters, digits, `.`, `_` and `-`",
+            ));
+        }
+        let key = format!("tasks.\"{name}\"");
+        if let Some(q) = &self.queue {
+            if !self.pool.is_empty() || !self.kind.is_empty() {
+                return Err(invalid(
+                    format!("{key}.queue"),
+                    "a task with `queue` runs on other workers: remove `pool` and `kind`",
+                ));
+            }
+            if config.broker.url.is_none() {
+                return Err(invalid(
+                    format!("{key}.queue"),
+                    "sending to a queue needs a broker: set [broker] url or CELERIAC_BROKER_URL",
+                ));
+            }
+            if !plain_queue(q) {
+                return Err(invalid(
+                    format!("{key}.queue"),
+                    "must be a plain, non-empty name",
+                ));
+            }
+            if let Some(pool) = config.pools.iter().find(|(n, p)| p.queue_name(n) == *q) {
+                return Err(invalid(
+                    format!("{key}.queue"),
+                    format!(
+                        "queue `{q}` is consumed by pool `{}`: route the task to the pool instead",
+                        pool.0
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        if self.kind.is_empty() {
+            return Err(invalid(
+                format!("{key}.kind"),
+                "is missing: name the implementation (e.g. `text_classifier`), or give a `queue` for a task other workers run",
+            ));
+        }
+        if !config.pools.contains_key(&self.pool) {
+            return Err(invalid(
+                format!("{key}.pool"),
+                format!(
+                    "no pool named `{}`; defined pools: {}",
+                    self.pool,
+                    config.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if let Some(n) = self.max_length {
+            within(format!("{key}.max_length"), Self::MAX_LENGTH, n as f64)?;
+        }
+        if let Some(n) = self.dimensions {
+            within(format!("{key}.dimensions"), Self::DIMENSIONS, n as f64)?;
+        }
+        Ok(())
+    }
+
+    /// `max_length`: tokens per input (at most the model's own maximum, checked at load).
+    pub const MAX_LENGTH: Limit = Limit::int(2, 1 << 20, "tokens");
+    /// `dimensions`: values kept per embedding (at most the model's width, checked at
+    /// load).
+    pub const DIMENSIONS: Limit = Limit::int(1, 1 << 16, "dimensions");
 }
 
 /// Task names appear in URL paths and metric labels: keep them plain.

@@ -47,6 +47,9 @@ pub const REJECTIONS: &str = "celeriac_rejections_total";
 /// Workers replaced (reason `lost`, `time_limit`), task instances rebuilt after a
 /// panic (reason `panic`), or `processes` children recycled (reason `recycled`).
 pub const RESTARTS: &str = "celeriac_worker_restarts_total";
+/// Pool actors restarted after they failed (a bug contained to its pool: the pool's
+/// queued and running tasks were given back to the broker or failed).
+pub const POOL_RESTARTS: &str = "celeriac_pool_restarts_total";
 /// Jobs per batch handed to a worker.
 pub const BATCH_SIZE: &str = "celeriac_batch_size";
 /// Padded tokens / real tokens of model batches (1.0 = no padding).
@@ -94,6 +97,7 @@ pub const ALL: &[&str] = &[
     LATENCY,
     REJECTIONS,
     RESTARTS,
+    POOL_RESTARTS,
     BATCH_SIZE,
     PADDING_RATIO,
     MODEL_LOAD,
@@ -184,6 +188,10 @@ pub fn install() -> &'static PrometheusHandle {
         describe_counter!(
             RESTARTS,
             "Workers replaced (reason lost, time_limit), task instances rebuilt after a panic (reason panic), or child processes recycled (reason recycled)."
+        );
+        describe_counter!(
+            POOL_RESTARTS,
+            "Pool actors restarted after they failed; the pool's unfinished tasks went back to the broker or failed."
         );
         describe_histogram!(BATCH_SIZE, "Jobs per batch handed to a worker.");
         describe_histogram!(
@@ -278,6 +286,7 @@ pub fn register(pools: &[&str], tasks: &[TaskSeries]) {
         for r in Restart::ALL {
             counter!(RESTARTS, "pool" => pool.clone(), "reason" => r.as_str()).absolute(0);
         }
+        counter!(POOL_RESTARTS, "pool" => pool.clone()).absolute(0);
         let _ = histogram!(BATCH_SIZE, "pool" => pool.clone());
     }
     for t in tasks {
@@ -492,6 +501,11 @@ pub fn rejected(code: &'static str) {
 pub fn restarted(pool: &str, reason: Restart, n: u32) {
     counter!(RESTARTS, "pool" => pool.to_string(), "reason" => reason.as_str())
         .increment(u64::from(n));
+}
+
+/// The actor of `pool` failed and was restarted.
+pub fn pool_restarted(pool: &str) {
+    counter!(POOL_RESTARTS, "pool" => pool.to_string()).increment(1);
 }
 
 /// A model was loaded in `seconds`.

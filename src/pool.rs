@@ -85,6 +85,8 @@ pub struct PoolShared {
     /// With a broker: tasks this pool took and cannot run (every slot parked), to be
     /// put back in the broker's queue.
     given_back: parking_lot::Mutex<Vec<crate::store::TaskId>>,
+    /// Restarts of the pool's actor after it failed (see `crate::actors::supervisor`).
+    actor_restarts: AtomicU64,
 }
 
 impl PoolShared {
@@ -108,6 +110,7 @@ impl PoolShared {
             busy_nanos: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
             given_back: parking_lot::Mutex::new(Vec::new()),
+            actor_restarts: AtomicU64::new(0),
         })
     }
 
@@ -171,8 +174,24 @@ impl PoolShared {
     }
 
     /// Gives back `n` queue places: the jobs left the queue, or were never sent.
+    /// Saturates at zero: after a pool restart, a submit that raced it may give back
+    /// a place the restart already gave back.
     pub fn release(&self, n: usize) {
-        self.admitted.fetch_sub(n, Ordering::SeqCst);
+        let _ = self
+            .admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    /// Counts a restart of the pool's actor (the supervisor).
+    pub(crate) fn count_actor_restart(&self) {
+        self.actor_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How often the pool's actor failed and was restarted, since start.
+    pub fn actor_restarts(&self) -> u64 {
+        self.actor_restarts.load(Ordering::Relaxed)
     }
 
     /// Takes one place for a job put back in the queue (a retry after a lost worker),

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use ractor::ActorRef;
-
-use crate::actors::protocol::PoolMessage;
+use crate::actors::protocol::PoolActors;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::pool::PoolShared;
@@ -39,8 +37,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Every pool, by index (config order): settings and published status.
     pub pools: Vec<Arc<PoolShared>>,
-    /// Every pool's actor, by the same index: where submits and resizes go.
-    pub pool_actors: Vec<ActorRef<PoolMessage>>,
+    /// Every pool's actor, by the same index: where submits and resizes go (looked up
+    /// at each use: the supervisor replaces a pool actor that failed).
+    pub pool_actors: PoolActors,
     /// Cleared when shutdown starts: submits then get 503.
     pub accepting: AtomicBool,
 }

@@ -279,6 +279,20 @@ impl TaskStore {
         out
     }
 
+    /// The tasks that are not final and whose name `pick` accepts, with their states
+    /// (a pool's tasks, when its actor died).
+    pub fn unfinished(&self, pick: impl Fn(&Arc<str>) -> bool) -> Vec<(TaskId, TaskState)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (id, r) in shard.lock().iter() {
+                if !r.state.is_final() && pick(&r.task) {
+                    out.push((*id, r.state));
+                }
+            }
+        }
+        out
+    }
+
     /// Stops mirroring `ids` (their messages went back to the broker's queue at
     /// shutdown): what this node still does with them is not written.
     pub fn detach(&self, ids: &[TaskId]) {

@@ -126,6 +126,142 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// One parameter of a task, as Celery callers pass it (positionally or by keyword).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    /// The input field it fills.
+    pub name: &'static str,
+    /// Whether a call must give it.
+    pub required: bool,
+}
+
+impl Param {
+    /// A parameter every call gives.
+    pub const fn required(name: &'static str) -> Param {
+        Param {
+            name,
+            required: true,
+        }
+    }
+
+    /// A parameter a call may leave out.
+    pub const fn optional(name: &'static str) -> Param {
+        Param {
+            name,
+            required: false,
+        }
+    }
+}
+
+/// A task's parameters in order: how Celery's positional and keyword arguments
+/// (`predict.delay(text)`, `apply_async(args=..., kwargs=...)`) map onto its input
+/// object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Params {
+    /// Named fields, in order: positional arguments fill them in turn, keyword
+    /// arguments by name, as Python binds a call.
+    Fields(&'static [Param]),
+    /// Any input (`(*args, **kwargs)`): keyword arguments are the input object, one
+    /// positional argument is the input itself, several are a list.
+    Any,
+}
+
+impl Params {
+    /// The signature as Celery's `inspect registered` and Python show it:
+    /// `spam.predict(text)`, `debug.spin(ms, ignore_sigterm=None)`,
+    /// `debug.echo(*args, **kwargs)`.
+    pub fn signature(&self, task: &str) -> String {
+        let params = match self {
+            Params::Any => "*args, **kwargs".to_string(),
+            Params::Fields(fields) => fields
+                .iter()
+                .map(|p| {
+                    if p.required {
+                        p.name.to_string()
+                    } else {
+                        format!("{}=None", p.name)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        format!("{task}({params})")
+    }
+
+    /// Binds a call's arguments to the task's input object, as Python binds them to a
+    /// function's parameters. A bad call is an error in Python's words, prefixed with
+    /// `TypeError: ` (Celery reports it as that exception).
+    pub fn bind(
+        &self,
+        task: &str,
+        args: &[Value],
+        kwargs: &serde_json::Map<String, Value>,
+    ) -> Result<Value, String> {
+        let fields = match self {
+            Params::Any => {
+                return match (args, kwargs.is_empty()) {
+                    ([], _) => Ok(Value::Object(kwargs.clone())),
+                    ([one], true) => Ok(one.clone()),
+                    (many, true) => Ok(Value::Array(many.to_vec())),
+                    (_, false) => Err(format!(
+                        "TypeError: {task}() takes either positional or keyword arguments, not both"
+                    )),
+                };
+            }
+            Params::Fields(fields) => fields,
+        };
+        let type_error = |m: String| Err(format!("TypeError: {task}() {m}"));
+        if args.len() > fields.len() {
+            let required = fields.iter().filter(|p| p.required).count();
+            let takes = match (required, fields.len()) {
+                (r, n) if r == n => format!("{n}"),
+                (r, n) => format!("from {r} to {n}"),
+            };
+            let plural = if fields.len() == 1 && required == 1 {
+                "argument"
+            } else {
+                "arguments"
+            };
+            let were = if args.len() == 1 { "was" } else { "were" };
+            return type_error(format!(
+                "takes {takes} positional {plural} but {} {were} given",
+                args.len()
+            ));
+        }
+        let mut input = serde_json::Map::new();
+        for (p, v) in fields.iter().zip(args) {
+            input.insert(p.name.to_string(), v.clone());
+        }
+        for (k, v) in kwargs {
+            if !fields.iter().any(|p| p.name == k) {
+                return type_error(format!("got an unexpected keyword argument '{k}'"));
+            }
+            if input.contains_key(k) {
+                return type_error(format!("got multiple values for argument '{k}'"));
+            }
+            input.insert(k.clone(), v.clone());
+        }
+        let missing: Vec<String> = fields
+            .iter()
+            .filter(|p| p.required && !input.contains_key(p.name))
+            .map(|p| format!("'{}'", p.name))
+            .collect();
+        if !missing.is_empty() {
+            let names = match missing.as_slice() {
+                [one] => one.clone(),
+                [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+                [] => unreachable!("checked non-empty"),
+            };
+            let s = if missing.len() == 1 { "" } else { "s" };
+            return type_error(format!(
+                "missing {} required positional argument{s}: {names}",
+                missing.len()
+            ));
+        }
+        Ok(Value::Object(input))
+    }
+}
+
 /// Builds [`Task`] instances for one registered task name.
 pub trait TaskFactory: Send + Sync {
     /// Checks an input at submit time, so bad input gets a 4xx instead of a queued
@@ -152,6 +288,18 @@ pub trait TaskFactory: Send + Sync {
     /// Whether its instances have a [`Task::warm_up`] worth waiting for: then a
     /// `threads` worker takes work only once it warmed up.
     fn warms_up(&self) -> bool {
+        false
+    }
+
+    /// Its parameters in order, for Celery's positional arguments. Every kind says;
+    /// the default takes any input.
+    fn params(&self) -> Params {
+        Params::Any
+    }
+
+    /// Test hook (kind `debug.panic_pool` only): whether a job of this task makes its
+    /// pool actor panic when it arrives, to prove that the supervisor contains it.
+    fn breaks_pool(&self) -> bool {
         false
     }
 
@@ -200,6 +348,8 @@ fn kinds() -> &'static [(&'static str, KindBuilder)] {
         ("debug.pid", debug::pid),
         ("debug.spin", debug::spin),
         ("debug.alloc", debug::alloc),
+        ("debug.panic_pool", debug::panic_pool),
+        ("noop", debug::noop),
         ("text_classifier", text_classifier::factory),
         ("embeddings", checkpoint::embeddings),
         ("reranker", checkpoint::reranker),
@@ -306,4 +456,82 @@ pub(crate) fn no_model(name: &str, spec: &crate::config::TaskSpec) -> Result<(),
             spec.kind
         ),
     })
+}
+
+#[cfg(test)]
+mod params_tests {
+    use super::*;
+    use serde_json::json;
+
+    const TEXT: Param = Param::required("text");
+    const MS: Param = Param::required("ms");
+    const FLAG: Param = Param::optional("ignore_sigterm");
+    const PREDICT: Params = Params::Fields(&[TEXT]);
+    const SPIN: Params = Params::Fields(&[MS, FLAG]);
+
+    fn bind(p: Params, args: Value, kwargs: Value) -> Result<Value, String> {
+        let args = args.as_array().unwrap().clone();
+        p.bind("t", &args, kwargs.as_object().unwrap())
+    }
+
+    #[test]
+    fn positional_and_keyword_arguments_bind_as_in_python() {
+        assert_eq!(
+            bind(PREDICT, json!(["hi"]), json!({})),
+            Ok(json!({"text": "hi"}))
+        );
+        assert_eq!(
+            bind(PREDICT, json!([]), json!({"text": "hi"})),
+            Ok(json!({"text": "hi"}))
+        );
+        assert_eq!(
+            bind(SPIN, json!([5]), json!({"ignore_sigterm": true})),
+            Ok(json!({"ms": 5, "ignore_sigterm": true}))
+        );
+        assert_eq!(bind(SPIN, json!([5]), json!({})), Ok(json!({"ms": 5})));
+        let err = |p, a, k| bind(p, a, k).unwrap_err();
+        assert_eq!(
+            err(PREDICT, json!(["a", "b"]), json!({})),
+            "TypeError: t() takes 1 positional argument but 2 were given"
+        );
+        assert_eq!(
+            err(SPIN, json!([1, 2, 3]), json!({})),
+            "TypeError: t() takes from 1 to 2 positional arguments but 3 were given"
+        );
+        assert_eq!(
+            err(PREDICT, json!(["a"]), json!({"text": "b"})),
+            "TypeError: t() got multiple values for argument 'text'"
+        );
+        assert_eq!(
+            err(PREDICT, json!([]), json!({})),
+            "TypeError: t() missing 1 required positional argument: 'text'"
+        );
+        assert_eq!(
+            err(PREDICT, json!([]), json!({"txt": "a"})),
+            "TypeError: t() got an unexpected keyword argument 'txt'"
+        );
+        let none = Params::Fields(&[]);
+        assert_eq!(
+            err(none, json!([1]), json!({})),
+            "TypeError: t() takes 0 positional arguments but 1 was given"
+        );
+        assert_eq!(bind(none, json!([]), json!({})), Ok(json!({})));
+        assert_eq!(PREDICT.signature("spam.predict"), "spam.predict(text)");
+        assert_eq!(SPIN.signature("s"), "s(ms, ignore_sigterm=None)");
+    }
+
+    #[test]
+    fn any_input_takes_what_it_is_given() {
+        assert_eq!(
+            bind(Params::Any, json!([]), json!({"a": 1})),
+            Ok(json!({"a": 1}))
+        );
+        assert_eq!(bind(Params::Any, json!([7]), json!({})), Ok(json!(7)));
+        assert_eq!(
+            bind(Params::Any, json!([1, 2]), json!({})),
+            Ok(json!([1, 2]))
+        );
+        assert!(bind(Params::Any, json!([1]), json!({"a": 1})).is_err());
+        assert_eq!(Params::Any.signature("e"), "e(*args, **kwargs)");
+    }
 }

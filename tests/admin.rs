@@ -199,6 +199,80 @@ async fn resize_requests_are_validated() {
     s.shutdown().await;
 }
 
+/// Numbers that once reached a `Duration` unchecked and panicked the pool actor
+/// (`scale_down_idle_seconds: 1e300`), and every other autoscale field given 1e300,
+/// -1, a `NaN`-like string and 2^64: each is a 4xx naming the field, and the node stays
+/// ready and serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_admin_numbers_are_refused_and_the_node_keeps_serving() {
+    let s = start(&config(
+        "bounds",
+        "concurrency = 1\nmax_concurrency = 2",
+        true,
+    ))
+    .await;
+    let huge: Value = serde_json::from_str("18446744073709551616").unwrap();
+    let fields = [
+        "min",
+        "max",
+        "scale_up_queue_depth",
+        "scale_up_wait_ms",
+        "scale_up_cooldown_seconds",
+        "scale_down_idle_seconds",
+        "check_interval_ms",
+    ];
+    for field in fields {
+        for bad in [
+            json!(1e300),
+            json!(-1),
+            json!("NaN"),
+            json!("nan"),
+            huge.clone(),
+        ] {
+            let mut a = json!({"min": 1, "max": 2});
+            a[field] = bad.clone();
+            let r = resize(&s, "bounds", json!({"autoscale": a})).await;
+            assert!(
+                matches!(r.status, 400 | 422),
+                "{field}={bad}: {} {}",
+                r.status,
+                r.body
+            );
+            let error = r.body["error"].as_str().unwrap();
+            assert!(
+                error.contains(&format!("`autoscale.{field}`")),
+                "{field}={bad}: {error}"
+            );
+        }
+    }
+    // The request, word for word: refused, and nothing panics later.
+    let r = resize(
+        &s,
+        "bounds",
+        json!({"autoscale": {"min": 1, "max": 2, "scale_down_idle_seconds": 1e300}}),
+    )
+    .await;
+    r.assert_error(422, "invalid_value");
+    // The longest allowed idle period is accepted and lives with the pool.
+    let r = resize(
+        &s,
+        "bounds",
+        json!({"autoscale": {"min": 1, "max": 2, "scale_down_idle_seconds": 86400, "scale_up_wait_ms": 86400000, "check_interval_ms": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Several autoscaler ticks later, the node is ready and answers.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = s.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let id = s.submit("bounds.echo", json!({"still": "here"})).await;
+    assert_eq!(
+        s.wait_final(&id, 10.0).await["result"],
+        json!({"still": "here"})
+    );
+    s.shutdown().await;
+}
+
 /// 1 → 8 → 2 → 4 while 2,000 sleep tasks are in flight: every task finishes exactly
 /// once, and the workers-by-state gauges end equal to the configured size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

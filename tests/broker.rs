@@ -703,7 +703,7 @@ async fn celery_control_and_inspect_work_against_a_celeriac_node() {
         out["registered"]["celeriac@ctl"]
             .as_array()
             .unwrap()
-            .contains(&json!("debug.sleep"))
+            .contains(&json!("debug.sleep(ms)"))
     );
     assert_eq!(out["active_queues"]["celeriac@ctl"][0]["name"], "ctl");
     assert_eq!(out["runs"], json!([{"slept_ms": 1500}, {"slept_ms": 1500}]));

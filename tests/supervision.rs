@@ -388,3 +388,143 @@ async fn a_shrink_gives_the_remaining_parked_slots_a_fresh_start() {
     );
     s.shutdown().await;
 }
+
+/// Two pools: `a` with a sleep task, an echo task and the test hook
+/// `debug.panic_pool`; `b` with its own echo task.
+fn two_pools() -> String {
+    r#"
+    [supervisor]
+    backoff_initial_ms = 20
+    backoff_max_ms = 200
+    time_limit_check_ms = 10
+    [pools.a]
+    concurrency = 1
+    [pools.b]
+    concurrency = 1
+    [tasks."a.sleep"]
+    kind = "debug.sleep"
+    pool = "a"
+    [tasks."a.echo"]
+    kind = "debug.echo"
+    pool = "a"
+    [tasks."a.break"]
+    kind = "debug.panic_pool"
+    pool = "a"
+    [tasks."b.echo"]
+    kind = "debug.echo"
+    pool = "b"
+    "#
+    .to_string()
+}
+
+/// A pool actor that panics is contained: the other pool serves throughout, the pool
+/// comes back, and every task the node accepted reaches a final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_pool_actor_is_restarted_and_the_other_pools_never_notice() {
+    let s = Arc::new(start(&two_pools()).await);
+    // One running and three queued behind it in pool `a`.
+    let held: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(s.submit("a.sleep", json!({"ms": 400})).await);
+        }
+        v
+    };
+    assert!(s.wait_started(&held[0]).await);
+    // Pool `b` is called without a break while `a` fails and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let other = {
+        let (s, stop, served) = (s.clone(), stop.clone(), served.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let r = s.post("/v1/tasks/b.echo?wait=5", &json!({"n": 1})).await;
+                assert_eq!(r.status, 200, "pool b stopped serving: {}", r.body);
+                assert_eq!(r.body["state"], "SUCCESS", "{}", r.body);
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let boom = s.submit("a.break", json!({})).await;
+    let broke = std::time::Instant::now();
+    // Pool `a` serves again.
+    let back = wait_until(Duration::from_secs(10), || async {
+        let r = s.post("/v1/tasks/a.echo?wait=1", &json!("again")).await;
+        r.status == 200 && r.body["result"] == "again"
+    })
+    .await;
+    eprintln!(
+        "pool `a` served again {:?} after its actor panicked",
+        broke.elapsed()
+    );
+    assert!(back, "pool `a` did not come back");
+    // Every accepted task is final: the running and queued ones failed with the reason.
+    for id in held.iter().chain([&boom]) {
+        let v = s.wait_final(id, 5.0).await;
+        assert_eq!(v["state"], "FAILURE", "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains("pool `a` was restarted after its actor failed")
+                && error.contains("submit it again"),
+            "{error}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    other.await.unwrap();
+    assert!(served.load(Ordering::SeqCst) > 0);
+    let ready = s.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(s.state.pools[0].actor_restarts(), 1);
+    assert_eq!(s.state.pools[1].actor_restarts(), 0);
+    // The queue places of the failed tasks were given back.
+    assert!(drained(&s).await);
+    let scrape = s.scrape().await;
+    let restarts = scrape
+        .samples
+        .iter()
+        .find(|m| m.metric == "celeriac_pool_restarts_total" && m.labels.get("pool") == Some("a"))
+        .map(|m| match m.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => panic!("a counter"),
+        });
+    assert_eq!(restarts, Some(1.0));
+    // The old worker's sleep finished after the restart: its late answer changed nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.wait_final(&held[0], 1.0).await["state"], "FAILURE");
+    Arc::into_inner(s).unwrap().shutdown().await;
+}
+
+/// A pool whose actor keeps failing is not restarted forever: the process exits
+/// non-zero, so an orchestrator restarts it, instead of staying alive and unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_actor_that_keeps_failing_makes_the_process_exit_non_zero() {
+    let mut node = common::Node::spawn("serve", &two_pools(), "keeps-failing");
+    node.wait_ready(60).await;
+    let client = reqwest::Client::new();
+    let mut exited = None;
+    for _ in 0..20 {
+        let _ = client
+            .post(format!("{}/v1/tasks/a.break", node.url))
+            .json(&json!({}))
+            .send()
+            .await;
+        if wait_until(Duration::from_secs(2), || {
+            let done = node.child.try_wait().unwrap();
+            exited = done.or(exited);
+            async move { done.is_some() }
+        })
+        .await
+        {
+            break;
+        }
+    }
+    let status = exited.expect("the process exited");
+    assert!(!status.success(), "exit status {status}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an error exit (not a signal): {status}"
+    );
+    // The other pool served until then: nothing to assert after the exit.
+    drop(node);
+}

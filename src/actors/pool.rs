@@ -121,6 +121,8 @@ pub struct PoolState {
     myself: ActorRef<PoolMessage>,
     /// Tasks of this pool that take batches.
     batching: HashSet<Arc<str>>,
+    /// Test hook: tasks whose jobs make this actor panic (`debug.panic_pool`).
+    breakers: HashSet<Arc<str>>,
     queue: VecDeque<Job>,
     /// Idle workers; the most recently idle is used first (warm caches).
     idle: Vec<WorkerId>,
@@ -174,6 +176,11 @@ impl Actor for Pool {
                 .filter(|t| t.factory.batching())
                 .map(|t| t.name.clone())
                 .collect(),
+            breakers: tasks
+                .iter()
+                .filter(|t| t.factory.breaks_pool())
+                .map(|t| t.name.clone())
+                .collect(),
             autoscale: shared.config.autoscale.clone(),
             shared,
             supervisor,
@@ -216,6 +223,12 @@ impl Actor for Pool {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PoolMessage::Submit(jobs) => {
+                if let Some(job) = jobs.iter().find(|j| state.breakers.contains(&j.task)) {
+                    panic!(
+                        "{}: making pool `{}`'s actor panic as asked (a test hook)",
+                        job.task, state.shared.name
+                    );
+                }
                 // A dead pool's queue is failed in `settle`.
                 state.queue.extend(jobs);
                 state.dispatch();
@@ -617,7 +630,7 @@ impl PoolState {
             0 => usize::MAX,
             n => n,
         };
-        let max_delay = Duration::from_secs_f64(self.shared.config.max_batch_delay_ms / 1e3);
+        let max_delay = crate::config::limit::millis(self.shared.config.max_batch_delay_ms);
         while !self.queue.is_empty() {
             let Some(&worker) = self.idle.last() else {
                 break;
@@ -810,9 +823,8 @@ impl PoolState {
                 if let Some(v) = update.check_interval_ms {
                     a.check_interval_ms = v;
                 }
-                a.validate_tuning().map_err(|(field, why)| {
-                    ResizeError::Invalid(format!("autoscale.{field} {why}"))
-                })?;
+                a.check("autoscale", ceiling)
+                    .map_err(|e| ResizeError::Invalid(e.to_string()))?;
                 self.autoscale = Some(a);
                 self.autoscaler = Autoscaler::default();
                 current.clamp(min, max)

@@ -95,6 +95,41 @@ pub enum PoolMessage {
     ShuttingDown,
 }
 
+/// Every pool's actor, by pool index: where submits and resizes go. The supervisor
+/// puts a new actor in place when it restarts a pool whose actor failed, so callers
+/// look the actor up at each use and never keep it.
+#[derive(Clone, Default)]
+pub struct PoolActors(Arc<Vec<parking_lot::RwLock<ActorRef<PoolMessage>>>>);
+
+impl PoolActors {
+    /// The pools' first actors, by index.
+    pub fn new(actors: Vec<ActorRef<PoolMessage>>) -> Self {
+        PoolActors(Arc::new(
+            actors.into_iter().map(parking_lot::RwLock::new).collect(),
+        ))
+    }
+
+    /// The current actor of pool `index`.
+    pub fn get(&self, index: usize) -> ActorRef<PoolMessage> {
+        self.0[index].read().clone()
+    }
+
+    /// Puts `actor` in place for pool `index` (the supervisor, after a restart).
+    pub fn set(&self, index: usize, actor: ActorRef<PoolMessage>) {
+        *self.0[index].write() = actor;
+    }
+
+    /// How many pools.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A change of a pool's size or autoscale bounds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resize {
@@ -108,20 +143,17 @@ pub enum Resize {
 /// Autoscale bounds from the admin API, and optionally the autoscaler's tuning; a tuning
 /// field left out keeps the pool's `[pools.NAME.autoscale]` value, else the default.
 // Its docs are the OpenAPI descriptions; the tuning fields are those of
-// `crate::config::AutoscaleConfig`.
+// `crate::config::AutoscaleConfig`, and their ranges (in the document too) its `TUNING`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscaleUpdate {
     /// Fewest workers.
-    #[schema(minimum = 1)]
     pub min: usize,
     /// Most workers.
-    #[schema(minimum = 1)]
     pub max: usize,
     /// Grow by one worker per this many queued tasks. Default: the pool's
     /// `[pools.NAME.autoscale]` value, else 4.
     #[serde(default)]
-    #[schema(minimum = 1)]
     pub scale_up_queue_depth: Option<usize>,
     /// ...or grow when the oldest queued task waited this long. Default: the file's
     /// value, else 500.
@@ -129,16 +161,13 @@ pub struct AutoscaleUpdate {
     pub scale_up_wait_ms: Option<u64>,
     /// At most one grow per this long. Default: the file's value, else 1.0.
     #[serde(default)]
-    #[schema(exclusive_minimum = 0)]
     pub scale_up_cooldown_seconds: Option<f64>,
     /// Shrink by one after this long with an idle worker and no queue. Default: the
     /// file's value, else 30.0.
     #[serde(default)]
-    #[schema(exclusive_minimum = 0)]
     pub scale_down_idle_seconds: Option<f64>,
     /// How often the autoscaler looks. Default: the file's value, else 200.
     #[serde(default)]
-    #[schema(minimum = 1)]
     pub check_interval_ms: Option<u64>,
 }
 

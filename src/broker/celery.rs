@@ -39,20 +39,23 @@ pub fn to_arguments(input: &Value) -> (Value, Value) {
     }
 }
 
-/// Celery arguments as a celeriac task input: the inverse of [`to_arguments`].
-pub fn from_arguments(args: &Value, kwargs: &Value) -> Result<Value, String> {
-    let args = args.as_array().map(Vec::as_slice).unwrap_or_default();
-    let kwargs_empty = kwargs.as_object().is_none_or(|m| m.is_empty());
-    match (args, kwargs_empty) {
-        ([], false) => Ok(kwargs.clone()),
-        ([], true) => Ok(json!({})),
-        ([one], true) => Ok(one.clone()),
-        _ => Err(
-            "a celeriac task takes its input as keyword arguments (send_task(name, kwargs={...})) \
-             or as one positional argument, not both"
-                .into(),
-        ),
-    }
+/// A call's arguments: the positional ones and the keyword ones.
+pub type Arguments = (Vec<Value>, serde_json::Map<String, Value>);
+
+/// The body's `args` and `kwargs`, checked for their types; a task's
+/// [`crate::task::Params::bind`] makes its input of them.
+fn arguments(args: &Value, kwargs: &Value) -> Result<Arguments, String> {
+    let args = match args {
+        Value::Array(a) => a.clone(),
+        Value::Null => Vec::new(),
+        other => return Err(format!("`args` must be a list, got {other}")),
+    };
+    let kwargs = match kwargs {
+        Value::Object(m) => m.clone(),
+        Value::Null => serde_json::Map::new(),
+        other => return Err(format!("`kwargs` must be a mapping, got {other}")),
+    };
+    Ok((args, kwargs))
 }
 
 /// What a task message says, once parsed.
@@ -62,8 +65,8 @@ pub struct Incoming {
     pub id: TaskId,
     /// `headers.task`.
     pub task: String,
-    /// The input, from the body's args and kwargs; an error says why it has none.
-    pub input: Result<Value, String>,
+    /// The body's args and kwargs; an error says why it has none.
+    pub arguments: Result<Arguments, String>,
     /// Why celeriac will not run it although it could read it: `Revoked` for a task
     /// past its `expires` (as Celery does), `Failure` for what celeriac does not
     /// implement (a future `eta`, canvas links), with the reason.
@@ -132,18 +135,18 @@ pub fn parse_message(raw: &str) -> Result<Incoming, String> {
         .ok_or("no headers.task: not a Celery protocol v2 message")?
         .to_string();
     let decoded = body(&env);
-    let input = decoded.clone().and_then(|body| {
+    let arguments = decoded.clone().and_then(|body| {
         let parts = body
             .as_array()
             .filter(|p| p.len() >= 2)
             .ok_or("the body is not [args, kwargs, embed] (protocol v2)")?;
-        from_arguments(&parts[0], &parts[1])
+        arguments(&parts[0], &parts[1])
     });
     let refusal = refusal(&env, decoded.as_ref().ok());
     Ok(Incoming {
         id,
         task,
-        input,
+        arguments,
         refusal,
     })
 }
@@ -243,6 +246,14 @@ pub fn task_message(
     .to_string()
 }
 
+/// The prefix of a failure that Celery reports as Python's `TypeError` (a call whose
+/// arguments do not fit the task, [`crate::task::Params::bind`]).
+pub const TYPE_ERROR: &str = "TypeError: ";
+
+/// The prefix of a failure that Celery reports as its `NotRegistered` (no pool of the
+/// node runs that task name).
+pub const NOT_REGISTERED: &str = "NotRegistered: ";
+
 /// An error as Celery's result backend stores it, so Python's `get()` raises it:
 /// `{"exc_type", "exc_message": [...], "exc_module"}`.
 pub fn exception(state: TaskState, message: &str) -> Value {
@@ -251,6 +262,17 @@ pub fn exception(state: TaskState, message: &str) -> Value {
         _ if message.starts_with("worker lost") => ("WorkerLostError", "billiard.exceptions"),
         _ if message.starts_with("time limit exceeded") => {
             ("TimeLimitExceeded", "billiard.exceptions")
+        }
+        _ if message.starts_with(TYPE_ERROR) => {
+            let m = &message[TYPE_ERROR.len()..];
+            return json!({"exc_type": "TypeError", "exc_message": [m], "exc_module": "builtins"});
+        }
+        _ if message.starts_with(NOT_REGISTERED) => {
+            // Celery's NotRegistered takes the task name: Python shows "Task of kind
+            // 'noop' never registered, please make sure it's imported."
+            let m = &message[NOT_REGISTERED.len()..];
+            let name = m.split('`').nth(1).unwrap_or(m);
+            return json!({"exc_type": "NotRegistered", "exc_message": [name], "exc_module": "celery.exceptions"});
         }
         _ => ("TaskError", "celeriac.errors"),
     };
@@ -361,6 +383,14 @@ fn error_text(result: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::Params;
+
+    /// The input a task that takes any input makes of a message's arguments.
+    fn input(m: &Incoming) -> Result<Value, String> {
+        m.arguments
+            .clone()
+            .and_then(|(args, kwargs)| Params::Any.bind("t", &args, &kwargs))
+    }
 
     #[test]
     fn a_message_round_trips_its_input() {
@@ -381,7 +411,7 @@ mod tests {
             );
             let m = parse_message(&raw).unwrap();
             assert_eq!((m.id, m.task.as_str()), (id, "spam.predict"));
-            assert_eq!(m.input, Ok(input));
+            assert_eq!(super::tests::input(&m), Ok(input));
             let env: Value = serde_json::from_str(&raw).unwrap();
             assert!(
                 env["properties"]["delivery_tag"].is_string(),
@@ -404,13 +434,11 @@ mod tests {
             r#"{{"body": "{body}", "content-encoding": "utf-8", "content-type": "application/json", "headers": {{"lang": "py", "task": "spam.predict", "id": "6f1c3a52-6f0e-4b0b-9f55-0d1f7f1d2b7e", "timelimit": [null, null]}}, "properties": {{"body_encoding": "base64", "delivery_tag": "x"}}}}"#
         );
         let m = parse_message(&raw).unwrap();
-        assert_eq!(m.input, Ok(json!({"text": "win"})));
+        assert_eq!(input(&m), Ok(json!({"text": "win"})));
         let both = B64.encode(r#"[[1], {"a": 2}, {}]"#);
         let raw = raw.replace(&body, &both);
         assert!(
-            parse_message(&raw)
-                .unwrap()
-                .input
+            input(&parse_message(&raw).unwrap())
                 .unwrap_err()
                 .contains("not both")
         );

@@ -195,8 +195,8 @@ async fn hand_over(
         let submitted_at =
             humantime::parse_rfc3339_weak(&submitted).unwrap_or_else(|_| SystemTime::now());
         let parsed = celery::parse_message(&raw);
-        let (name, input, refusal) = match parsed {
-            Ok(m) => (m.task, m.input, m.refusal),
+        let (name, arguments, refusal) = match parsed {
+            Ok(m) => (m.task, m.arguments, m.refusal),
             Err(e) => ("(unreadable)".to_string(), Err(e), None),
         };
         let reg = state.registry.get(&name).filter(|r| r.pool == pool);
@@ -204,24 +204,30 @@ async fn hand_over(
         state
             .store
             .insert_taken(id, task.clone(), submitted_at, retries);
-        let input = match (reg, input) {
+        let input = match (reg, arguments) {
             (None, _) => Err(match state.registry.get(&name) {
                 Some(r) => format!(
                     "task `{name}` is served from queue `{}` on node {}, not `{queue}`: send it there (send_task(..., queue='{}'))",
                     broker.queues[r.pool].name, broker.node, broker.queues[r.pool].name
                 ),
                 None => format!(
-                    "task `{name}` is not registered on node {}; registered here: {}",
+                    "{}task `{name}` is not registered on node {}; registered here: {}",
+                    celery::NOT_REGISTERED,
                     broker.node,
                     state.registry.names().join(", ")
                 ),
             }),
             (Some(_), Err(e)) => Err(format!("invalid message for `{name}`: {e}")),
-            (Some(r), Ok(input)) => r
+            (Some(r), Ok((args, kwargs))) => r
                 .factory
-                .validate(&input)
-                .map(|()| input)
-                .map_err(|m| format!("invalid input for `{name}`: {m}")),
+                .params()
+                .bind(&name, &args, &kwargs)
+                .and_then(|input| {
+                    r.factory
+                        .validate(&input)
+                        .map(|()| input)
+                        .map_err(|m| format!("invalid input for `{name}`: {m}"))
+                }),
         };
         if let Some((TaskState::Revoked, why)) = &refusal {
             tracing::info!(%queue, %id, "{why}");
@@ -270,7 +276,9 @@ async fn hand_over(
         return;
     }
     let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
-    if state.pool_actors[pool]
+    if state
+        .pool_actors
+        .get(pool)
         .cast(PoolMessage::Submit(jobs))
         .is_err()
     {

@@ -318,9 +318,16 @@ impl Control {
             "reserved" => Value::Array(self.requests(TaskState::Pending)),
             "scheduled" => json!([]),
             "revoked" => json!(self.revoked.lock().iter().collect::<Vec<_>>()),
+            // Each task with its signature (`spam.predict(text)`), so a caller sees
+            // what its positional arguments fill.
             "registered" => {
-                let mut names = self.state.registry.names();
-                names.sort_unstable();
+                let registry = &self.state.registry;
+                let names: Vec<String> = registry
+                    .names()
+                    .into_iter()
+                    .filter_map(|n| registry.get(n))
+                    .map(|r| r.factory.params().signature(&r.name))
+                    .collect();
                 json!(names)
             }
             "active_queues" => Value::Array(
@@ -345,7 +352,7 @@ impl Control {
 
     async fn resize(&self, pool: usize, change: Resize) -> Result<(), String> {
         let outcome = ractor::call_t!(
-            self.state.pool_actors[pool],
+            self.state.pool_actors.get(pool),
             |reply| PoolMessage::Resize { change, reply },
             60_000
         )

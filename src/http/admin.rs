@@ -22,7 +22,8 @@ use utoipa::{PartialSchema, ToSchema};
 use super::openapi::{AdminDisabled, LengthRequired, PayloadTooLarge, Unauthorized};
 use super::{Reply, json_body, json_reply, no_query, with_state};
 use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
-use crate::config::{DeviceSpec, PoolKind};
+use crate::config::limit::LimitError;
+use crate::config::{AutoscaleConfig, DeviceSpec, Limit, PoolConfig, PoolKind};
 use crate::error::{ApiError, ErrorBody};
 use crate::pool::PoolShared;
 use crate::state::AppState;
@@ -167,6 +168,9 @@ pub struct PoolView {
     /// Slots parked after the restart budget for failed starts ran out; a resize gives
     /// them a fresh start.
     parked: usize,
+    /// Times the pool's actor failed and was restarted, since start (its unfinished
+    /// tasks were given back to the broker or failed; the other pools served on).
+    actor_restarts: u64,
 }
 
 /// A pool's workers by state.
@@ -224,6 +228,7 @@ impl From<&PoolShared> for PoolView {
             panics: s.panics,
             failed_starts: s.failed_starts,
             parked: s.parked,
+            actor_restarts: p.actor_restarts(),
         }
     }
 }
@@ -251,7 +256,11 @@ impl PoolUpdate {
     /// optional), with `ceiling`, the largest `max_concurrency` of the server's pools, as
     /// the maximum of every size when given.
     pub(super) fn schema_with_ceiling(ceiling: Option<usize>) -> Schema {
-        let size = |o: ObjectBuilder| o.maximum(ceiling.map(|c| c as f64));
+        let size = |o: ObjectBuilder| {
+            o.maximum(Some(
+                ceiling.unwrap_or(PoolConfig::MAX_WORKERS as usize) as f64
+            ))
+        };
         let closed = Some(AdditionalProperties::FreeForm(false));
         let by_size = ObjectBuilder::new()
             .property(
@@ -269,9 +278,15 @@ impl PoolUpdate {
             _ => unreachable!("a derived struct schema is an object. This is a bug."),
         };
         autoscale.schema_type = SchemaType::from_iter([Type::Object, Type::Null]);
-        for bound in ["min", "max"] {
-            if let Some(RefOr::T(Schema::Object(o))) = autoscale.properties.get_mut(bound) {
-                o.maximum = ceiling.map(|c| (c as f64).into());
+        let ceiling = ceiling.map_or(PoolConfig::MAX_WORKERS, |c| c as u64);
+        let bounds = [("min", AutoscaleConfig::BOUNDS.up_to(ceiling))];
+        let bounds = bounds
+            .into_iter()
+            .chain([("max", AutoscaleConfig::BOUNDS.up_to(ceiling))]);
+        for (field, limit) in bounds.chain(AutoscaleConfig::TUNING) {
+            match autoscale.properties.get_mut(field) {
+                Some(RefOr::T(Schema::Object(o))) => limit.apply(o),
+                _ => unreachable!("AutoscaleUpdate has a field `{field}`. This is a bug."),
             }
         }
         let by_bounds = ObjectBuilder::new()
@@ -309,10 +324,37 @@ const UPDATE_SHAPE: &str =
 
 /// Parses `{"concurrency": N}` or `{"autoscale": {"min": a, "max": b, ...}}` (or
 /// `{"autoscale": null}` to stop autoscaling). Anything else is a 400 naming the field.
-pub fn parse_update(body: &Value) -> Result<Resize, ApiError> {
+///
+/// Every number is checked against its range first ([`AutoscaleConfig::TUNING`], the
+/// pool's `max_concurrency` for sizes), so a bad one is a 4xx naming its field: a wrong
+/// type is 400, a value out of range 422.
+pub fn parse_update(body: &Value, ceiling: usize) -> Result<Resize, ApiError> {
     // A derived struct also reads a JSON array as its fields in order: refuse it.
-    if !body.is_object() {
+    let Some(fields) = body.as_object() else {
         return Err(ApiError::InvalidBody(UPDATE_SHAPE.into()));
+    };
+    let sizes = PoolConfig::WORKERS.up_to(ceiling as u64);
+    let checked = |field: &str, limit: Limit, v: &Value| {
+        limit.check_json(field, v).map_err(|e| match e {
+            LimitError::Type(m) => ApiError::InvalidBody(m),
+            LimitError::Range(m) => ApiError::InvalidValue(m),
+        })
+    };
+    if let Some(v) = fields.get("concurrency") {
+        checked("concurrency", sizes, v)?;
+    }
+    if let Some(a) = fields.get("autoscale").and_then(Value::as_object) {
+        for (field, v) in a {
+            let name = format!("autoscale.{field}");
+            match field.as_str() {
+                "min" | "max" => checked(&name, sizes, v)?,
+                _ => match AutoscaleConfig::tuning_limit(field) {
+                    Some(limit) if !v.is_null() => checked(&name, limit, v)?,
+                    // Unknown fields are refused by the shape below.
+                    _ => {}
+                },
+            }
+        }
     }
     let update = PoolUpdate::deserialize(body)
         .map_err(|e| ApiError::InvalidBody(format!("{e}; {UPDATE_SHAPE}")))?;
@@ -348,9 +390,9 @@ async fn update_handler(
         })?;
     let body: Value =
         serde_json::from_slice(&body).map_err(|e| reject(ApiError::InvalidJson(e.to_string())))?;
-    let change = parse_update(&body).map_err(reject)?;
+    let change = parse_update(&body, state.pools[index].config.ceiling()).map_err(reject)?;
     let outcome = ractor::call_t!(
-        state.pool_actors[index],
+        state.pool_actors.get(index),
         |reply| PoolMessage::Resize { change, reply },
         60_000
     )
@@ -376,22 +418,83 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse_update_(body: &Value) -> Result<Resize, ApiError> {
+        parse_update(body, 16)
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_their_field() {
+        let base = json!({"min": 1, "max": 2});
+        let huge: Value = serde_json::from_str("18446744073709551616").unwrap();
+        for (field, _) in AutoscaleConfig::TUNING {
+            for bad in [
+                json!(1e300),
+                json!(-1),
+                json!("NaN"),
+                huge.clone(),
+                json!(-1e300),
+            ] {
+                let mut a = base.clone();
+                a[field] = bad.clone();
+                let e = parse_update_(&json!({"autoscale": a})).unwrap_err();
+                let m = e.to_string();
+                assert!(
+                    m.contains(&format!("`autoscale.{field}`")),
+                    "{field}={bad}: {m}"
+                );
+                assert!(
+                    matches!(e, ApiError::InvalidBody(_) | ApiError::InvalidValue(_)),
+                    "{field}={bad}: {e:?}"
+                );
+            }
+        }
+        for bad in [
+            json!(1e300),
+            json!(-1),
+            json!("NaN"),
+            huge,
+            json!(17),
+            json!(0),
+        ] {
+            let m = parse_update_(&json!({"concurrency": bad}))
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains("`concurrency`"), "{bad}: {m}");
+            let m = parse_update_(&json!({"autoscale": {"min": 1, "max": bad}}))
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains("`autoscale.max`"), "{bad}: {m}");
+        }
+        // The request: a day is the most an idle period may be.
+        let e = parse_update_(
+            &json!({"autoscale": {"min": 1, "max": 2, "scale_down_idle_seconds": 1e300}}),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ApiError::InvalidValue(_)), "{e:?}");
+        assert!(
+            parse_update_(
+                &json!({"autoscale": {"min": 1, "max": 2, "scale_down_idle_seconds": 86400}})
+            )
+            .is_ok()
+        );
+    }
+
     #[test]
     fn update_bodies() {
         assert_eq!(
-            parse_update(&json!({"concurrency": 4})).unwrap(),
+            parse_update_(&json!({"concurrency": 4})).unwrap(),
             Resize::Concurrency(4)
         );
         assert_eq!(
-            parse_update(&json!({"autoscale": {"min": 1, "max": 3}})).unwrap(),
+            parse_update_(&json!({"autoscale": {"min": 1, "max": 3}})).unwrap(),
             Resize::Autoscale(Some(AutoscaleUpdate::bounds(1, 3)))
         );
         assert_eq!(
-            parse_update(&json!({"autoscale": null})).unwrap(),
+            parse_update_(&json!({"autoscale": null})).unwrap(),
             Resize::Autoscale(None)
         );
         let tuned = json!({"autoscale": {"min": 1, "max": 3, "scale_down_idle_seconds": 0.5}});
-        let Resize::Autoscale(Some(u)) = parse_update(&tuned).unwrap() else {
+        let Resize::Autoscale(Some(u)) = parse_update_(&tuned).unwrap() else {
             panic!("an autoscale update")
         };
         assert_eq!(u.scale_down_idle_seconds, Some(0.5));
@@ -408,7 +511,7 @@ mod tests {
             json!({}),
             json!([1]),
         ] {
-            assert!(parse_update(&bad).is_err(), "{bad}");
+            assert!(parse_update_(&bad).is_err(), "{bad}");
         }
     }
 

@@ -126,8 +126,9 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
                     busy: s.busy,
                 })
                 .collect();
-            for ((p, s), actor) in pools.iter().zip(&statuses).zip(&state.pool_actors) {
+            for (index, (p, s)) in pools.iter().zip(&statuses).enumerate() {
                 let min = s.minimum();
+                let actor = state.pool_actors.get(index);
                 if !matches!(actor.get_status(), ractor::ActorStatus::Running) {
                     reasons.push(format!("pool `{}` has stopped (its actor exited)", p.pool));
                 } else if p.live < min {

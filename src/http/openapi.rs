@@ -260,9 +260,29 @@ mod tests {
                 8
             );
         }
+        // The autoscaler's tuning carries the ranges the config file and the admin API
+        // check (one source: `AutoscaleConfig::TUNING`).
+        let tuning = &update[1]["properties"]["autoscale"]["properties"];
+        for (field, limit) in crate::config::AutoscaleConfig::TUNING {
+            assert_eq!(
+                tuning[field]["maximum"].as_f64(),
+                Some(limit.max),
+                "{field}"
+            );
+            let min = if limit.exclusive_min {
+                &tuning[field]["exclusiveMinimum"]
+            } else {
+                &tuning[field]["minimum"]
+            };
+            assert_eq!(min.as_f64(), Some(limit.min), "{field}");
+        }
+        // Without pools to ask, the ceiling is the most any pool may have.
         let unbounded = serde_json::to_value(document(None)).unwrap();
         let update = &unbounded["components"]["schemas"]["PoolUpdate"]["oneOf"];
-        assert!(update[0]["properties"]["concurrency"]["maximum"].is_null());
+        assert_eq!(
+            update[0]["properties"]["concurrency"]["maximum"],
+            crate::config::PoolConfig::MAX_WORKERS
+        );
     }
 
     #[test]

@@ -201,7 +201,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 
 fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
     wait.filter(|w| *w > 0.0)
-        .map(|w| Duration::from_secs_f64(w.min(state.config.server.max_wait_seconds)))
+        .map(|w| crate::config::secs(w.min(state.config.server.max_wait_seconds)))
 }
 
 /// Batches of up to this many inputs are prepared (tokenized) on the request's own
@@ -322,7 +322,9 @@ async fn enqueue(
         })
         .collect();
     let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
-    if state.pool_actors[reg.pool]
+    if state
+        .pool_actors
+        .get(reg.pool)
         .cast(PoolMessage::Submit(jobs))
         .is_err()
     {
@@ -330,7 +332,13 @@ async fn enqueue(
             state.store.remove(id);
         }
         pool.release(ids.len());
-        return Err(ApiError::ShuttingDown);
+        // The pool's actor is gone: the process is stopping, or the supervisor is
+        // restarting the pool (a moment).
+        return Err(if state.accepting.load(Ordering::SeqCst) {
+            ApiError::NoLiveWorker(pool.name.clone())
+        } else {
+            ApiError::ShuttingDown
+        });
     }
     crate::metrics::submitted(&pool.name, &reg.name, ids.len());
     Ok(ids)

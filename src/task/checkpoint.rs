@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokenizers::Encoding;
 
-use super::{LoadError, Prepared, Task, TaskError, TaskFactory, WorkerContext};
+use super::{LoadError, Param, Params, Prepared, Task, TaskError, TaskFactory, WorkerContext};
 use crate::config::{Config, DeviceSpec, TaskSpec};
 use crate::model::family::Seq;
 use crate::model::heads::{self, TokenOut};
@@ -43,7 +43,7 @@ pub trait Kind: Send + Sync + 'static {
     /// The head it asks of the checkpoint.
     const HEAD: HeadKind;
     /// Its input fields, in order (Celery's positional arguments map onto them).
-    const FIELDS: &'static [&'static str];
+    const PARAMS: &'static [Param];
     /// The input's texts to tokenize, each a text or a text pair; the message says
     /// what is wrong with a bad input.
     fn texts(input: &Value) -> Result<Vec<(&str, Option<&str>)>, String>;
@@ -51,8 +51,9 @@ pub trait Kind: Send + Sync + 'static {
     fn answer(model: &ServedModel, input: &Value, encodings: &[Encoding], out: Outputs) -> Value;
 }
 
-/// Checks that `input` is an object with only `fields`, and returns it.
-pub fn object<'a>(input: &'a Value, fields: &[&str]) -> Result<&'a Map<String, Value>, String> {
+/// Checks that `input` is an object with only the fields of `params`, and returns it.
+pub fn object<'a>(input: &'a Value, params: &[Param]) -> Result<&'a Map<String, Value>, String> {
+    let fields: Vec<&str> = params.iter().map(|p| p.name).collect();
     let shape = fields
         .iter()
         .map(|f| format!("\"{f}\""))
@@ -296,11 +297,16 @@ impl<K: Kind> TaskFactory for CheckpointFactory<K> {
         true
     }
 
+    fn params(&self) -> Params {
+        Params::Fields(K::PARAMS)
+    }
+
     fn describe(&self) -> Option<Value> {
         let mut v = serde_json::to_value(&self.info).ok()?;
         if let Some(o) = v.as_object_mut() {
             o.insert("kind".into(), json!(K::NAME));
-            o.insert("inputs".into(), json!(K::FIELDS));
+            let names: Vec<&str> = K::PARAMS.iter().map(|p| p.name).collect();
+            o.insert("inputs".into(), json!(names));
         }
         Some(v)
     }
@@ -414,10 +420,10 @@ pub struct TextClassifier;
 impl Kind for TextClassifier {
     const NAME: &'static str = "text_classifier";
     const HEAD: HeadKind = HeadKind::Sequence;
-    const FIELDS: &'static [&'static str] = &["text", "text_pair"];
+    const PARAMS: &'static [Param] = &[Param::required("text"), Param::optional("text_pair")];
 
     fn texts(input: &Value) -> Result<Vec<(&str, Option<&str>)>, String> {
-        let obj = object(input, Self::FIELDS)?;
+        let obj = object(input, Self::PARAMS)?;
         let text = text_field(obj, "text")?;
         let pair = match obj.get("text_pair") {
             None | Some(Value::Null) => None,
@@ -470,10 +476,10 @@ pub struct Embeddings;
 impl Kind for Embeddings {
     const NAME: &'static str = "embeddings";
     const HEAD: HeadKind = HeadKind::Pooled;
-    const FIELDS: &'static [&'static str] = &["text"];
+    const PARAMS: &'static [Param] = &[Param::required("text")];
 
     fn texts(input: &Value) -> Result<Vec<(&str, Option<&str>)>, String> {
-        let obj = object(input, Self::FIELDS)?;
+        let obj = object(input, Self::PARAMS)?;
         match obj.get("text") {
             Some(Value::Array(items)) => {
                 if items.is_empty() || items.len() > MAX_ITEMS {
@@ -511,10 +517,14 @@ pub struct Reranker;
 impl Kind for Reranker {
     const NAME: &'static str = "reranker";
     const HEAD: HeadKind = HeadKind::Sequence;
-    const FIELDS: &'static [&'static str] = &["query", "documents", "raw_scores"];
+    const PARAMS: &'static [Param] = &[
+        Param::required("query"),
+        Param::required("documents"),
+        Param::optional("raw_scores"),
+    ];
 
     fn texts(input: &Value) -> Result<Vec<(&str, Option<&str>)>, String> {
-        let obj = object(input, Self::FIELDS)?;
+        let obj = object(input, Self::PARAMS)?;
         let query = text_field(obj, "query")?;
         bool_field(obj, "raw_scores")?;
         let docs = obj
@@ -564,10 +574,10 @@ pub struct TokenClassifier;
 impl Kind for TokenClassifier {
     const NAME: &'static str = "token_classifier";
     const HEAD: HeadKind = HeadKind::Tokens;
-    const FIELDS: &'static [&'static str] = &["text"];
+    const PARAMS: &'static [Param] = &[Param::required("text")];
 
     fn texts(input: &Value) -> Result<Vec<(&str, Option<&str>)>, String> {
-        let obj = object(input, Self::FIELDS)?;
+        let obj = object(input, Self::PARAMS)?;
         Ok(vec![(text_field(obj, "text")?, None)])
     }
 
@@ -657,5 +667,24 @@ mod tests {
         );
         assert!(Embeddings::texts(&json!({"text": []})).is_err());
         assert!(TokenClassifier::texts(&json!("text")).is_err());
+    }
+
+    #[test]
+    fn celery_signatures_follow_the_input_fields() {
+        let sig = |p: &'static [Param], t| Params::Fields(p).signature(t);
+        assert_eq!(
+            sig(TextClassifier::PARAMS, "t.cls"),
+            "t.cls(text, text_pair=None)"
+        );
+        assert_eq!(sig(Embeddings::PARAMS, "t.embed"), "t.embed(text)");
+        assert_eq!(
+            sig(Reranker::PARAMS, "t.rerank"),
+            "t.rerank(query, documents, raw_scores=None)"
+        );
+        assert_eq!(sig(TokenClassifier::PARAMS, "t.ner"), "t.ner(text)");
+        let bound = Params::Fields(Reranker::PARAMS)
+            .bind("t.rerank", &[json!("q"), json!(["d"])], &Map::new())
+            .unwrap();
+        assert_eq!(Reranker::texts(&bound).unwrap(), vec![("q", Some("d"))]);
     }
 }

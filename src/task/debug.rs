@@ -1,7 +1,8 @@
-//! Built-in tasks for demos, tests and load tests: `debug.echo`, `debug.sleep`,
-//! `debug.fail`, `debug.panic`, `debug.crash_worker`, and for `processes` pools
-//! `debug.abort`, `debug.pid`, `debug.spin` and `debug.alloc`. Enabled by registering
-//! them in config (see `config/debug.toml`).
+//! Built-in tasks for demos, tests and load tests: `noop`, `debug.echo`,
+//! `debug.sleep`, `debug.fail`, `debug.panic`, `debug.crash_worker`, and for
+//! `processes` pools `debug.abort`, `debug.pid`, `debug.spin` and `debug.alloc`; and
+//! the test hook `debug.panic_pool`. Enabled by registering them in config (see
+//! `config/debug.toml`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{LoadError, Task, TaskError, TaskFactory, WorkerContext, no_model};
+use super::{LoadError, Param, Params, Task, TaskError, TaskFactory, WorkerContext, no_model};
 use crate::config::{Config, TaskSpec};
 
 /// Longest `debug.sleep` accepted: one hour.
@@ -21,6 +22,8 @@ struct FnFactory {
     run: fn(&Value) -> Result<Value, TaskError>,
     /// Whether it takes batches (its batch entry point maps `run` over them).
     batching: bool,
+    /// Its parameters, for Celery's positional arguments.
+    params: Params,
 }
 
 struct FnTask(fn(&Value) -> Result<Value, TaskError>);
@@ -43,11 +46,16 @@ impl TaskFactory for FnFactory {
     fn batching(&self) -> bool {
         self.batching
     }
+
+    fn params(&self) -> Params {
+        self.params
+    }
 }
 
 fn factory(
     name: &str,
     spec: &TaskSpec,
+    params: Params,
     validate: fn(&Value) -> Result<(), String>,
     run: fn(&Value) -> Result<Value, TaskError>,
 ) -> Result<Arc<dyn TaskFactory>, LoadError> {
@@ -56,8 +64,20 @@ fn factory(
         validate,
         run,
         batching: false,
+        params,
     }))
 }
+
+/// `{"ms": N}`: `debug.sleep` and `debug.spin`'s first parameter.
+const MS: Param = Param::required("ms");
+/// `debug.fail`'s error text.
+const MESSAGE: Param = Param::optional("message");
+/// `debug.crash_worker`'s count of failing starts.
+const FAILED_STARTS: Param = Param::optional("failed_starts");
+/// `debug.spin`'s "only SIGKILL stops me".
+const IGNORE_SIGTERM: Param = Param::optional("ignore_sigterm");
+/// `debug.alloc`'s MiB.
+const MB: Param = Param::required("mb");
 
 fn any_input(_: &Value) -> Result<(), String> {
     Ok(())
@@ -71,6 +91,7 @@ pub fn echo(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFacto
         validate: any_input,
         run: |input| Ok(input.clone()),
         batching: true,
+        params: Params::Any,
     }))
 }
 
@@ -92,6 +113,7 @@ pub fn sleep(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFact
     factory(
         name,
         spec,
+        Params::Fields(&[MS]),
         |input| sleep_ms(input).map(drop),
         |input| {
             let ms = sleep_ms(input).map_err(TaskError)?;
@@ -103,7 +125,7 @@ pub fn sleep(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFact
 
 /// `debug.fail`: returns an error (`{"message": "..."}` sets its text).
 pub fn fail(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
-    factory(name, spec, any_input, |input| {
+    factory(name, spec, Params::Fields(&[MESSAGE]), any_input, |input| {
         let message = input
             .get("message")
             .and_then(Value::as_str)
@@ -156,6 +178,10 @@ impl TaskFactory for CrashFactory {
         failed_starts(input).map(drop)
     }
 
+    fn params(&self) -> Params {
+        Params::Fields(&[FAILED_STARTS])
+    }
+
     fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         let took = self
             .failing_builds
@@ -184,9 +210,54 @@ impl Task for CrashTask {
 /// `debug.panic`: panics inside the worker; that task fails, and the worker rebuilds
 /// its instance and goes on.
 pub fn panic(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
-    factory(name, spec, any_input, |_| {
+    factory(name, spec, Params::Any, any_input, |_| {
         panic!("debug.panic: panicking inside the worker as asked")
     })
+}
+
+/// `noop`: does nothing and returns `null`, for the seed app's `POST /noop` and for
+/// measuring the plumbing. Takes no arguments, as the seed's `noop()`.
+pub fn noop(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    no_model(name, spec)?;
+    Ok(Arc::new(FnFactory {
+        validate: |input| match input {
+            Value::Null => Ok(()),
+            Value::Object(m) if m.is_empty() => Ok(()),
+            other => Err(format!("noop takes no input, got {other}")),
+        },
+        run: |_| Ok(Value::Null),
+        batching: true,
+        params: Params::Fields(&[]),
+    }))
+}
+
+/// `debug.panic_pool`: a test hook that makes the *pool actor* panic when a job of this
+/// task reaches it (not a worker: that is `debug.panic`), to prove that the supervisor
+/// contains the failure to the pool. The job itself fails with the pool's restart.
+/// Never registered by the shipped configs.
+pub fn panic_pool(
+    name: &str,
+    spec: &TaskSpec,
+    _: &Config,
+) -> Result<Arc<dyn TaskFactory>, LoadError> {
+    no_model(name, spec)?;
+    Ok(Arc::new(PanicPoolFactory))
+}
+
+struct PanicPoolFactory;
+
+impl TaskFactory for PanicPoolFactory {
+    fn validate(&self, _: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
+        Ok(Box::new(FnTask(|_| Ok(Value::Null))))
+    }
+
+    fn breaks_pool(&self) -> bool {
+        true
+    }
 }
 
 /// `debug.abort`: calls `std::process::abort()`, as a crash in native code would. Only
@@ -209,7 +280,7 @@ pub fn abort(
             ),
         });
     }
-    factory(name, spec, any_input, |_| {
+    factory(name, spec, Params::Any, any_input, |_| {
         if !crate::actors::worker::child::in_child() {
             return Err(TaskError(
                 "debug.abort runs only in a child process of a `processes` pool".into(),
@@ -222,7 +293,7 @@ pub fn abort(
 /// `debug.pid`: returns `{"pid": N}`, the id of the process that ran it (a child's for
 /// `processes` pools, the server's otherwise).
 pub fn pid(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFactory>, LoadError> {
-    factory(name, spec, any_input, |_| {
+    factory(name, spec, Params::Any, any_input, |_| {
         Ok(json!({ "pid": std::process::id() }))
     })
 }
@@ -234,6 +305,7 @@ pub fn spin(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFacto
     factory(
         name,
         spec,
+        Params::Fields(&[MS, IGNORE_SIGTERM]),
         |input| sleep_ms(input).map(drop),
         |input| {
             let ms = sleep_ms(input).map_err(TaskError)?;
@@ -286,6 +358,10 @@ struct AllocTask(Vec<Vec<u8>>);
 impl TaskFactory for AllocFactory {
     fn validate(&self, input: &Value) -> Result<(), String> {
         alloc_mb(input).map(drop)
+    }
+
+    fn params(&self) -> Params {
+        Params::Fields(&[MB])
     }
 
     fn build(&self, _: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {

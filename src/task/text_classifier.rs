@@ -17,7 +17,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
-use super::{LoadError, Prepared, Task, TaskError, TaskFactory, WorkerContext};
+use super::{LoadError, Param, Params, Prepared, Task, TaskError, TaskFactory, WorkerContext};
 use crate::config::{Config, DeviceSpec, TaskSpec};
 use crate::model::{Kernels, Manifest, Precision, TextClassifier};
 
@@ -172,9 +172,17 @@ fn text_of(input: &Value, max_chars: usize) -> Result<&str, String> {
     Ok(text)
 }
 
+/// The text to classify: `spam.predict(text)`.
+const TEXT: Param = Param::required("text");
+
 impl TaskFactory for ClassifierFactory {
     fn validate(&self, input: &Value) -> Result<(), String> {
         text_of(input, self.manifest.max_chars).map(drop)
+    }
+
+    /// `spam.predict(text)`, as the seed's Celery task is called.
+    fn params(&self) -> Params {
+        Params::Fields(&[TEXT])
     }
 
     /// Tokenizes the text at submit time (on the submitting thread, not the worker's):

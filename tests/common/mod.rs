@@ -297,3 +297,167 @@ pub fn jsonl_texts(path: &std::path::Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory of this test process.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("celeriac-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The Python of the test virtualenv (`scripts/test-deps.sh`): `CELERIAC_PYTHON`, else
+/// `~/.cache/celeriac/pyenv/bin/python`.
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("CELERIAC_PYTHON").map_or_else(
+        || {
+            let home = std::env::var("HOME").unwrap();
+            std::path::Path::new(&home).join(".cache/celeriac/pyenv/bin/python")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
+/// `../shared` (the bench inputs, the seed app, the data set): `CELERIAC_SHARED`, else
+/// beside the repository. `None` when absent; under CI (`CI=true`) its absence fails
+/// the test instead, so a check that needs it can never pass by skipping.
+pub fn shared_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CELERIAC_SHARED").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+        std::path::PathBuf::from,
+    );
+    if dir.join("bench/inputs.jsonl").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} has no bench/inputs.jsonl: under CI this check must run (set CELERIAC_SHARED)",
+        dir.display()
+    );
+    eprintln!(
+        "{} is missing: skipping the checks that need it",
+        dir.display()
+    );
+    None
+}
+
+/// The `celeriac` binary as a child process serving `config` on a free port, with
+/// `role` (`serve` or `worker`); killed when dropped.
+pub struct Node {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Node {
+    pub fn spawn(role: &str, config: &str, name: &str) -> Node {
+        let path = scratch(name).join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args([role, "--config"])
+            .arg(&path)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("CELERIAC_BROKER_URL")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Node {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits (at most `secs`) until `/health/ready` answers 200.
+    pub async fn wait_ready(&self, secs: u64) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/health/ready", self.url);
+        assert!(
+            wait_until(Duration::from_secs(secs), || {
+                let r = client.get(&url).send();
+                async move { r.await.is_ok_and(|r| r.status() == 200) }
+            })
+            .await,
+            "node did not become ready"
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `redis-server` of our own on a free port, without persistence; stopped when
+/// dropped.
+pub struct Redis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port and waits (at most 10 s) until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test-deps.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.pings() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pings(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
