@@ -44,21 +44,23 @@ fi
 # text_classifier checkpoints: the BERT family on the packed kernels (f32; the spam row
 # above is MiniLM itself at the same shape), DeBERTa-v2 and ModernBERT on
 # candle-transformers, each architecture also in PyTorch where the venv is there.
+# ARCH_PY: a Python with torch and transformers (default: the baseline's venv).
 ARCHS=${ARCHS-bert roberta xlm-roberta distilbert deberta-v2 modernbert}
-if [ -n "$ARCHS" ] && [ -x "$PY" ]; then
+ARCH_PY=${ARCH_PY:-$PY}
+if [ -n "$ARCHS" ] && [ -x "$ARCH_PY" ]; then
   CKPTS=${CKPTS:-$OUT/checkpoints}
-  [ -d "$CKPTS/modernbert" ] || (cd "$ROOT" && "$PY" scripts/make-tiny-models.py --bench "$CKPTS") >&2
+  [ -d "$CKPTS/modernbert" ] || (cd "$ROOT" && "$ARCH_PY" scripts/make-tiny-models.py --bench "$CKPTS") >&2
   (cd "$ROOT" && cargo build --release --example bench_checkpoint) >&2
   for arch in $ARCHS; do
     (cd "$ROOT" && "$CARGO_TARGET_DIR/release/examples/bench_checkpoint" --model "$CKPTS/$arch" \
       --name "$arch" --precision f32 --threads "$THREADS" --n "$N" --inputs "$INPUTS") \
       | tail -n 1 >> "$OUT/model.jsonl"
-    (cd "$ROOT" && "$PY" bench/torch_checkpoint.py --model "$CKPTS/$arch" --name "$arch" \
+    (cd "$ROOT" && "$ARCH_PY" bench/torch_checkpoint.py --model "$CKPTS/$arch" --name "$arch" \
       --threads "$THREADS" --n "$N" --inputs "$INPUTS") 2>> "$OUT/torch.err" \
       | tail -n 1 >> "$OUT/model.jsonl"
   done
 elif [ -n "$ARCHS" ]; then
-  echo "no PyTorch venv at $PY: no per-architecture rows (they need transformers to make the checkpoints)" >&2
+  echo "no PyTorch venv at $ARCH_PY: no per-architecture rows (they need transformers to make the checkpoints)" >&2
 fi
 python3 - "$OUT/model.jsonl" << 'PY'
 import json, sys
