@@ -244,12 +244,29 @@ impl ServedModel {
         self.encoder.packs_batches()
     }
 
+    /// The encoder's packed hidden states for `seqs`, in order. A family that pads
+    /// (candle) runs length groups ([`super::length_groups`]), so a short text does not
+    /// pay for the longest of its batch; packed kernels run the batch as one.
     fn hidden(&self, seqs: &[Seq]) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
         if lens.contains(&0) {
             return Err(runtime("a sequence has no tokens"));
         }
-        Ok((self.encoder.forward(seqs)?, lens))
+        if self.encoder.packs_batches() || seqs.len() <= 1 {
+            return Ok((self.encoder.forward(seqs)?, lens));
+        }
+        let h = self.encoder.hidden_size();
+        let mut rows: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+        for group in super::length_groups(&lens, super::MAX_PADDING_WASTE) {
+            let sub: Vec<Seq> = group.iter().map(|&i| seqs[i].clone()).collect();
+            let out = self.encoder.forward(&sub)?;
+            let mut start = 0;
+            for &i in &group {
+                rows[i] = out[start * h..(start + lens[i]) * h].to_vec();
+                start += lens[i];
+            }
+        }
+        Ok((rows.concat(), lens))
     }
 
     /// Sequence logits, one row per sequence (sequence heads).
