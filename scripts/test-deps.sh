@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need besides cargo, installed when missing (idempotent, quiet when done):
-#   - redis-server and curl (apt-get; `apt-get update` only when the install fails);
+#   - redis-server, curl and openssl (apt-get; `apt-get update` only when the install
+#     fails); the TLS broker tests make their certificates with the openssl command;
 #   - a virtualenv with the Python `celery`, `redis` and `flower` packages, `fastapi` and
 #     `uvicorn` (the seed's FastAPI app, tests/seed.rs) and `schemathesis` (the fuzz step,
 #     scripts/fuzz.sh) from PyPI, cached in
@@ -20,6 +21,7 @@ as_root() {
 missing=()
 command -v redis-server > /dev/null || missing+=(redis-server)
 command -v curl > /dev/null || missing+=(curl)
+command -v openssl > /dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test-deps: apt-get install ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null \

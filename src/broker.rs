@@ -20,6 +20,7 @@
 pub mod celery;
 pub mod consumer;
 pub mod control;
+pub mod url;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -363,14 +364,6 @@ pub(crate) fn epoch() -> f64 {
         .as_secs_f64()
 }
 
-/// `redis://user:secret@host` without the secret.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 impl Broker {
     /// Connects to `config.url` for pools whose queues are `queues` (by pool index).
     /// Fails when Redis cannot be reached now; once connected, the node reconnects by
@@ -380,13 +373,16 @@ impl Broker {
         result_ttl: Duration,
         queues: Vec<String>,
     ) -> anyhow::Result<Arc<Broker>> {
-        let url = config
+        let raw = config
             .url
-            .clone()
+            .as_deref()
             .ok_or_else(|| anyhow::anyhow!("no broker.url"))?;
-        let shown = redact(&url);
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| anyhow::anyhow!("broker.url `{shown}`: {e}"))?;
+        let parsed =
+            self::url::BrokerUrl::parse(raw).map_err(|e| anyhow::anyhow!("broker.url {e}"))?;
+        let shown = parsed.shown.clone();
+        let client = parsed
+            .client()
+            .map_err(|e| anyhow::anyhow!("broker.url {e}"))?;
         let conn = ConnectionManager::new_with_config(
             client.clone(),
             ConnectionManagerConfig::new()
@@ -396,7 +392,12 @@ impl Broker {
                 .set_max_delay(Duration::from_secs(1)),
         )
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the broker at {shown}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the broker at {shown}: {}",
+                parsed.explain(&e.to_string())
+            )
+        })?;
         let broker = Arc::new(Broker {
             client,
             conn,
@@ -1045,19 +1046,5 @@ async fn results_listener(broker: Arc<Broker>) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_shown_without_secrets() {
-        assert_eq!(
-            redact("redis://:hunter2@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(redact("redis://host:6379/0"), "redis://host:6379/0");
     }
 }

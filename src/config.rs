@@ -118,8 +118,9 @@ pub struct ResultsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `redis://[:PASSWORD@]HOST:PORT/DB`; `CELERIAC_BROKER_URL` overrides it. Unset: the
-    /// embedded in-memory queue and store.
+    /// `redis://[USER][:PASSWORD@]HOST:PORT/DB`, `rediss://...` with Celery's `ssl_*`
+    /// options, or a Unix socket `redis+socket:///PATH` ([`crate::broker::url`]);
+    /// `CELERIAC_BROKER_URL` overrides it. Unset: the embedded in-memory queue and store.
     #[serde(default)]
     pub url: Option<String>,
     /// A message taken by a node that stops renewing its lease (the node died) goes back
@@ -1065,12 +1066,9 @@ impl BrokerConfig {
 
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.url
-            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+            && let Err(e) = crate::broker::url::BrokerUrl::parse(url)
         {
-            return Err(invalid(
-                "broker.url",
-                format!("`{url}` is not a Redis URL: use redis://HOST:PORT/DB"),
-            ));
+            return Err(invalid("broker.url", e.to_string()));
         }
         within(
             "broker.visibility_timeout_seconds",

@@ -40,14 +40,16 @@ async fn submit_poll_and_submit_and_wait() {
     assert_eq!(r.body["state"], "SUCCESS");
     assert_eq!(r.body["result"], json!({"slept_ms": 20}));
 
-    // ...and 202 when it does not finish in time.
+    // ...and 202 when it does not finish in time (2 s: far past the wait even on a
+    // loaded machine).
     let r = s
-        .post("/v1/tasks/debug.sleep?wait=0.05", &json!({"ms": 500}))
+        .post("/v1/tasks/debug.sleep?wait=0.05", &json!({"ms": 2000}))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.headers.contains_key("location"));
     let id = r.id();
     // A long poll that runs out answers the current, non-final state.
+    assert!(s.wait_started(&id).await);
     let v = s.get(&format!("/v1/tasks/{id}?wait=0.05")).await.body;
     assert_eq!(v["state"], "STARTED");
     assert!(v.get("result").is_none());
@@ -98,8 +100,10 @@ async fn started_failure_and_revoked_states() {
     assert_eq!(v["state"], "FAILURE");
     assert_eq!(v["error"], "bad luck");
 
-    // One worker: the first sleep runs, the second waits in the queue.
-    let running = s.submit("debug.sleep", json!({"ms": 400})).await;
+    // One worker: the first sleep runs, the second waits in the queue. The sleep is
+    // long enough (2 s) that the revokes below happen while it runs even on a loaded
+    // machine.
+    let running = s.submit("debug.sleep", json!({"ms": 2000})).await;
     assert!(s.wait_started(&running).await);
     let queued = s.submit("debug.sleep", json!({"ms": 10})).await;
     assert_eq!(s.state_of(&queued).await, "PENDING");
@@ -184,8 +188,9 @@ async fn every_error_has_a_json_body_and_status() {
     .await
     .assert_error(413, "payload_too_large");
 
-    // Queue full: one running, two queued, the next is refused at once.
-    let running = s.submit("debug.sleep", json!({"ms": 300})).await;
+    // Queue full: one running (for 2 s, long enough for the probes below on a loaded
+    // machine), two queued, the next is refused at once.
+    let running = s.submit("debug.sleep", json!({"ms": 2000})).await;
     assert!(s.wait_started(&running).await);
     let q1 = s.submit("debug.sleep", json!({"ms": 1})).await;
     let q2 = s.submit("debug.sleep", json!({"ms": 1})).await;

@@ -148,8 +148,9 @@ async fn batches_respect_max_batch_tokens() {
         .map(|t| model.token_ids(t).unwrap().len())
         .collect();
     assert!(lengths[10] > 64 && lengths.iter().filter(|&&l| l > 64).count() == 1);
-    // Hold the only worker so the texts queue up behind it.
-    let blocker = s.submit("sleep.tokens", json!({"ms": 400})).await;
+    // Hold the only worker so the texts queue up behind it (1.5 s: long enough that
+    // `wait_started` sees it running on a loaded machine).
+    let blocker = s.submit("sleep.tokens", json!({"ms": 1500})).await;
     assert!(s.wait_started(&blocker).await);
     let inputs: Vec<Value> = texts.iter().map(|t| json!({ "text": t })).collect();
     let r = s
@@ -206,8 +207,9 @@ async fn batches_respect_max_batch_size() {
         .replace("pool = \"p\"", "pool = \"maxb\""),
     )
     .await;
-    // Hold the only worker so 30 echos queue up behind it.
-    let blocker = s.submit("debug.sleep", json!({"ms": 300})).await;
+    // Hold the only worker so 30 echos queue up behind it (1.5 s: long enough that
+    // `wait_started` sees it running on a loaded machine).
+    let blocker = s.submit("debug.sleep", json!({"ms": 1500})).await;
     assert!(s.wait_started(&blocker).await);
     let inputs: Vec<Value> = (0..30).map(|i| json!(i)).collect();
     let r = s
@@ -234,36 +236,33 @@ async fn batches_respect_max_batch_size() {
     s.shutdown().await;
 }
 
+/// With a batch delay far longer than any wait below (30 s), each rule shows as an
+/// order of events on the server's own clock, not as a duration a loaded machine could
+/// stretch: an idle pool answers at once; a short queue behind a busy worker waits for it
+/// (not for the delay), and a job revoked meanwhile never runs; a full batch goes while
+/// the other worker is still busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_delay_waits_only_while_the_pool_is_busy_and_skips_revoked_jobs() {
     let s = start(
         &common::debug_config(
-            "concurrency = 2\nmax_batch_size = 8\nmax_batch_delay_ms = 400.0",
+            "concurrency = 2\nmax_batch_size = 8\nmax_batch_delay_ms = 30000.0",
             "",
         )
         .replace("[pools.p]", "[pools.delay]")
         .replace("pool = \"p\"", "pool = \"delay\""),
     )
     .await;
-    let started_after = |v: &Value| -> f64 {
-        let t = |k: &str| {
-            humantime::parse_rfc3339(v[k].as_str().unwrap())
-                .unwrap()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-        };
-        t("started_at") - t("submitted_at")
+    let at = |v: &Value, k: &str| {
+        humantime::parse_rfc3339(v[k].as_str().unwrap_or_else(|| panic!("{k}: {v}"))).unwrap()
     };
-    // An idle pool never waits to fill a batch.
+    // An idle pool never waits to fill a batch: done well within the 30 s delay.
     let v = s
-        .post("/v1/tasks/debug.echo?wait=5", &json!("alone"))
+        .post("/v1/tasks/debug.echo?wait=10", &json!("alone"))
         .await
         .body;
-    assert_eq!(v["state"], "SUCCESS");
-    assert!(started_after(&v) < 0.4, "idle pool: no batch delay ({v})");
+    assert_eq!(v["state"], "SUCCESS", "idle pool: no batch delay ({v})");
 
-    // One worker busy: a short queue waits up to the delay for the batch to fill...
+    // One worker busy: a short queue waits for the batch to fill...
     let blocker = s.submit("debug.sleep", json!({"ms": 1500})).await;
     assert!(s.wait_started(&blocker).await);
     let r = s
@@ -273,16 +272,18 @@ async fn batch_delay_waits_only_while_the_pool_is_busy_and_skips_revoked_jobs() 
     // ...during which a queued job can still be revoked, and is skipped.
     let revoked = s.delete(&format!("/v1/tasks/{}", ids[1])).await;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
-    let a = s.wait_final(&ids[0], 5.0).await;
-    let c = s.wait_final(&ids[2], 5.0).await;
+    let a = s.wait_final(&ids[0], 10.0).await;
+    let c = s.wait_final(&ids[2], 10.0).await;
     assert_eq!(
         (a["result"].clone(), c["result"].clone()),
         (json!(1), json!(3))
     );
+    // The second worker was idle all along: the batch waited, and went when the busy
+    // worker finished (the pool no longer busy), long before the delay.
+    let blocker = s.wait_final(&blocker, 10.0).await;
     assert!(
-        started_after(&a) >= 0.35,
-        "waited for the batch to fill: {}",
-        started_after(&a)
+        at(&a, "started_at") >= at(&blocker, "finished_at"),
+        "waited for the batch to fill: {a} vs {blocker}"
     );
     let b = s.get(&format!("/v1/tasks/{}", ids[1])).await.body;
     assert_eq!(b["state"], "REVOKED");
@@ -291,16 +292,20 @@ async fn batch_delay_waits_only_while_the_pool_is_busy_and_skips_revoked_jobs() 
         "a revoked job never runs: {b}"
     );
 
-    // A full batch goes at once, without the delay.
+    // A full batch goes at once, without the delay, while the other worker is busy.
+    let blocker = s.submit("debug.sleep", json!({"ms": 1500})).await;
+    assert!(s.wait_started(&blocker).await);
     let inputs: Vec<Value> = (0..8).map(|i| json!(i)).collect();
     let r = s
         .post("/v1/tasks/debug.echo/batch", &json!({ "inputs": inputs }))
         .await;
+    let blocker = s.wait_final(&blocker, 10.0).await;
     for id in ids_of(&r) {
-        let v = s.wait_final(&id, 5.0).await;
+        let v = s.wait_final(&id, 10.0).await;
+        assert_eq!(v["state"], "SUCCESS", "{v}");
         assert!(
-            started_after(&v) < 0.35,
-            "full batch waits for nothing: {v}"
+            at(&v, "started_at") < at(&blocker, "finished_at"),
+            "a full batch waits for nothing: {v} vs {blocker}"
         );
     }
     s.shutdown().await;

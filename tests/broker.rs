@@ -5,122 +5,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use celeriac::broker::Broker;
 use celeriac::config::{BrokerConfig, Config};
 use celeriac::store::TaskState;
-use common::{Server, debug_config_in, start, wait_until};
+use common::broker::{Redis, free_port, python, run_python, scratch};
+use common::{Node, Server, debug_config_in, start, wait_until};
 use serde_json::{Value, json};
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A scratch directory of this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("celeriac-broker-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A `redis-server` of our own, without persistence.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    /// Starts (again) on the same port and waits until it answers.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/test-deps.sh installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.pings() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// A raw command, for checks (`LLEN`, `HLEN`, `GET`).
-    async fn cmd(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut conn).await.unwrap()
-    }
-
-    async fn int(&self, args: &[&str]) -> i64 {
-        match self.cmd(args).await {
-            redis::Value::Int(n) => n,
-            other => panic!("{args:?}: {other:?}"),
-        }
-    }
-
-    /// The result-backend meta of a task.
-    async fn meta(&self, id: &str) -> Value {
-        match self.cmd(&["GET", &format!("celery-task-meta-{id}")]).await {
-            redis::Value::BulkString(b) => serde_json::from_slice(&b).unwrap(),
-            redis::Value::Nil => Value::Null,
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A `[broker]` table for `redis`, with a short visibility timeout.
 fn broker_table(redis: &Redis, node: &str) -> String {
@@ -157,64 +53,6 @@ async fn submit(b: &Broker, task: &str, input: Value) -> String {
         .await
         .unwrap();
     id.to_string()
-}
-
-/// The `celeriac` binary as a child process.
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Node {
-    fn spawn(role: &str, config: &str, name: &str) -> Node {
-        let dir = scratch(name);
-        let path = dir.join("config.toml");
-        std::fs::write(&path, config).unwrap();
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args([role, "--config"])
-            .arg(&path)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("CELERIAC_BROKER_URL")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Node {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let url = format!("{}/health/ready", self.url);
-        assert!(
-            wait_until(Duration::from_secs(30), || {
-                let r = client.get(&url).send();
-                async move { r.await.is_ok_and(|r| r.status() == 200) }
-            })
-            .await,
-            "node did not become ready"
-        );
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn wait_state(b: &Broker, id: &str, state: TaskState, secs: u64) -> bool {
@@ -306,7 +144,7 @@ async fn two_nodes_share_a_queue_and_answer_for_each_other() {
 async fn a_killed_node_s_tasks_finish_exactly_once_on_another() {
     let redis = Redis::start();
     let w1 = Node::spawn("worker", &node_config("k", 4, &redis, "celeriac@w1"), "w1");
-    w1.wait_ready().await;
+    w1.wait_ready(30).await;
     let b = client(&redis, "k").await;
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -369,7 +207,7 @@ async fn sigterm_puts_back_what_a_worker_cannot_finish() {
         "drain_timeout_seconds = 0.5",
     );
     let w1 = Node::spawn("worker", &config, "t1");
-    w1.wait_ready().await;
+    w1.wait_ready(30).await;
     let b = client(&redis, "term").await;
     let long = [
         submit(&b, "debug.sleep", json!({"ms": 3000})).await,
@@ -378,15 +216,14 @@ async fn sigterm_puts_back_what_a_worker_cannot_finish() {
     for id in &long {
         assert!(wait_state(&b, id, TaskState::Started, 10).await);
     }
-    let mut w1 = w1;
     w1.signal("-TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let s = w1.child.wait().unwrap();
+    let (status, _w1) = tokio::task::spawn_blocking(move || {
+        let mut w1 = w1;
+        let s = common::wait_child(&mut w1.child, Duration::from_secs(30));
         (s, w1)
     })
     .await
-    .unwrap()
-    .0;
+    .unwrap();
     assert!(status.success(), "{status:?}");
     // Back in the queue at once (not after the visibility timeout), nothing in flight.
     assert_eq!(redis.int(&["LLEN", "term"]).await, 2);
@@ -439,34 +276,216 @@ async fn a_redis_restart_is_a_clear_503_then_service_resumes() {
     s.shutdown().await;
 }
 
-/// The test virtualenv's Python (scripts/test-deps.sh).
-fn python() -> PathBuf {
-    std::env::var_os("CELERIAC_PYTHON").map_or_else(
-        || {
-            let home = std::env::var("HOME").unwrap();
-            Path::new(&home).join(".cache/celeriac/pyenv/bin/python")
-        },
-        PathBuf::from,
-    )
+/// The strings of an array reply (`HKEYS`, `LRANGE`).
+async fn strings(redis: &Redis, args: &[&str]) -> Vec<String> {
+    match redis.cmd(args).await {
+        redis::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+                other => panic!("{args:?}: {other:?}"),
+            })
+            .collect(),
+        other => panic!("{args:?}: {other:?}"),
+    }
 }
 
-/// Runs a Python script with the test virtualenv; returns its stdout.
-fn run_python(script: &str, args: &[&str]) -> String {
-    let dir = scratch("py");
-    let path = dir.join(format!("s{}.py", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, script).unwrap();
-    let out = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test-deps.sh)", python().display()));
+/// The lease (`unacked_index` score) of delivery tag `tag`, if held.
+async fn lease(redis: &Redis, tag: &str) -> Option<f64> {
+    match redis.cmd(&["ZSCORE", "unacked_index", tag]).await {
+        redis::Value::BulkString(b) => Some(String::from_utf8(b).unwrap().parse().unwrap()),
+        redis::Value::Double(d) => Some(d),
+        redis::Value::Nil => None,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A task longer than the visibility timeout (3 s against 2 s), with a second node
+/// idle on the same queue: the holder renews the lease, so no node puts the message back
+/// and the task runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_longer_than_the_visibility_timeout_runs_exactly_once() {
+    let redis = Redis::start();
+    let a = start(&node_config("lease", 1, &redis, "celeriac@la")).await;
+    let b = start(&node_config("lease", 1, &redis, "celeriac@lb")).await;
+    let id = a.submit("debug.sleep", json!({"ms": 3000})).await;
+    let held = wait_until(Duration::from_secs(5), || async {
+        redis.meta(&id).await["status"] == "STARTED"
+    })
+    .await;
+    assert!(held, "{}", redis.meta(&id).await);
+    let tags = strings(&redis, &["HKEYS", "unacked"]).await;
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    let first = lease(&redis, &tags[0]).await.expect("in flight");
+    // Renewed every quarter of the timeout while it runs.
     assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        wait_until(Duration::from_secs(3), || async {
+            lease(&redis, &tags[0]).await.is_some_and(|l| l > first)
+        })
+        .await,
+        "the lease was not renewed"
     );
-    String::from_utf8(out.stdout).unwrap()
+    let v = b.wait_final(&id, 15.0).await;
+    assert_eq!(v["state"], "SUCCESS", "{v}");
+    assert_eq!(v["result"], json!({"slept_ms": 3000}));
+    assert_eq!(v["retries"], 0, "{v}");
+    let meta = redis.meta(&id).await;
+    assert_eq!(meta["retries"], 0, "{meta}");
+    // One run: no node restored the message or took it a second time.
+    for node in [&a, &b] {
+        let broker = node.state.broker.clone().unwrap();
+        assert_eq!(broker.redeliveries.load(Ordering::Relaxed), 0);
+        assert_eq!(broker.restored.load(Ordering::Relaxed), 0);
+    }
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
+    assert_eq!(redis.int(&["LLEN", "lease"]).await, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Redis goes away while a task runs and comes back empty on the same port: the result
+/// the node computed meanwhile is written once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_computed_while_redis_is_down_is_written_when_it_returns() {
+    let mut redis = Redis::start();
+    let s = start(&node_config("down", 1, &redis, "celeriac@down")).await;
+    let id = s.submit("debug.sleep", json!({"ms": 800})).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            redis.meta(&id).await["status"] == "STARTED"
+        })
+        .await
+    );
+    redis.stop();
+    let broker = s.state.broker.clone().unwrap();
+    // Finished on the node, and the broker seen down (a write failed) before Redis
+    // returns.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            s.state.store.state(&uuid).is_some_and(|st| st.is_final()) && !broker.is_up()
+        })
+        .await,
+        "state {:?}, broker up {}",
+        s.state.store.state(&uuid),
+        broker.is_up()
+    );
+    redis.restart();
+    assert_eq!(redis.meta(&id).await, Value::Null, "Redis came back empty");
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            redis.meta(&id).await["status"] == "SUCCESS"
+        })
+        .await,
+        "the result was not written after Redis returned"
+    );
+    let meta = redis.meta(&id).await;
+    assert_eq!(meta["result"], json!({"slept_ms": 800}), "{meta}");
+    assert_eq!(meta["worker"], "celeriac@down");
+    assert_eq!(s.wait_final(&id, 5.0).await["state"], "SUCCESS");
+    s.shutdown().await;
+}
+
+/// Messages that are not Celery task messages go, as they were, to
+/// `<queue>.celeriac-dead-letter`; nothing is left in flight and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreadable_messages_go_to_the_dead_letter_list() {
+    let redis = Redis::start();
+    let s = start(&node_config("dlq", 1, &redis, "celeriac@dl")).await;
+    let no_tag_id = uuid::Uuid::new_v4().to_string();
+    let junk = [
+        "not json at all".to_string(),
+        r#"{"headers": {"id": "x", "task": "debug.echo"}}"#.to_string(),
+        // A task message without kombu's delivery_tag (fatal to a Python worker too).
+        json!({
+            "body": "W1tdLCB7fSwge31d",
+            "headers": {"id": no_tag_id, "task": "debug.echo", "lang": "py"},
+            "properties": {"delivery_info": {"exchange": "", "routing_key": "dlq"}}
+        })
+        .to_string(),
+    ];
+    for raw in &junk {
+        redis.cmd(&["LPUSH", "dlq", raw]).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            redis.int(&["LLEN", "dlq.celeriac-dead-letter"]).await == 3
+        })
+        .await,
+        "{:?}",
+        strings(&redis, &["LRANGE", "dlq.celeriac-dead-letter", "0", "-1"]).await
+    );
+    // Newest first, byte for byte.
+    let mut dead = strings(&redis, &["LRANGE", "dlq.celeriac-dead-letter", "0", "-1"]).await;
+    dead.reverse();
+    assert_eq!(dead, junk);
+    assert_eq!(redis.int(&["LLEN", "dlq"]).await, 0);
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
+    assert_eq!(
+        redis.meta(&no_tag_id).await,
+        Value::Null,
+        "never marked STARTED"
+    );
+    let r = s.post("/v1/tasks/debug.echo?wait=5", &json!("after")).await;
+    assert_eq!(r.body["result"], "after", "{}", r.body);
+    s.shutdown().await;
+}
+
+/// A node whose only worker is lost and whose replacements fail to start (the restart
+/// budget spent: every slot parked) gives the task it took back to the Redis queue, and
+/// another node runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_with_no_live_worker_gives_its_tasks_back_to_the_queue() {
+    let redis = Redis::start();
+    let a = start(&debug_config_in(
+        "gb",
+        "concurrency = 1\nmax_retries = 1",
+        &format!(
+            "restart_budget = 1\nrestart_window_seconds = 60.0\n{}",
+            broker_table(&redis, "celeriac@gb-a")
+        ),
+    ))
+    .await;
+    let b = client(&redis, "gb").await;
+    // The worker is lost, its task re-queued on the node (max_retries), and the two
+    // starts of its replacement fail: the second spends the budget and parks the slot.
+    let id = submit(&b, "debug.crash_worker", json!({"failed_starts": 2})).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            a.state.pools[0].status().is_dead()
+        })
+        .await,
+        "{:?}",
+        a.state.pools[0].status()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            redis.int(&["LLEN", "gb"]).await == 1
+        })
+        .await,
+        "the task did not go back to the queue: {}",
+        redis.meta(&id).await
+    );
+    assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0, "A holds nothing");
+    assert!(a.state.broker.clone().unwrap().held().is_empty());
+    // Another node, where the name is served by an echo, runs it.
+    let other = format!(
+        "{}[pools.gb]\nconcurrency = 1\n[tasks.\"debug.crash_worker\"]\nkind = \"debug.echo\"\npool = \"gb\"\n",
+        broker_table(&redis, "celeriac@gb-b")
+    );
+    let c = start(&other).await;
+    assert!(
+        wait_state(&b, &id, TaskState::Success, 15).await,
+        "{}",
+        redis.meta(&id).await
+    );
+    let meta = redis.meta(&id).await;
+    assert_eq!(meta["worker"], "celeriac@gb-b", "{meta}");
+    assert_eq!(meta["result"], json!({"failed_starts": 2}), "{meta}");
+    assert!(meta["retries"].as_u64().unwrap() >= 1, "{meta}");
+    assert_eq!(redis.int(&["LLEN", "gb"]).await, 0);
+    c.shutdown().await;
+    a.shutdown().await;
 }
 
 /// A Python Celery worker (`--pool solo`) on queue `pyq` running `source` as module

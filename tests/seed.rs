@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, Redis, free_port, python, shared_dir, wait_until};
+use common::broker::{Redis, free_port, python};
+use common::{Node, shared_dir, wait_until};
 use serde_json::{Value, json};
 
 /// uvicorn serving the seed's `api:app` on a free port, with `REDIS_URL` set.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::wait_until;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONFIG: &str = r#"
 [server]
@@ -20,6 +21,18 @@ kind = "debug.sleep"
 pool = "p"
 "#;
 
+/// Kills the server if the test fails before it exits on its own.
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_queued_tasks_then_exits_zero() {
     let dir = std::env::temp_dir().join(format!("celeriac-sigterm-{}", std::process::id()));
@@ -27,13 +40,17 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
     let config = dir.join("test.toml");
     std::fs::write(&config, CONFIG).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-        .args(["--log-json", "serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut server = Reap(Some(
+        Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args(["--log-json", "serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    ));
+    let child = server.0.as_mut().unwrap();
+    let pid = child.id();
     // Read the log lines on a thread; find the address it listens on.
     let stdout = child.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
@@ -57,7 +74,7 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
         }
     };
     let url = format!("http://{addr}");
-    let client = reqwest::Client::new();
+    let client = common::client();
 
     // Two workers, ten 150 ms tasks: about 750 ms of queued work.
     let mut ids = Vec::new();
@@ -73,18 +90,33 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
             .unwrap();
         ids.push(r["task_id"].as_str().unwrap().to_string());
     }
-    // Long polls opened before the signal are answered while the server drains.
-    let polls: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let c = client.clone();
-            let u = format!("{url}/v1/tasks/{id}?wait=30");
-            tokio::spawn(async move { c.get(u).send().await.unwrap().json::<Value>().await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Long polls opened before the signal are answered while the server drains. Each
+    // request is written whole on its own connection; a request on one more connection,
+    // answered, shows the server accepted the earlier ones (accepts are in order), so
+    // no fixed pause is needed before the signal.
+    let addr_for_polls = addr.clone();
+    let mut polls = Vec::new();
+    for id in &ids {
+        let mut conn = tokio::net::TcpStream::connect(&addr_for_polls)
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /v1/tasks/{id}?wait=30 HTTP/1.1\r\nhost: {addr_for_polls}\r\nconnection: close\r\n\r\n"
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        polls.push(tokio::spawn(async move {
+            let mut raw = Vec::new();
+            conn.read_to_end(&mut raw).await.map(|_| raw)
+        }));
+    }
+    let live = client
+        .get(format!("{url}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200);
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -107,18 +139,22 @@ async fn sigterm_drains_queued_tasks_then_exits_zero() {
     );
 
     for p in polls {
-        let v = p
+        let raw = tokio::time::timeout(Duration::from_secs(40), p)
             .await
+            .expect("long poll answered within its 30 s wait")
             .unwrap()
             .expect("long poll answered during the drain");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(
             v["state"], "SUCCESS",
             "queued task finished before exit: {v}"
         );
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let child = server.0.take().unwrap();
+    let (exit, _) = common::wait_child_async(child, Duration::from_secs(40)).await;
     assert_eq!(exit.code(), Some(0), "exits 0 after draining");
     // The reader thread ends when the process's stdout closes.
     while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {

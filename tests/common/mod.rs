@@ -1,7 +1,12 @@
-//! Shared helpers: a real celeriac server on 127.0.0.1:0, a client, `wait_until`.
+//! Shared helpers: a real celeriac server on 127.0.0.1:0, a client, `wait_until`,
+//! bounded waits on child processes; [`broker`] for the broker tests.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::future::Future;
+use std::io::Read;
+use std::process::{Child, ExitStatus, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +53,7 @@ pub async fn start_cold(toml: &str) -> Server {
     }));
     Server {
         url,
-        client: reqwest::Client::new(),
+        client: client(),
         state,
         stop: Some(stop),
         handle,
@@ -192,11 +197,25 @@ impl Server {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
 
-    /// Stops the server as SIGTERM would and waits for it to drain and exit.
+    /// Stops the server as SIGTERM would and waits (at most 60 s) for it to drain and
+    /// exit.
     pub async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.handle.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the server drained and exited within 60 s")
+            .unwrap()
+            .unwrap();
     }
+}
+
+/// An HTTP client whose every request gives up after 120 s, so a server that stops
+/// answering fails the test instead of hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("reqwest client")
 }
 
 /// Polls `cond` every 10 ms until it holds; false if `timeout` passes first.
@@ -214,6 +233,77 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (at most `limit`) for `child` to exit; kills it and panics past the limit, so a
+/// stuck process fails the test instead of hanging it.
+pub fn wait_child(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a child") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "child process {} still running after {limit:?}: killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_child`] off the async runtime; gives the child back with its status.
+pub async fn wait_child_async(mut child: Child, limit: Duration) -> (ExitStatus, Child) {
+    tokio::task::spawn_blocking(move || {
+        let status = wait_child(&mut child, limit);
+        (status, child)
+    })
+    .await
+    .expect("the waiting thread does not panic unless the child hangs")
+}
+
+/// Collects a child's piped stdout and stderr and waits (at most `limit`) for it to exit;
+/// past the limit it is killed and the test fails with what it printed.
+pub fn wait_child_output(mut child: Child, limit: Duration) -> Output {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "child process still running after {limit:?}: killed\n{}\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
     }
 }
 
@@ -298,34 +388,6 @@ pub fn jsonl_texts(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A scratch directory of this test process.
-pub fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("celeriac-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The Python of the test virtualenv (`scripts/test-deps.sh`): `CELERIAC_PYTHON`, else
-/// `~/.cache/celeriac/pyenv/bin/python`.
-pub fn python() -> std::path::PathBuf {
-    std::env::var_os("CELERIAC_PYTHON").map_or_else(
-        || {
-            let home = std::env::var("HOME").unwrap();
-            std::path::Path::new(&home).join(".cache/celeriac/pyenv/bin/python")
-        },
-        std::path::PathBuf::from,
-    )
-}
-
 /// `../shared` (the bench inputs, the seed app, the data set): `CELERIAC_SHARED`, else
 /// beside the repository. `None` when absent; under CI (`CI=true`) its absence fails
 /// the test instead, so a check that needs it can never pass by skipping.
@@ -358,9 +420,9 @@ pub struct Node {
 
 impl Node {
     pub fn spawn(role: &str, config: &str, name: &str) -> Node {
-        let path = scratch(name).join("config.toml");
+        let path = broker::scratch(name).join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let port = free_port();
+        let port = broker::free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_celeriac"))
             .args([role, "--config"])
             .arg(&path)
@@ -377,9 +439,19 @@ impl Node {
         }
     }
 
+    /// Sends the signal `sig` (`-TERM`, `-KILL`, ...) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
     /// Waits (at most `secs`) until `/health/ready` answers 200.
     pub async fn wait_ready(&self, secs: u64) {
-        let client = reqwest::Client::new();
+        let client = client();
         let url = format!("{}/health/ready", self.url);
         assert!(
             wait_until(Duration::from_secs(secs), || {
@@ -396,68 +468,5 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A `redis-server` of our own on a free port, without persistence; stopped when
-/// dropped.
-pub struct Redis {
-    pub port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    /// Starts (again) on the same port and waits (at most 10 s) until it answers.
-    pub fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/test-deps.sh installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.pings() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn pings(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
