@@ -368,6 +368,12 @@ impl<K: Kind> Task for CheckpointTask<K> {
                 }),
             };
             match encodings {
+                // A text the tokenizer turns into nothing fails alone, not its batch.
+                Ok(e) if e.iter().any(|e| e.is_empty()) => {
+                    out[i] = Some(Err(TaskError(
+                        "the tokenizer gives no tokens for this text".into(),
+                    )))
+                }
                 Ok(e) => valid.push((i, e)),
                 Err(e) => out[i] = Some(Err(TaskError(e))),
             }
