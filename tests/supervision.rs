@@ -458,8 +458,14 @@ async fn a_panicking_pool_actor_is_restarted_and_the_other_pools_never_notice() 
         broke.elapsed()
     );
     assert!(back, "pool `a` did not come back");
+    let v = s.wait_final(&boom, 5.0).await;
+    assert_eq!(v["state"], "FAILURE", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("debug.panic_pool"),
+        "{v}"
+    );
     // Every accepted task is final: the running and queued ones failed with the reason.
-    for id in held.iter().chain([&boom]) {
+    for id in &held {
         let v = s.wait_final(id, 5.0).await;
         assert_eq!(v["state"], "FAILURE", "{v}");
         let error = v["error"].as_str().unwrap();

@@ -224,10 +224,16 @@ impl Actor for Pool {
         match message {
             PoolMessage::Submit(jobs) => {
                 if let Some(job) = jobs.iter().find(|j| state.breakers.contains(&j.task)) {
-                    panic!(
-                        "{}: making pool `{}`'s actor panic as asked (a test hook)",
-                        job.task, state.shared.name
+                    let why = format!(
+                        "debug.panic_pool: making pool `{}`'s actor panic as asked (a test hook)",
+                        state.shared.name
                     );
+                    // Its own job is final first, so that with a broker it is not handed
+                    // back (and run again) with the pool's other tasks.
+                    if let Some(f) = state.store.fail(&job.id, None, why.clone()) {
+                        crate::metrics::finished(&state.shared.name, &f);
+                    }
+                    panic!("{why}");
                 }
                 // A dead pool's queue is failed in `settle`.
                 state.queue.extend(jobs);
