@@ -3,7 +3,8 @@
 # precision (PRECISIONS, default f32 bf16 int8; ISAS adds runs with CELERIAC_ISA capped,
 # e.g. ISAS="avx512 avx2"), its candle kernels, and PyTorch (the baseline's
 # SpamClassifier, where the baseline venv exists), each on THREADS intra-op threads
-# (default 1): batch-1 latency and batch 8/32 throughput over the first N bench inputs.
+# (default 1): batch-1 latency and batch 8/32 throughput over the first N bench inputs;
+# then one row per architecture (ARCHS), ours and PyTorch's on the same checkpoint.
 # Prints the CPU flags and one table; JSON lines go to $OUT.
 #
 #   bench/model.sh              # 1 thread
@@ -37,6 +38,29 @@ if [ -x "$PY" ]; then
     --baseline "$SHARED/baseline") 2> "$OUT/torch.err" | tail -n 1 >> "$OUT/model.jsonl"
 else
   echo "no PyTorch venv at $PY (run ../shared/baseline/setup.sh): celeriac only" >&2
+fi
+# One row per architecture (ARCHS; empty to skip): random sequence classifiers at
+# MiniLM's shape with MiniLM's tokenizer (scripts/make-tiny-models.py --bench), served as
+# text_classifier checkpoints: the BERT family on the packed kernels (f32; the spam row
+# above is MiniLM itself at the same shape), DeBERTa-v2 and ModernBERT on
+# candle-transformers, each architecture also in PyTorch where the venv is there.
+# ARCH_PY: a Python with torch and transformers (default: the baseline's venv).
+ARCHS=${ARCHS-bert roberta xlm-roberta distilbert deberta-v2 modernbert}
+ARCH_PY=${ARCH_PY:-$PY}
+if [ -n "$ARCHS" ] && [ -x "$ARCH_PY" ]; then
+  CKPTS=${CKPTS:-$OUT/checkpoints}
+  [ -d "$CKPTS/modernbert" ] || (cd "$ROOT" && "$ARCH_PY" scripts/make-tiny-models.py --bench "$CKPTS") >&2
+  (cd "$ROOT" && cargo build --release --example bench_checkpoint) >&2
+  for arch in $ARCHS; do
+    (cd "$ROOT" && "$CARGO_TARGET_DIR/release/examples/bench_checkpoint" --model "$CKPTS/$arch" \
+      --name "$arch" --precision f32 --threads "$THREADS" --n "$N" --inputs "$INPUTS") \
+      | tail -n 1 >> "$OUT/model.jsonl"
+    (cd "$ROOT" && "$ARCH_PY" bench/torch_checkpoint.py --model "$CKPTS/$arch" --name "$arch" \
+      --threads "$THREADS" --n "$N" --inputs "$INPUTS") 2>> "$OUT/torch.err" \
+      | tail -n 1 >> "$OUT/model.jsonl"
+  done
+elif [ -n "$ARCHS" ]; then
+  echo "no PyTorch venv at $ARCH_PY: no per-architecture rows (they need transformers to make the checkpoints)" >&2
 fi
 python3 - "$OUT/model.jsonl" << 'PY'
 import json, sys

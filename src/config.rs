@@ -634,6 +634,19 @@ pub struct TaskSpec {
     /// candle on CUDA). README "Precision".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernels: Option<crate::model::Kernels>,
+    /// Kind `embeddings`: whether embeddings are L2-normalised; unset, as the
+    /// checkpoint's `modules.json` says (a `Normalize` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// Kind `embeddings`: keep the first this many values of each embedding (Matryoshka
+    /// models); unset, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
+    /// Checkpoint kinds: truncate inputs at this many tokens; unset, the checkpoint's
+    /// own maximum (`sentence_bert_config.json`, `tokenizer_config.json`, the position
+    /// table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -1133,8 +1146,20 @@ impl TaskSpec {
                 ),
             ));
         }
+        if let Some(n) = self.max_length {
+            within(format!("{key}.max_length"), Self::MAX_LENGTH, n as f64)?;
+        }
+        if let Some(n) = self.dimensions {
+            within(format!("{key}.dimensions"), Self::DIMENSIONS, n as f64)?;
+        }
         Ok(())
     }
+
+    /// `max_length`: tokens per input (at most the model's own maximum, checked at load).
+    pub const MAX_LENGTH: Limit = Limit::int(2, 1 << 20, "tokens");
+    /// `dimensions`: values kept per embedding (at most the model's width, checked at
+    /// load).
+    pub const DIMENSIONS: Limit = Limit::int(1, 1 << 16, "dimensions");
 }
 
 /// Task names appear in URL paths and metric labels: keep them plain.

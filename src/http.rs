@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod models;
 pub mod openapi;
 pub mod tasks;
 
@@ -47,6 +48,8 @@ pub fn routes(
         })
         .untuple_one()
         .and(task_routes)
+        .or(models::list(state.clone()))
+        .unify()
         .or(health::live())
         .unify()
         .or(health::ready(state.clone()))
@@ -162,6 +165,7 @@ pub const ROUTES: &[Route] = &[
     Route::new::<health::__path_live>("GET", "/health/live", "operations"),
     Route::new::<health::__path_ready>("GET", "/health/ready", "operations"),
     Route::new::<__path_openapi>("GET", "/openapi.json", "operations"),
+    Route::new::<models::__path_list>("GET", "/v1/models", "models"),
 ];
 
 fn template_matches(template: &str, path: &str) -> bool {
@@ -497,5 +501,7 @@ mod tests {
         assert_eq!(openapi[1], "/v1/tasks/{task}/batch");
         assert_eq!(openapi[5], "/v1/admin/pools/{pool}");
         assert_eq!(openapi[6], "/metrics");
+        assert_eq!(route_of("GET", "/v1/models"), "/v1/models");
+        assert_eq!(allowed_methods("/v1/models"), ["GET"]);
     }
 }

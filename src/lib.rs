@@ -18,10 +18,15 @@
 //! - [`broker`]: Redis as broker and result backend in Celery's wire format (several
 //!   nodes, Python Celery clients): submit, take, leases, restores, results.
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
-//! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks and the
-//!   text classifier task.
-//! - [`model`]: model manifests, the BERT encoder on candle, the classifier, head training.
-//! - [`http`]: warp routes, JSON errors, the rejection handler.
+//! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks, the
+//!   text classifier task on a `model.toml` directory, and the task kinds on Hugging
+//!   Face checkpoints (`text_classifier`, `embeddings`, `reranker`, `token_classifier`).
+//! - [`model`]: loading checkpoints (directories, the hub cache), the encoder families
+//!   behind one trait (the BERT family on packed CPU kernels; DeBERTa-v2 and ModernBERT
+//!   on candle-transformers; BERT on candle for CUDA), the heads, model manifests, the
+//!   spam classifier, head training.
+//! - [`http`]: warp routes (tasks, `/v1/models`, health, admin), JSON errors, the
+//!   rejection handler.
 //! - [`error`]: the API error table (status and code per error).
 //! - [`metrics`]: every Prometheus metric name, its help, buckets and helpers.
 #![warn(missing_docs)]

@@ -7,9 +7,15 @@
 
 pub mod amx;
 pub mod bert;
+pub mod debertav2;
+pub mod family;
 pub mod fidelity;
+pub mod heads;
+pub mod hf;
+pub mod modernbert;
 pub mod packed;
 pub mod qgemm;
+pub mod served;
 pub mod sgemm;
 pub mod train;
 pub mod weights;

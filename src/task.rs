@@ -5,6 +5,7 @@
 //! its pool when it starts. A factory may hold state shared by all its instances (a
 //! model's read-only weights, loaded once).
 
+pub mod checkpoint;
 pub mod debug;
 pub mod text_classifier;
 
@@ -307,6 +308,12 @@ pub trait TaskFactory: Send + Sync {
     fn pads_batches(&self) -> bool {
         false
     }
+    /// What it serves, for `GET /v1/models`: kind, architecture, source, labels or
+    /// dimensions, maximum length, precision, kernels. `None` (the default): a task
+    /// that runs no model.
+    fn describe(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// Every registered task: name → factory and pool.
@@ -344,6 +351,9 @@ fn kinds() -> &'static [(&'static str, KindBuilder)] {
         ("debug.panic_pool", debug::panic_pool),
         ("noop", debug::noop),
         ("text_classifier", text_classifier::factory),
+        ("embeddings", checkpoint::embeddings),
+        ("reranker", checkpoint::reranker),
+        ("token_classifier", checkpoint::token_classifier),
     ]
 }
 
@@ -430,6 +440,12 @@ pub(crate) fn no_model(name: &str, spec: &crate::config::TaskSpec) -> Result<(),
         "precision"
     } else if spec.kernels.is_some() {
         "kernels"
+    } else if spec.normalize.is_some() {
+        "normalize"
+    } else if spec.dimensions.is_some() {
+        "dimensions"
+    } else if spec.max_length.is_some() {
+        "max_length"
     } else {
         return Ok(());
     };

@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 use super::ROUTES;
 use super::admin::{PoolUpdate, PoolView};
 use super::health::{Liveness, PoolHealth, Readiness};
+use super::models::{ModelEntry, ModelList};
 use super::tasks::{Accepted, BatchAccepted, BatchRequest, TaskInput};
 use crate::error::ErrorBody;
 use crate::store::{TaskState, TaskView};
@@ -33,6 +34,7 @@ use crate::store::{TaskState, TaskView};
     ),
     tags(
         (name = "tasks", description = "Submit, poll and revoke tasks."),
+        (name = "models", description = "What this server serves: each task, its kind and its model."),
         (name = "admin", description = "Pool operations, behind a bearer token (`server.admin_token` or `CELERIAC_ADMIN_TOKEN`)."),
         (name = "operations", description = "Health, metrics and this document."),
     ),
@@ -50,6 +52,8 @@ use crate::store::{TaskState, TaskView};
             Liveness,
             PoolHealth,
             Readiness,
+            ModelEntry,
+            ModelList,
         ),
         responses(
             BadRequest,

@@ -66,6 +66,16 @@ fn default_layer_norm_eps() -> f64 {
 /// model's root: under `bert.` when the checkpoint has that prefix (a
 /// `BertForSequenceClassification` save), else the checkpoint's root.
 pub fn checkpoint_root<'a>(vb: VarBuilder<'a>, config: &BertConfig) -> Result<VarBuilder<'a>> {
+    check_config(config)?;
+    Ok(if vb.contains_tensor(&format!("bert.{WORD_EMBEDDINGS}")) {
+        vb.pp("bert")
+    } else {
+        vb
+    })
+}
+
+/// Checks that the encoders support `config` (activation, position embeddings, shapes).
+pub fn check_config(config: &BertConfig) -> Result<()> {
     if config.hidden_act != "gelu" {
         candle_core::bail!(
             "hidden_act `{}` is not supported (only `gelu`, the erf form)",
@@ -86,11 +96,7 @@ pub fn checkpoint_root<'a>(vb: VarBuilder<'a>, config: &BertConfig) -> Result<Va
     if config.type_vocab_size == 0 || config.intermediate_size == 0 {
         candle_core::bail!("type_vocab_size and intermediate_size must be at least 1");
     }
-    Ok(if vb.contains_tensor(&format!("bert.{WORD_EMBEDDINGS}")) {
-        vb.pp("bert")
-    } else {
-        vb
-    })
+    Ok(())
 }
 
 /// A linear layer: `weight` `[out, in]`, `bias` `[out]`.

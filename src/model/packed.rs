@@ -28,6 +28,7 @@ use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
 use super::bert::{BertConfig, checkpoint_root};
+use super::family::{BertLayout, Seq};
 use super::sgemm::Write;
 use super::weights::{Buf, Codec, Reader, Writer};
 use super::{Precision, qgemm, sgemm};
@@ -93,8 +94,12 @@ struct Layer {
 pub struct PackedEncoder {
     word: Buf<f32>,
     position: Buf<f32>,
-    /// Token type 0's embedding (every text is one segment).
+    /// The token-type table, `[types, hidden]` (one zero row for families without
+    /// token types).
     token_type: Buf<f32>,
+    /// The position of a text's first token in the position table: 0 for BERT,
+    /// `pad_token_id + 1` for the RoBERTa family.
+    position_offset: usize,
     emb_norm: Norm,
     layers: Vec<Layer>,
     hidden: usize,
@@ -247,30 +252,47 @@ impl PackedEncoder {
     /// layers in `precision`.
     pub fn load(vb: VarBuilder, config: &BertConfig, precision: Precision) -> Result<Self> {
         let vb = checkpoint_root(vb, config)?;
+        Self::load_layout(vb, config, &BertLayout::BERT, precision)
+    }
+
+    /// Reads the encoder of any BERT-family checkpoint (BERT, RoBERTa, XLM-RoBERTa,
+    /// DistilBERT: [`BertLayout`] names its tensors and its position offset) from a var
+    /// builder at the encoder's root, the dense layers in `precision`.
+    pub fn load_layout(
+        vb: VarBuilder,
+        config: &BertConfig,
+        layout: &BertLayout,
+        precision: Precision,
+    ) -> Result<Self> {
         let (h, heads) = (config.hidden_size, config.num_attention_heads);
         let e = vb.pp("embeddings");
-        let token_types = flat(
-            e.pp("token_type_embeddings")
-                .get((config.type_vocab_size, h), "weight")?,
-        )?;
+        let token_type = match layout.token_type {
+            Some(name) => flat(e.pp(name).get((config.type_vocab_size, h), "weight")?)?,
+            None => vec![0f32; h].into(),
+        };
+        if layout.position_offset >= config.max_position_embeddings {
+            candle_core::bail!(
+                "max_position_embeddings {} leaves no position after the offset {}",
+                config.max_position_embeddings,
+                layout.position_offset
+            );
+        }
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let l = vb.pp(format!("encoder.layer.{i}"));
-            let a = l.pp("attention");
+            let l = vb.pp(format!("{}.{i}", layout.layers));
             layers.push(Layer {
                 qkv: stack(vec![
-                    dense(&a.pp("self.query"), h, h)?,
-                    dense(&a.pp("self.key"), h, h)?,
-                    dense(&a.pp("self.value"), h, h)?,
+                    dense(&l.pp(layout.query), h, h)?,
+                    dense(&l.pp(layout.key), h, h)?,
+                    dense(&l.pp(layout.value), h, h)?,
                 ])
                 .finish(precision),
-                attn_out: dense(&a.pp("output.dense"), h, h)?.finish(precision),
-                attn_norm: norm(&a.pp("output.LayerNorm"), h)?,
-                intermediate: dense(&l.pp("intermediate.dense"), h, config.intermediate_size)?
+                attn_out: dense(&l.pp(layout.attn_out), h, h)?.finish(precision),
+                attn_norm: norm(&l.pp(layout.attn_norm), h)?,
+                intermediate: dense(&l.pp(layout.intermediate), h, config.intermediate_size)?
                     .finish(precision),
-                output: dense(&l.pp("output.dense"), config.intermediate_size, h)?
-                    .finish(precision),
-                out_norm: norm(&l.pp("output.LayerNorm"), h)?,
+                output: dense(&l.pp(layout.output), config.intermediate_size, h)?.finish(precision),
+                out_norm: norm(&l.pp(layout.out_norm), h)?,
             });
         }
         Ok(PackedEncoder {
@@ -282,13 +304,14 @@ impl PackedEncoder {
                 e.pp("position_embeddings")
                     .get((config.max_position_embeddings, h), "weight")?,
             )?,
-            token_type: token_types[..h].to_vec().into(),
+            token_type,
+            position_offset: layout.position_offset,
             emb_norm: norm(&e.pp("LayerNorm"), h)?,
             layers,
             hidden: h,
             heads,
             head_dim: h / heads,
-            max_positions: config.max_position_embeddings,
+            max_positions: config.max_position_embeddings - layout.position_offset,
             eps: config.layer_norm_eps as f32,
             precision: precision.resolve(),
         })
@@ -318,6 +341,7 @@ impl PackedEncoder {
         c.usize(&mut self.heads)?;
         c.usize(&mut self.head_dim)?;
         c.usize(&mut self.max_positions)?;
+        c.usize(&mut self.position_offset)?;
         c.f32(&mut self.eps)?;
         let mut p = Precision::ALL
             .iter()
@@ -338,8 +362,9 @@ impl PackedEncoder {
             && self.head_dim * self.heads == h
             && !self.word.is_empty()
             && self.word.len().is_multiple_of(h)
-            && self.position.len() == self.max_positions * h
-            && self.token_type.len() == h
+            && self.position.len() == (self.max_positions + self.position_offset) * h
+            && self.token_type.len() >= h
+            && self.token_type.len().is_multiple_of(h)
             && self.emb_norm.check(h)
             && self.layers.iter().all(|l| {
                 l.qkv.check(h, 3 * h)
@@ -382,10 +407,37 @@ impl PackedEncoder {
         self.hidden
     }
 
+    /// The most tokens a text may have: the position table's rows past the offset.
+    pub fn max_tokens(&self) -> usize {
+        self.max_positions
+    }
+
     /// The last hidden state of every token of every text, packed: text `i`'s rows are
     /// `offsets[i]..offsets[i + 1]` of the returned `[tokens, hidden]` matrix
     /// (row-major), where `offsets` is the running sum of the texts' lengths.
     pub fn forward(&self, texts: &[Vec<u32>]) -> Result<Vec<f32>> {
+        self.forward_typed(texts, None)
+    }
+
+    /// [`PackedEncoder::forward`] of sequences with their token types (text pairs).
+    pub fn forward_seqs(&self, seqs: &[Seq]) -> Result<Vec<f32>> {
+        let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
+        let types: Vec<Vec<u32>> = seqs.iter().map(|s| s.types.clone()).collect();
+        self.forward_typed(&ids, Some(&types))
+    }
+
+    /// [`PackedEncoder::forward`] with each token's type (`None`: type 0 everywhere).
+    pub fn forward_typed(
+        &self,
+        texts: &[Vec<u32>],
+        types: Option<&[Vec<u32>]>,
+    ) -> Result<Vec<f32>> {
+        if let Some(types) = types
+            && (types.len() != texts.len()
+                || types.iter().zip(texts).any(|(t, i)| t.len() != i.len()))
+        {
+            candle_core::bail!("token types do not match the token ids");
+        }
         // A big batch goes through the layers in groups of consecutive texts, as many
         // as GROUP_TOKENS-token groups would take, of about equal size: a group's
         // activations stay in L2 from one operation to the next, where a whole
@@ -401,20 +453,34 @@ impl PackedEncoder {
         let (mut start, mut done, mut cut) = (0, 0, 1);
         for (i, t) in texts.iter().enumerate() {
             if i > start && (done + t.len() / 2) * groups > total * cut {
-                self.forward_group(&texts[start..i], &mut out)?;
+                self.forward_group(&texts[start..i], types.map(|t| &t[start..i]), &mut out)?;
                 start = i;
                 cut += 1;
             }
             done += t.len();
         }
-        self.forward_group(&texts[start..], &mut out)?;
+        self.forward_group(&texts[start..], types.map(|t| &t[start..]), &mut out)?;
         Ok(out)
     }
 
     /// [`PackedEncoder::forward`] of one group: its rows are appended to `out`.
-    fn forward_group(&self, texts: &[Vec<u32>], out: &mut Vec<f32>) -> Result<()> {
+    fn forward_group(
+        &self,
+        texts: &[Vec<u32>],
+        types: Option<&[Vec<u32>]>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let h = self.hidden;
         let vocab = self.word.len() / h;
+        let type_rows = self.token_type.len() / h;
+        if let Some(bad) = types
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|&&t| t as usize >= type_rows)
+        {
+            candle_core::bail!("token type {bad} is outside the token-type table ({type_rows})");
+        }
         let mut offsets = Vec::with_capacity(texts.len() + 1);
         offsets.push(0usize);
         for ids in texts {
@@ -459,17 +525,15 @@ impl PackedEncoder {
         let [x, qkv, ctx, mid] = sizes.map(|n| carve(&mut rest, n));
         let scratch = rest;
         let par = parallelism();
-        for (ids, &start) in texts.iter().zip(&offsets) {
+        for (i, (ids, &start)) in texts.iter().zip(&offsets).enumerate() {
             for (p, &id) in ids.iter().enumerate() {
                 let row = &mut x[(start + p) * h..(start + p + 1) * h];
                 let word = &self.word[id as usize * h..(id as usize + 1) * h];
-                let pos = &self.position[p * h..(p + 1) * h];
-                for (((o, w), q), t) in row
-                    .iter_mut()
-                    .zip(word)
-                    .zip(pos)
-                    .zip(self.token_type.iter())
-                {
+                let at = p + self.position_offset;
+                let pos = &self.position[at * h..(at + 1) * h];
+                let ty = types.map_or(0, |t| t[i][p] as usize);
+                let ty = &self.token_type[ty * h..(ty + 1) * h];
+                for (((o, w), q), t) in row.iter_mut().zip(word).zip(pos).zip(ty) {
                     *o = w + q + t;
                 }
             }
@@ -578,6 +642,7 @@ fn code_fingerprint() -> u64 {
         include_bytes!("sgemm.rs"),
         include_bytes!("weights.rs"),
         include_bytes!("bert.rs"),
+        include_bytes!("family.rs"),
         include_bytes!("../model.rs"),
     ])
 }

@@ -404,6 +404,9 @@ mod tests {
             precision: Default::default(),
             kernels: None,
             queue: None,
+            normalize: None,
+            dimensions: None,
+            max_length: None,
         }
     }
 

@@ -1,4 +1,7 @@
-//! `text_classifier`: a BERT-family encoder with a linear head, from a model directory.
+//! `text_classifier`: a BERT-family encoder with a linear head, from a model directory
+//! with our `model.toml` (the spam model: an encoder and a head trained by `celeriac
+//! train-head`). A Hugging Face `*ForSequenceClassification` checkpoint is served by
+//! [`super::checkpoint`] under the same kind.
 //!
 //! Input `{"text": "..."}`; output `{"label": "spam", "probabilities": {"ham": 0.02,
 //! "spam": 0.98}}`. On the CPU the weights are loaded once and shared by every worker;
@@ -58,7 +61,25 @@ pub fn factory(
             "kind `text_classifier` needs a model directory: set tasks.\"{name}\".model"
         ))
     })?;
+    // A Hugging Face checkpoint (a directory without our model.toml, or hf:ORG/NAME):
+    // its own head and labels.
     let dir = config.model_dir(model);
+    if !dir.join("model.toml").exists() {
+        return super::checkpoint::factory::<super::checkpoint::TextClassifier>(name, spec, config);
+    }
+    for (setting, set) in [
+        ("normalize", spec.normalize.is_some()),
+        ("dimensions", spec.dimensions.is_some()),
+        ("max_length", spec.max_length.is_some()),
+    ] {
+        if set {
+            return Err(err(format!(
+                "tasks.\"{name}\".{setting} is for Hugging Face checkpoints; {} has a \
+                 model.toml (set max_length there)",
+                dir.display()
+            )));
+        }
+    }
     let manifest = Manifest::read(&dir).map_err(|e| err(e.to_string()))?;
     let weights = dir.join(&manifest.weights);
     if !weights.exists() {
@@ -206,6 +227,32 @@ impl TaskFactory for ClassifierFactory {
 
     fn pads_batches(&self) -> bool {
         true
+    }
+
+    fn describe(&self) -> Option<Value> {
+        let kernels = self
+            .kernels
+            .unwrap_or_else(|| Kernels::for_device(DeviceSpec::Cpu));
+        let precision = self
+            .precision
+            .for_kernels(kernels, DeviceSpec::Cpu)
+            .unwrap_or(self.precision);
+        Some(json!({
+            "kind": "text_classifier",
+            "inputs": ["text"],
+            "source": self.dir.display().to_string(),
+            "model_type": self.manifest.architecture,
+            "architecture": "encoder + model.toml head (mean pooling, linear, softmax)",
+            "labels": self.manifest.labels,
+            "multi_label": false,
+            "max_length": self.tokenizer.get_truncation().map_or(self.manifest.max_length, |t| t.max_length),
+            "precision": precision,
+            "kernels": kernels,
+            "kernel": match kernels {
+                Kernels::Packed => precision.kernel(),
+                Kernels::Candle => "candle",
+            },
+        }))
     }
 
     fn warms_up(&self) -> bool {
