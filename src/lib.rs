@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the configuration tree, defaults, environment overrides, validation.
+//! - [`config`]: the configuration tree, defaults, environment overrides, validation;
+//!   the range of every numeric setting (`config::limit`), shared with the admin API and
+//!   the OpenAPI document.
 //! - [`app`]: wiring; starts the actor tree, serves HTTP, drains on shutdown.
 //! - [`state`]: what the HTTP handlers share (config, store, registry, pools).
 //! - [`actors`]: the supervisor; one pool actor per pool, the sole owner of its queue,
