@@ -56,6 +56,24 @@ pub struct WorkerContext {
     pub max_batch_tokens: usize,
 }
 
+impl WorkerContext {
+    /// The worker's intra-op thread pool for a model task: `intra_op_threads` threads
+    /// named after the worker, at the pool's niceness.
+    pub fn intra_op_pool(&self, task: &str) -> Result<rayon::ThreadPool, LoadError> {
+        let name = self.name.clone();
+        let nice = self.nice;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.intra_op_threads)
+            .thread_name(move |i| format!("{name}-op{i}"))
+            .start_handler(move |_| set_thread_nice(nice))
+            .build()
+            .map_err(|e| LoadError {
+                task: task.to_string(),
+                message: format!("starting {} intra-op threads: {e}", self.intra_op_threads),
+            })
+    }
+}
+
 /// Sets the calling thread's niceness (Linux: per thread). Model threads run a little
 /// below the HTTP threads, so on a saturated machine requests and results still flow
 /// and batches fill, instead of the I/O path starving behind the model. Best effort:

@@ -268,21 +268,7 @@ impl<K: Kind> TaskFactory for CheckpointFactory<K> {
 
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         let model = self.model_for(ctx.device)?;
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.intra_op_threads)
-            .thread_name({
-                let name = ctx.name.clone();
-                move |i| format!("{name}-op{i}")
-            })
-            .start_handler({
-                let nice = ctx.nice;
-                move |_| crate::task::set_thread_nice(nice)
-            })
-            .build()
-            .map_err(|e| LoadError {
-                task: self.task.clone(),
-                message: format!("starting {} intra-op threads: {e}", ctx.intra_op_threads),
-            })?;
+        let threads = ctx.intra_op_pool(&self.task)?;
         Ok(Box::new(CheckpointTask::<K> {
             task: self.task.clone(),
             pool: ctx.pool.clone(),

@@ -198,21 +198,7 @@ impl TaskFactory for ClassifierFactory {
 
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         let model = self.model_for(ctx.device)?;
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.intra_op_threads)
-            .thread_name({
-                let name = ctx.name.clone();
-                move |i| format!("{name}-op{i}")
-            })
-            .start_handler({
-                let nice = ctx.nice;
-                move |_| crate::task::set_thread_nice(nice)
-            })
-            .build()
-            .map_err(|e| LoadError {
-                task: self.task.clone(),
-                message: format!("starting {} intra-op threads: {e}", ctx.intra_op_threads),
-            })?;
+        let threads = ctx.intra_op_pool(&self.task)?;
         Ok(Box::new(ClassifierTask {
             task: self.task.clone(),
             pool: ctx.pool.clone(),
