@@ -88,9 +88,12 @@ struct TaskRecord {
     finished_at: Option<SystemTime>,
     /// Re-queues after a lost worker.
     retries: u32,
-    /// Bumped each time a worker starts the task; answers carry it so a stale answer
-    /// (from a worker abandoned after a time limit) is ignored.
-    attempt: u32,
+    /// Set, from a store-wide counter, each time a worker starts the task; answers carry
+    /// it so a stale answer is ignored: from a worker abandoned after a time limit, or
+    /// from the worker of a pool restarted after its actor failed, whose task went back
+    /// to the broker and was taken again under the same id (a per-task count would start
+    /// again at 1 there and let the old run's answer through).
+    attempt: u64,
     /// When a final record is deleted (monotonic, so `tokio::time::pause` drives it).
     expires_at: Option<Instant>,
     /// Created on the first long-poll; woken on every state change.
@@ -218,6 +221,8 @@ pub struct TaskStore {
     shards: Vec<Mutex<HashMap<TaskId, TaskRecord>>>,
     ttl: Duration,
     mirror: std::sync::OnceLock<Mirror>,
+    /// The last attempt number handed out ([`TaskStore::start`]).
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl TaskStore {
@@ -227,6 +232,7 @@ impl TaskStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             ttl,
             mirror: std::sync::OnceLock::new(),
+            attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -425,7 +431,7 @@ impl TaskStore {
     /// Moves a queued task (`PENDING`/`RETRY`) to `STARTED` and returns the attempt
     /// number the worker must answer with, plus how long it waited in the queue.
     /// `None` when it was revoked or expired meanwhile: skip it.
-    pub fn start(&self, id: &TaskId) -> Option<(u32, Duration)> {
+    pub fn start(&self, id: &TaskId) -> Option<(u64, Duration)> {
         let mut shard = self.shard(id).lock();
         let r = shard.get_mut(id)?;
         if !matches!(r.state, TaskState::Pending | TaskState::Retry) {
@@ -433,7 +439,9 @@ impl TaskStore {
         }
         let now = SystemTime::now();
         r.state = TaskState::Started;
-        r.attempt += 1;
+        r.attempt = 1 + self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         r.started_at = Some(now);
         let waited = now.duration_since(r.submitted_at).unwrap_or_default();
         Self::wake(r);
@@ -461,7 +469,7 @@ impl TaskStore {
     pub fn finish(
         &self,
         id: &TaskId,
-        attempt: u32,
+        attempt: u64,
         outcome: Result<Value, String>,
     ) -> Option<Finished> {
         let mut shard = self.shard(id).lock();
@@ -484,7 +492,7 @@ impl TaskStore {
 
     /// Fails a task that is not final yet, whatever its state (no live worker, time
     /// limit, shutdown). `attempt` restricts it to one run when given.
-    pub fn fail(&self, id: &TaskId, attempt: Option<u32>, error: String) -> Option<Finished> {
+    pub fn fail(&self, id: &TaskId, attempt: Option<u64>, error: String) -> Option<Finished> {
         let mut shard = self.shard(id).lock();
         let r = shard.get_mut(id)?;
         if r.state.is_final() || attempt.is_some_and(|a| a != r.attempt) {
@@ -499,7 +507,7 @@ impl TaskStore {
     pub fn requeue_or_fail(
         &self,
         id: &TaskId,
-        attempt: u32,
+        attempt: u64,
         max_retries: u32,
         why: &str,
     ) -> (Requeue, Option<Finished>) {
@@ -600,6 +608,24 @@ mod tests {
         assert_eq!(v.retries, 1);
         assert!(v.error.unwrap().contains("worker lost"));
         assert!(s.finish(&id, a2, Ok(json!(1))).is_none(), "final is final");
+    }
+
+    /// A broker task given back (pool restart) and taken again under the same id gets a
+    /// new attempt number, so the abandoned run's answer cannot pass for the new one's.
+    #[test]
+    fn a_task_taken_again_ignores_its_earlier_run() {
+        let s = TaskStore::new(Duration::from_secs(60));
+        let id = uuid::Uuid::new_v4();
+        s.insert_taken(id, "t".into(), SystemTime::now(), 0);
+        let (old, _) = s.start(&id).unwrap();
+        assert!(s.detach_one(&id));
+        s.insert_taken(id, "t".into(), SystemTime::now(), 0);
+        let (new, _) = s.start(&id).unwrap();
+        assert_ne!(old, new);
+        assert!(s.finish(&id, old, Ok(json!("stale"))).is_none());
+        assert_eq!(s.get(&id).unwrap().state, TaskState::Started);
+        assert!(s.finish(&id, new, Ok(json!("fresh"))).is_some());
+        assert_eq!(s.get(&id).unwrap().result, Some(json!("fresh")));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use celeriac::broker::Broker;
 use celeriac::config::{BrokerConfig, Config};
@@ -938,35 +938,43 @@ async fn a_processes_pool_serves_from_the_broker() {
     s.shutdown().await;
 }
 
-/// With a broker, a pool actor that panics gives what it took back to Redis: the tasks
-/// it held (running and queued) run again on the restarted pool, and none is lost.
+/// With a broker, a pool actor that panics gives what it took back to Redis: the task
+/// running on its other worker runs again on the restarted pool, and none is lost.
+///
+/// The consumer takes only what idle workers can start, so the pool holds broker tasks
+/// only while they run: two workers, one busy with a long task when the other takes the
+/// task that makes the actor panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_pool_gives_its_broker_tasks_back_and_they_finish() {
     let redis = Redis::start();
     let config = format!(
         "{}\n[tasks.\"brk.break\"]\nkind = \"debug.panic_pool\"\npool = \"brk\"\n",
-        node_config("brk", 1, &redis, "celeriac@brk")
+        node_config("brk", 2, &redis, "celeriac@brk")
     );
     let s = start(&config).await;
     let b = client(&redis, "brk").await;
-    let held: Vec<String> = {
-        let mut v = Vec::new();
-        for _ in 0..3 {
-            v.push(submit(&b, "debug.sleep", json!({"ms": 300})).await);
-        }
-        v
-    };
-    assert!(wait_state(&b, &held[0], TaskState::Started, 10).await);
+    let held = submit(&b, "debug.sleep", json!({"ms": 1500})).await;
+    assert!(wait_state(&b, &held, TaskState::Started, 10).await);
+    let started = Instant::now();
     let boom = submit(&b, "brk.break", json!({})).await;
     assert!(wait_state(&b, &boom, TaskState::Failure, 10).await);
-    for id in &held {
-        assert!(
-            wait_state(&b, id, TaskState::Success, 30).await,
-            "{id}: {}",
-            redis.meta(id).await
-        );
-    }
-    assert_eq!(s.state.pools[0].actor_restarts(), 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            s.state.pools[0].actor_restarts() == 1
+        })
+        .await
+    );
+    assert!(
+        wait_state(&b, &held, TaskState::Success, 30).await,
+        "{held}: {}",
+        redis.meta(&held).await
+    );
+    // Given back and run again from the start, not finished by the stopped worker.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         wait_until(Duration::from_secs(5), || async {
             redis.int(&["HLEN", "unacked"]).await == 0 && redis.int(&["LLEN", "brk"]).await == 0

@@ -49,7 +49,7 @@ pub struct StartedJob {
     /// The job.
     pub job: Job,
     /// From [`crate::store::TaskStore::start`].
-    pub attempt: u32,
+    pub attempt: u64,
 }
 
 /// Messages to a pool actor, the one owner of a pool's queue and workers.
