@@ -278,9 +278,7 @@ pub fn metrics_route(
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
             let mut text = crate::metrics::render(&state.pools);
-            if let Some(broker) = &state.broker {
-                text.push_str(&crate::metrics::render_broker(broker, &state.pools));
-            }
+            text.push_str(&state.backend.render_metrics());
             let mut res = Reply::new(text.into());
             res.headers_mut().insert(
                 header::CONTENT_TYPE,

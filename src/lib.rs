@@ -35,6 +35,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod error;

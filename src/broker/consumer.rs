@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::control::Control;
 use super::{Broker, BrokerError, Fetched, celery};
-use crate::actors::protocol::{Job, PoolMessage};
+use crate::actors::protocol::Job;
 use crate::state::AppState;
 use crate::store::{TaskState, TaskView};
 
@@ -23,6 +23,8 @@ pub struct Consumers {
     background: Vec<JoinHandle<()>>,
     pending: Arc<AtomicUsize>,
     control: Arc<Control>,
+    broker: Arc<Broker>,
+    store: Arc<crate::store::TaskStore>,
 }
 
 /// Starts taking work from `broker` for every pool of `state`, writing results, and
@@ -46,7 +48,7 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
         .collect();
     let mut background = vec![
         tokio::spawn(writer(broker.clone(), control.clone(), rx, pending.clone())),
-        tokio::spawn(housekeeping(broker, state.pools.clone())),
+        tokio::spawn(housekeeping(broker.clone(), state.pools.clone())),
     ];
     background.extend(super::control::start(control.clone()));
     Consumers {
@@ -55,6 +57,8 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
         background,
         pending,
         control,
+        broker,
+        store: state.store.clone(),
     }
 }
 
@@ -64,6 +68,21 @@ impl Consumers {
         let _ = self.stop.send(true);
         for f in self.fetchers.drain(..) {
             let _ = f.await;
+        }
+    }
+
+    /// At shutdown, after the drain: writes the results already computed (up to 5 s),
+    /// then puts every message still held back in its queue, for another node.
+    pub async fn hand_back(&self) {
+        self.flush(Duration::from_secs(5)).await;
+        let held = self.broker.held();
+        self.store.detach(&held);
+        match self.broker.requeue(&held).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(requeued = n, "put unfinished messages back in their queues"),
+            Err(e) => tracing::error!(
+                "could not put unfinished messages back ({e}): they return after the visibility timeout"
+            ),
         }
     }
 
@@ -275,18 +294,8 @@ async fn hand_over(
     if jobs.is_empty() {
         return;
     }
-    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
-    if state
-        .pool_actors
-        .get(pool)
-        .cast(PoolMessage::Submit(jobs))
-        .is_err()
-    {
+    if let Err(ids) = state.pool_actors.submit(pool, jobs, &state.store, shared) {
         // The pool is gone (shutting down): give the messages back to the queue.
-        shared.release(ids.len());
-        for id in &ids {
-            state.store.remove(id);
-        }
         if let Err(e) = broker.requeue(&ids).await {
             tracing::error!(
                 "could not put {} messages back: {e}; they return after the visibility timeout",

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{Broker, celery, epoch};
-use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
+use crate::actors::protocol::{AutoscaleUpdate, Resize, ResizeError};
 use crate::state::AppState;
 use crate::store::{TaskId, TaskState, TaskView};
 
@@ -351,12 +351,12 @@ impl Control {
     }
 
     async fn resize(&self, pool: usize, change: Resize) -> Result<(), String> {
-        let outcome = ractor::call_t!(
-            self.state.pool_actors.get(pool),
-            |reply| PoolMessage::Resize { change, reply },
-            60_000
-        )
-        .map_err(|e| format!("pool `{}` did not answer: {e}", self.state.pools[pool].name))?;
+        let outcome = self
+            .state
+            .pool_actors
+            .resize(pool, change)
+            .await
+            .map_err(|e| format!("pool `{}` did not answer: {e}", self.state.pools[pool].name))?;
         outcome.map_err(|e| match e {
             ResizeError::Invalid(m) => m,
             other => other.to_string(),
