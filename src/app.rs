@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};
 use crate::backend::{Backend, Local, Remote, Via};
 use crate::broker::Broker;
-use crate::broker::consumer::Consumers;
 use crate::config::{Config, secs};
+use crate::node::consumer::Consumers;
 use crate::pool::PoolShared;
 pub use crate::state::{AppState, Role};
 use crate::store::TaskStore;
@@ -85,7 +85,7 @@ impl App {
             })
             .collect();
         crate::metrics::register(&names, &tasks);
-        crate::metrics::register_http(crate::http::ROUTES);
+        crate::metrics::register_http(crate::http::ROUTES.iter().map(|r| (r.method, r.path)));
         let store = Arc::new(TaskStore::new(secs(config.results.ttl_seconds)));
         let (supervisor, supervisor_done) = Actor::spawn(
             None,
@@ -119,7 +119,7 @@ impl App {
             pools,
             pool_actors,
         });
-        let consumers = broker.map(|b| crate::broker::consumer::start(state.clone(), b));
+        let consumers = broker.map(|b| crate::node::consumer::start(state.clone(), b));
         Ok(App {
             state,
             supervisor,

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod health;
 pub mod models;
 pub mod openapi;
+pub mod responses;
 pub mod tasks;
 
 use std::convert::Infallible;

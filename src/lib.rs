@@ -42,6 +42,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod pool;
 pub mod state;
 pub mod store;

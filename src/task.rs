@@ -16,6 +16,20 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+/// Whether this process is a `processes` pool's child (set by its `main`).
+static IN_CHILD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a `processes` pool's child: tasks that must not run in the
+/// server itself, like `debug.abort`, check it.
+pub fn in_child_process() -> bool {
+    IN_CHILD.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Marks this process as a `processes` pool's child (the child's `main`, first thing).
+pub fn mark_child_process() {
+    IN_CHILD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// An error a task returns; it becomes the task's `FAILURE` message.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

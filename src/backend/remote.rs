@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -153,7 +154,18 @@ impl Remote {
     }
 
     pub(super) fn render_metrics(&self, pools: &[Arc<PoolShared>]) -> String {
-        crate::metrics::render_broker(&self.broker, pools)
+        let b = &self.broker;
+        crate::metrics::render_broker(&crate::metrics::BrokerSeries {
+            up: b.is_up(),
+            queues: pools
+                .iter()
+                .zip(&b.queues)
+                .map(|(p, q)| (p.name.as_str(), q.name.as_str(), q.depth.load(Relaxed)))
+                .collect(),
+            redeliveries: b.redeliveries.load(Relaxed),
+            restored: b.restored.load(Relaxed),
+            held: b.held().len(),
+        })
     }
 }
 

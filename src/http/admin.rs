@@ -19,7 +19,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use super::openapi::{AdminDisabled, LengthRequired, PayloadTooLarge, Unauthorized};
+use super::responses::{AdminDisabled, LengthRequired, PayloadTooLarge, Unauthorized};
 use super::{Reply, json_body, json_reply, no_query, with_state};
 use crate::actors::protocol::{AutoscaleUpdate, Resize, ResizeError};
 use crate::config::limit::LimitError;

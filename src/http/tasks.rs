@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
-use super::openapi::{
+use super::responses::{
     BadRequest, LengthRequired, PayloadTooLarge, QueueFull, TaskNotFound, Unavailable,
 };
 use super::{Reply, WaitQuery, json_body, json_reply, no_query, wait_param, with_state};

@@ -58,9 +58,6 @@ const MAX_FRAME: usize = 1 << 30;
 /// The executable children run, when not this one.
 static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
 
-/// Whether this process is a child (set by [`main`]).
-static IN_CHILD: AtomicBool = AtomicBool::new(false);
-
 /// Sets the `celeriac` executable that `processes` pools start as children. By default
 /// it is the running executable; an embedder whose executable is not `celeriac` (an
 /// integration test's harness) names it once, before the first pool starts. Later
@@ -74,12 +71,6 @@ fn program() -> io::Result<PathBuf> {
         Some(p) => Ok(p.clone()),
         None => std::env::current_exe(),
     }
-}
-
-/// Whether this process is a `processes` pool's child (tasks that must not run in the
-/// server itself, like `debug.abort`, check it).
-pub fn in_child() -> bool {
-    IN_CHILD.load(Ordering::Relaxed)
 }
 
 /// Writes one frame: the body's length (u32, little-endian), then the JSON body.
@@ -176,7 +167,7 @@ struct Done {
 /// The `celeriac child` mode: reads [`Init`], builds the tasks, answers batches until
 /// its stdin closes. Returns the exit status.
 pub fn main(parent: u32) -> i32 {
-    IN_CHILD.store(true, Ordering::Relaxed);
+    crate::task::mark_child_process();
     die_with_parent(parent);
     crate::metrics::install_capture();
     let (mut input, mut output) = match protocol_streams() {

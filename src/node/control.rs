@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Broker, celery, epoch};
 use crate::actors::protocol::{AutoscaleUpdate, Resize, ResizeError};
+use crate::broker::{Broker, celery, epoch};
 use crate::state::AppState;
 use crate::store::{TaskId, TaskState, TaskView};
 

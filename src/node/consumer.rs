@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::control::Control;
-use super::{Broker, BrokerError, Fetched, celery};
 use crate::actors::protocol::Job;
+use crate::broker::{Broker, BrokerError, Fetched, celery};
 use crate::state::AppState;
 use crate::store::{TaskState, TaskView};
 
