@@ -87,6 +87,10 @@ impl App {
         crate::metrics::register(&names, &tasks);
         crate::metrics::register_http(crate::http::ROUTES.iter().map(|r| (r.method, r.path)));
         let store = Arc::new(TaskStore::new(secs(config.results.ttl_seconds)));
+        {
+            let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+            store.on_final(move |f| crate::metrics::finished(&names[f.pool], f));
+        }
         let (supervisor, supervisor_done) = Actor::spawn(
             None,
             Supervisor,

@@ -110,7 +110,7 @@ impl Backend {
     /// started or finished is `NotRevocable`; an unknown id `TaskNotFound`.
     pub async fn revoke(&self, id: &TaskId) -> Result<TaskView, ApiError> {
         match &self.via {
-            Via::Local(l) => l.revoke(id, &self.registry, &self.pools),
+            Via::Local(l) => l.revoke(id),
             Via::Remote(r) => r.revoke(id, &self.registry, &self.pools).await,
         }
     }

@@ -446,13 +446,12 @@ impl Registry {
         v
     }
 
-    /// The names of the tasks routed to `pool` that take batches.
-    pub fn batching_tasks(&self, pool: usize) -> std::collections::HashSet<Arc<str>> {
-        self.for_pool(pool)
-            .into_iter()
-            .filter(|t| t.factory.batching())
-            .map(|t| t.name)
-            .collect()
+    /// Whether every task routed to `pool` takes batches: then a worker of the pool
+    /// takes up to `max_batch_size` jobs at once, and the broker consumer takes that
+    /// many messages per idle worker.
+    pub fn pool_batches(&self, pool: usize) -> bool {
+        let tasks = self.for_pool(pool);
+        !tasks.is_empty() && tasks.len() == batching(&tasks).len()
     }
 
     /// Every registered name, sorted.
@@ -461,6 +460,15 @@ impl Registry {
         v.sort();
         v
     }
+}
+
+/// The names of `tasks` that take batches (the one place that asks).
+pub fn batching(tasks: &[Registered]) -> std::collections::HashSet<Arc<str>> {
+    tasks
+        .iter()
+        .filter(|t| t.factory.batching())
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 /// Rejects `model` and a `precision` other than `auto` on kinds that take no model, so a

@@ -171,11 +171,7 @@ impl Actor for Pool {
             || PoolMessage::Tick,
         );
         let mut state = PoolState {
-            batching: tasks
-                .iter()
-                .filter(|t| t.factory.batching())
-                .map(|t| t.name.clone())
-                .collect(),
+            batching: crate::task::batching(&tasks),
             breakers: tasks
                 .iter()
                 .filter(|t| t.factory.breaks_pool())
@@ -230,9 +226,7 @@ impl Actor for Pool {
                     );
                     // Its own job is final first, so that with a broker it is not handed
                     // back (and run again) with the pool's other tasks.
-                    if let Some(f) = state.store.fail(&job.id, None, why.clone()) {
-                        crate::metrics::finished(&state.shared.name, &f);
-                    }
+                    state.store.fail(&job.id, None, why.clone());
                     state.shared.release(1);
                     panic!("{why}");
                 }
@@ -570,12 +564,8 @@ impl PoolState {
             match loss {
                 Loss::TimeLimit => {
                     for started in &running.jobs {
-                        if let Some(f) =
-                            self.store
-                                .fail(&started.job.id, Some(started.attempt), why.to_string())
-                        {
-                            crate::metrics::finished(&self.shared.name, &f);
-                        }
+                        self.store
+                            .fail(&started.job.id, Some(started.attempt), why.to_string());
                     }
                 }
                 Loss::Crash => self.requeue_or_fail(running.jobs, why),
@@ -612,12 +602,9 @@ impl PoolState {
     fn requeue_or_fail(&mut self, jobs: Vec<StartedJob>, why: &str) {
         let max_retries = self.shared.config.max_retries;
         for started in jobs.into_iter().rev() {
-            let (outcome, finished) =
+            let (outcome, _) =
                 self.store
                     .requeue_or_fail(&started.job.id, started.attempt, max_retries, why);
-            if let Some(f) = finished {
-                crate::metrics::finished(&self.shared.name, &f);
-            }
             if outcome == Requeue::Retry {
                 self.shared.readmit();
                 self.queue.push_front(started.job);
@@ -720,9 +707,7 @@ impl PoolState {
                 self.shared.give_back(job.id);
                 continue;
             }
-            if let Some(f) = self.store.fail(&job.id, None, why.clone()) {
-                crate::metrics::finished(&self.shared.name, &f);
-            }
+            self.store.fail(&job.id, None, why.clone());
         }
     }
 

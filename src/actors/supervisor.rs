@@ -117,8 +117,7 @@ impl SupervisorState {
             if self.args.store.detach_one(&id) {
                 shared.give_back(id);
                 back += 1;
-            } else if let Some(f) = self.args.store.fail(&id, None, why.to_string()) {
-                crate::metrics::finished(&shared.name, &f);
+            } else if self.args.store.fail(&id, None, why.to_string()).is_some() {
                 failed += 1;
             }
         }

@@ -246,11 +246,11 @@ impl Runner {
         let inputs: Vec<&Value> = batch.iter().map(|s| &*s.job.input).collect();
         let prepared: Vec<Option<&Prepared>> =
             batch.iter().map(|s| s.job.prepared.as_ref()).collect();
-        let (store, pool) = (&self.store, &self.pool);
+        let store = &self.store;
         let panics = self
             .instances
             .run(&name, &inputs, &prepared, &mut |i, outcome| {
-                record(store, &pool.name, &batch[i], outcome)
+                record(store, &batch[i], outcome)
             })?;
         crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
         Ok(panics)
@@ -287,10 +287,8 @@ fn warm_up(context: &WorkerContext, name: &Arc<str>, task: &mut dyn Task) -> Res
 }
 
 /// Writes a job's answer, if its attempt is still the current one.
-fn record(store: &TaskStore, pool: &str, started: &StartedJob, outcome: Result<Value, String>) {
-    if let Some(f) = store.finish(&started.job.id, started.attempt, outcome) {
-        crate::metrics::finished(pool, &f);
-    }
+fn record(store: &TaskStore, started: &StartedJob, outcome: Result<Value, String>) {
+    store.finish(&started.job.id, started.attempt, outcome);
 }
 
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -562,7 +560,7 @@ mod tests {
         inputs
             .iter()
             .map(|input| {
-                let id = store.insert(Arc::from("t"));
+                let id = store.insert(Arc::from("t"), 0);
                 let (attempt, _) = store.start(&id).unwrap();
                 StartedJob {
                     job: Job {

@@ -10,7 +10,7 @@ use crate::actors::protocol::{Job, PoolActors};
 use crate::error::ApiError;
 use crate::pool::PoolShared;
 use crate::store::{StoreError, TaskId, TaskStore, TaskView};
-use crate::task::{Registered, Registry, TaskFactory};
+use crate::task::{Registered, TaskFactory};
 
 /// Batches of up to this many inputs are prepared (tokenized) on the request's own
 /// runtime thread; larger ones on a blocking thread (a 1,000-text batch tokenizes in
@@ -56,7 +56,7 @@ impl Local {
             .into_iter()
             .zip(prepared)
             .map(|(input, prepared)| Job {
-                id: self.store.insert(reg.name.clone()),
+                id: self.store.insert(reg.name.clone(), reg.pool),
                 task: reg.name.clone(),
                 prepared,
                 input: Arc::new(input),
@@ -89,19 +89,9 @@ impl Local {
         self.store.wait_final(id, wait).await
     }
 
-    pub(super) fn revoke(
-        &self,
-        id: &TaskId,
-        registry: &Registry,
-        pools: &[Arc<PoolShared>],
-    ) -> Result<TaskView, ApiError> {
+    pub(super) fn revoke(&self, id: &TaskId) -> Result<TaskView, ApiError> {
         match self.store.revoke(id) {
-            Ok((view, finished)) => {
-                if let Some(reg) = registry.get(&finished.task) {
-                    crate::metrics::finished(&pools[reg.pool].name, &finished);
-                }
-                Ok(view)
-            }
+            Ok((view, _)) => Ok(view),
             Err(StoreError::NotFound) => Err(ApiError::TaskNotFound(id.to_string())),
             Err(StoreError::WrongState(s)) => Err(ApiError::NotRevocable(s)),
         }

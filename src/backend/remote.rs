@@ -135,6 +135,7 @@ impl Remote {
                         .unwrap_or_default();
                     let finished = Finished {
                         task: view.task.clone(),
+                        pool: reg.pool,
                         state: TaskState::Revoked,
                         latency,
                     };

@@ -127,13 +127,7 @@ async fn fetch_loop(
 ) {
     let shared = state.pools[pool].clone();
     let mut status = shared.subscribe();
-    let names: Vec<&str> = state.registry.names();
-    let routed: Vec<_> = names
-        .iter()
-        .filter_map(|n| state.registry.get(n))
-        .filter(|r| r.pool == pool)
-        .collect();
-    let per_worker = if !routed.is_empty() && routed.iter().all(|r| r.factory.batching()) {
+    let per_worker = if state.registry.pool_batches(pool) {
         shared.config.max_batch_size
     } else {
         1
@@ -222,37 +216,11 @@ async fn hand_over(
         let task: Arc<str> = reg.map_or_else(|| name.as_str().into(), |r| r.name.clone());
         state
             .store
-            .insert_taken(id, task.clone(), submitted_at, retries);
-        let input = match (reg, arguments) {
-            (None, _) => Err(match state.registry.get(&name) {
-                Some(r) => format!(
-                    "task `{name}` is served from queue `{}` on node {}, not `{queue}`: send it there (send_task(..., queue='{}'))",
-                    broker.queues[r.pool].name, broker.node, broker.queues[r.pool].name
-                ),
-                None => format!(
-                    "{}task `{name}` is not registered on node {}; registered here: {}",
-                    celery::NOT_REGISTERED,
-                    broker.node,
-                    state.registry.names().join(", ")
-                ),
-            }),
-            (Some(_), Err(e)) => Err(format!("invalid message for `{name}`: {e}")),
-            (Some(r), Ok((args, kwargs))) => r
-                .factory
-                .params()
-                .bind(&name, &args, &kwargs)
-                .and_then(|input| {
-                    r.factory
-                        .validate(&input)
-                        .map(|()| input)
-                        .map_err(|m| format!("invalid input for `{name}`: {m}"))
-                }),
-        };
+            .insert_taken(id, task.clone(), pool, submitted_at, retries);
+        let input = bind_input(state, broker, pool, &name, reg, arguments);
         if let Some((TaskState::Revoked, why)) = &refusal {
             tracing::info!(%queue, %id, "{why}");
-            if let Ok((_, f)) = state.store.revoke_with(&id, why.clone()) {
-                crate::metrics::finished(&shared.name, &f);
-            }
+            let _ = state.store.revoke_with(&id, why.clone());
             continue;
         }
         let input = match refusal {
@@ -276,9 +244,7 @@ async fn hand_over(
             }
             Err(why) => {
                 tracing::warn!(%queue, %id, "{why}");
-                if let Some(f) = state.store.fail(&id, None, why) {
-                    crate::metrics::finished(&shared.name, &f);
-                }
+                state.store.fail(&id, None, why);
             }
         }
     }
@@ -303,6 +269,40 @@ async fn hand_over(
             );
         }
     }
+}
+
+/// The input a taken message asks task `name` to run, bound from its positional and
+/// keyword arguments and validated; or why it cannot run here (not registered, served
+/// from another queue, unreadable, refused), in Celery's wording where it has one.
+fn bind_input(
+    state: &AppState,
+    broker: &Broker,
+    pool: usize,
+    name: &str,
+    reg: Option<&crate::task::Registered>,
+    arguments: Result<celery::Arguments, String>,
+) -> Result<serde_json::Value, String> {
+    let queue = &broker.queues[pool].name;
+    let Some(r) = reg else {
+        return Err(match state.registry.get(name) {
+            Some(r) => format!(
+                "task `{name}` is served from queue `{}` on node {}, not `{queue}`: send it there (send_task(..., queue='{}'))",
+                broker.queues[r.pool].name, broker.node, broker.queues[r.pool].name
+            ),
+            None => format!(
+                "{}task `{name}` is not registered on node {}; registered here: {}",
+                celery::NOT_REGISTERED,
+                broker.node,
+                state.registry.names().join(", ")
+            ),
+        });
+    };
+    let (args, kwargs) = arguments.map_err(|e| format!("invalid message for `{name}`: {e}"))?;
+    let input = r.factory.params().bind(name, &args, &kwargs)?;
+    r.factory
+        .validate(&input)
+        .map_err(|m| format!("invalid input for `{name}`: {m}"))?;
+    Ok(input)
 }
 
 /// Writes results in the order the store reported them, up to 256 per round trip,

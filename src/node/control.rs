@@ -293,11 +293,7 @@ impl Control {
                     if let Err(e) = self.broker.mark_revoked(&id).await {
                         return json!({"error": e.to_string()});
                     }
-                    if let Ok((_, f)) = self.state.store.revoke(&id)
-                        && let Some(reg) = self.state.registry.get(&f.task)
-                    {
-                        crate::metrics::finished(&self.state.pools[reg.pool].name, &f);
-                    }
+                    let _ = self.state.store.revoke(&id);
                 }
                 let terminate = if args["terminate"].as_bool() == Some(true) {
                     " (running tasks are not terminated: the threads pool cannot stop a running task)"

@@ -525,7 +525,7 @@ impl ChildRunner {
         crate::metrics::apply_remote(done.metrics);
         for (started, answer) in batch.iter().zip(done.answers) {
             if let Some(outcome) = answer {
-                record(&self.store, &self.pool.name, started, outcome);
+                record(&self.store, started, outcome);
             }
         }
         if let Some(why) = done.fatal {
