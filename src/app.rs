@@ -14,7 +14,7 @@ use crate::backend::{Backend, Local, Remote, Via};
 use crate::broker::Broker;
 use crate::config::{Config, secs};
 use crate::node::consumer::Consumers;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 pub use crate::state::{AppState, Role};
 use crate::store::TaskStore;
 use crate::task::Registry;

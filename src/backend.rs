@@ -24,7 +24,7 @@ pub use local::Local;
 pub use remote::Remote;
 
 use crate::error::ApiError;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::{TaskId, TaskView};
 use crate::task::{Registered, Registry};
 

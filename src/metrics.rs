@@ -12,7 +12,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 
 /// Workers by pool and state (`starting`, `warming`, `idle`, `busy`, `stopping`; `parked`: slots
 /// whose workers failed to start past the restart budget).

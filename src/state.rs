@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::actors::protocol::PoolActors;
 use crate::backend::Backend;
 use crate::config::Config;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::TaskStore;
 use crate::task::Registry;
 

@@ -201,7 +201,7 @@ fn layers_import_only_downwards() {
         &["broker", "actors"],
         &["task"],
         &["metrics"],
-        &["pool", "model"],
+        &["pool_shared", "model"],
         &["error"],
         &["config", "store"],
     ];

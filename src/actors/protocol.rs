@@ -15,7 +15,7 @@ use std::time::Instant;
 use ractor::{ActorRef, RpcReplyPort};
 use serde_json::Value;
 
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::{TaskId, TaskStore};
 
 /// A worker's id, unique for the life of the process.
@@ -56,7 +56,7 @@ pub struct StartedJob {
 /// Messages to a pool actor, the one owner of a pool's queue and workers.
 pub enum PoolMessage {
     /// New jobs, already recorded `PENDING` and admitted (see
-    /// [`crate::pool::PoolShared::try_admit`]).
+    /// [`crate::pool_shared::PoolShared::try_admit`]).
     Submit(Vec<Job>),
     /// A worker finished what it was handed and wants more.
     Ready {

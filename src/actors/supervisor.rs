@@ -29,7 +29,7 @@ use ractor::{
 use super::pool::{Pool, PoolArgs};
 use super::protocol::{PoolActors, PoolMessage};
 use crate::config::SupervisorConfig;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::{TaskState, TaskStore};
 use crate::task::Registry;
 
@@ -85,7 +85,7 @@ impl SupervisorState {
             Pool,
             PoolArgs {
                 shared: a.pools[index].clone(),
-                supervisor: a.config.clone(),
+                supervision: a.config.clone(),
                 tasks: a.registry.for_pool(index),
                 store: a.store.clone(),
                 config: a.app_config.clone(),

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::actors::protocol::{Job, PoolActors};
 use crate::error::ApiError;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::{StoreError, TaskId, TaskStore, TaskView};
 use crate::task::{Registered, TaskFactory};
 

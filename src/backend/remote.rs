@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::broker::{Broker, BrokerError};
 use crate::error::ApiError;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::{Finished, StoreError, TaskId, TaskState, TaskView};
 use crate::task::{Registered, Registry};
 

@@ -25,7 +25,7 @@ use crate::actors::protocol::{AutoscaleUpdate, Resize, ResizeError};
 use crate::config::limit::LimitError;
 use crate::config::{AutoscaleConfig, DeviceSpec, Limit, PoolConfig, PoolKind};
 use crate::error::{ApiError, ErrorBody};
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::state::AppState;
 
 fn reject(e: ApiError) -> Rejection {

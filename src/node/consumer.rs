@@ -367,7 +367,7 @@ async fn write(broker: &Broker, batch: &[TaskView]) {
 
 /// Renews leases every quarter of the visibility timeout, restores expired ones every
 /// `restore_interval_seconds`, and reads queue depths every second.
-async fn housekeeping(broker: Arc<Broker>, pools: Vec<Arc<crate::pool::PoolShared>>) {
+async fn housekeeping(broker: Arc<Broker>, pools: Vec<Arc<crate::pool_shared::PoolShared>>) {
     let vt = broker.visibility_timeout();
     let renew_every = (vt / 4).max(Duration::from_millis(50));
     let restore_every = broker.restore_interval();

@@ -47,7 +47,7 @@ use serde_json::Value;
 use super::{Instances, StartedJob, panic_message, record};
 use crate::config::Config;
 use crate::metrics::RemoteUpdate;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::TaskStore;
 use crate::task::{Registry, WorkerContext};
 
