@@ -18,7 +18,9 @@
 //! - [`pool`]: what the HTTP side reads about a pool: settings, the status its actor
 //!   publishes, the queue's admission gate.
 //! - [`broker`]: Redis as broker and result backend in Celery's wire format (several
-//!   nodes, Python Celery clients): submit, take, leases, restores, results.
+//!   nodes, Python Celery clients): submit, take, leases, restores, results; the wire
+//!   format (`broker::celery`) and the Lua scripts (`broker::scripts`, one `.lua` file
+//!   each).
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
 //! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks, the
 //!   text classifier task on a `model.toml` directory, and the task kinds on Hugging
