@@ -16,8 +16,12 @@
 //!   acknowledged in the same script, and never over a `SUCCESS`.
 //! - **Reading.** `GET` of the meta; long-polls wake on the `PUBLISH` (one pattern
 //!   subscription per node), and re-read every second in case one was missed.
+//!
+//! Each step that must be atomic is one Lua script, in its own file under
+//! `broker/scripts/` ([`scripts`]). [`celery`] is the wire format as pure functions.
 
 pub mod celery;
+pub mod scripts;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use self::scripts::Scripts;
 use crate::config::{BrokerConfig, secs};
 use crate::store::{StoreError, TaskId, TaskState, TaskView};
 
@@ -55,208 +60,6 @@ const UNACKED_MUTEX: &str = "unacked_mutex";
 const BINDINGS: &str = "_kombu.binding.celery";
 /// The channel pattern of every result's `PUBLISH`.
 const RESULTS_PATTERN: &str = "celery-task-meta-*";
-
-/// Depth check, `PENDING` metas and pushes of one submit.
-/// KEYS: the four priority keys, the binding set. ARGV: capacity, ttl, binding member,
-/// then (meta key, meta, message) per task. Returns -1 when full, else the new depth.
-const SUBMIT: &str = r#"
-local depth = 0
-for i = 1, 4 do depth = depth + redis.call('LLEN', KEYS[i]) end
-local n = (#ARGV - 3) / 3
-if depth + n > tonumber(ARGV[1]) then return -1 end
-redis.call('SADD', KEYS[5], ARGV[3])
-for i = 4, #ARGV, 3 do
-  redis.call('SETEX', ARGV[i], ARGV[2], ARGV[i + 1])
-  redis.call('LPUSH', KEYS[1], ARGV[i + 2])
-end
-return depth + n
-"#;
-
-/// Takes up to ARGV[1] messages, highest priority first, records each in flight and
-/// marks it `STARTED`, all at once. Messages whose task is already final (revoked while
-/// queued, or a redelivery of a finished task) are dropped.
-/// Messages that are not Celery task messages go to the dead-letter list (KEYS[7], the
-/// newest 10,000 kept); a task id that is not a UUID gets a FAILURE meta.
-/// KEYS: the four priority keys, `unacked`, `unacked_index`, the dead-letter list.
-/// ARGV: max, now (epoch seconds), now (RFC 3339), node, queue, ttl, pid.
-/// Returns per message `{kind, raw, ...}`: `run` (id, tag, submitted, retries,
-/// redelivered), `done` (id, status) or `bad`.
-const FETCH: &str = r#"
-local out = {}
-local want = tonumber(ARGV[1])
-for i = 1, 4 do
-  while #out < want do
-    local raw = redis.call('RPOP', KEYS[i])
-    if not raw then break end
-    local ok, env = pcall(cjson.decode, raw)
-    local id, tag, name
-    if ok and type(env) == 'table' and type(env.headers) == 'table' and type(env.properties) == 'table' then
-      id = env.headers.id
-      name = env.headers.task
-      tag = env.properties.delivery_tag
-    end
-    if type(id) ~= 'string' or type(tag) ~= 'string' or type(name) ~= 'string' then
-      redis.call('LPUSH', KEYS[7], raw)
-      redis.call('LTRIM', KEYS[7], 0, 9999)
-      table.insert(out, {'bad', string.sub(raw, 1, 200)})
-    elseif not string.match(id, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') then
-      -- celeriac keys tasks by UUID (Celery's default ids): fail this one where its
-      -- sender looks.
-      local meta = '{"status":"FAILURE","result":{"exc_type":"TaskError","exc_message":['
-        .. cjson.encode('celeriac needs UUID task ids (Celery\'s default), got ' .. id)
-        .. '],"exc_module":"celeriac.errors"},"traceback":null,"children":[],"date_done":'
-        .. cjson.encode(ARGV[3]) .. ',"task_id":' .. cjson.encode(id) .. ',"name":' .. cjson.encode(name) .. '}'
-      redis.call('SETEX', 'celery-task-meta-' .. id, ARGV[6], meta)
-      redis.call('PUBLISH', 'celery-task-meta-' .. id, meta)
-      table.insert(out, {'bad', string.sub(raw, 1, 200)})
-    else
-      local key = 'celery-task-meta-' .. id
-      local okg, prior = pcall(redis.call, 'GET', key)
-      if not okg then prior = nil end
-      if redis.call('EXISTS', 'celeriac-revoked-' .. id) == 1 then
-        -- Revoked through Celery's remote control before any node took it.
-        local meta = '{"status":"REVOKED","result":{"exc_type":"TaskRevokedError","exc_message":["revoked before it started"],"exc_module":"celery.exceptions"},"traceback":null,"children":[],"date_done":'
-          .. cjson.encode(ARGV[3]) .. ',"task_id":' .. cjson.encode(id) .. ',"name":' .. cjson.encode(name) .. '}'
-        redis.call('SETEX', key, ARGV[6], meta)
-        redis.call('PUBLISH', key, meta)
-        prior = meta
-      end
-      local status, submitted, retries = nil, ARGV[3], 0
-      if prior then
-        local ok2, m = pcall(cjson.decode, prior)
-        if ok2 and type(m) == 'table' then
-          status = m.status
-          if type(m.date_submitted) == 'string' then submitted = m.date_submitted end
-          if type(m.retries) == 'number' then retries = m.retries end
-        end
-      end
-      if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
-        table.insert(out, {'done', raw, id, status})
-      else
-        local redelivered = status == 'STARTED' or status == 'RETRY'
-        if redelivered then retries = retries + 1 end
-        redis.call('ZADD', KEYS[6], ARGV[2], tag)
-        redis.call('HSET', KEYS[5], tag, '[' .. raw .. ',"",' .. cjson.encode(ARGV[5]) .. ']')
-        local meta = '{"status":"STARTED","result":{"pid":' .. ARGV[7] .. ',"hostname":' .. cjson.encode(ARGV[4])
-          .. '},"traceback":null,"children":[],"date_done":null,"task_id":' .. cjson.encode(id)
-          .. ',"name":' .. cjson.encode(name) .. ',"retries":' .. string.format('%d', retries)
-          .. ',"queue":' .. cjson.encode(ARGV[5]) .. ',"worker":' .. cjson.encode(ARGV[4])
-          .. ',"date_submitted":' .. cjson.encode(submitted) .. ',"date_started":' .. cjson.encode(ARGV[3]) .. '}'
-        redis.call('SETEX', key, ARGV[6], meta)
-        table.insert(out, {'run', raw, id, tag, submitted, string.format('%d', retries), redelivered and '1' or '0'})
-      end
-    end
-  end
-end
-return out
-"#;
-
-/// Writes results, never over a `SUCCESS`, and acknowledges them.
-/// KEYS: `unacked`, `unacked_index`. ARGV: ttl, then (meta key, meta, tag or '', ack
-/// '1'/'0') per result. Returns how many were written.
-const FINISH: &str = r#"
-local wrote = 0
-for i = 2, #ARGV, 4 do
-  local key, meta, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local okg, prior = pcall(redis.call, 'GET', key)
-  if not okg then prior = nil end
-  local done = false
-  if prior then
-    local ok, m = pcall(cjson.decode, prior)
-    done = ok and type(m) == 'table' and m.status == 'SUCCESS'
-  end
-  if not done then
-    redis.call('SETEX', key, ARGV[1], meta)
-    redis.call('PUBLISH', key, meta)
-    wrote = wrote + 1
-  end
-  if ARGV[i + 3] == '1' and tag ~= '' then
-    redis.call('ZREM', KEYS[2], tag)
-    redis.call('HDEL', KEYS[1], tag)
-  end
-end
-return wrote
-"#;
-
-/// Sets a meta only if it still is what the caller read (revoke's compare-and-set; ''
-/// expects no meta). KEYS: meta key. ARGV: expected, new, ttl. Returns 1 when written.
-const REPLACE: &str = r#"
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-redis.call('SETEX', KEYS[1], ARGV[3], ARGV[2])
-redis.call('PUBLISH', KEYS[1], ARGV[2])
-return 1
-"#;
-
-/// Revokes a task queued for other workers (a mixed fleet's Python queue): removes its
-/// message from the queue and, only if it was there, writes the REVOKED meta. A message
-/// a worker already took cannot be revoked here. Scans up to 10,000 messages per
-/// priority list, 100 at a time, and stops at the first match.
-/// KEYS: the four priority keys, the meta key. ARGV: id, meta, ttl. Returns 1 when
-/// revoked.
-const REVOKE_QUEUED: &str = r#"
-for i = 1, 4 do
-  local start = 0
-  while start < 10000 do
-    local items = redis.call('LRANGE', KEYS[i], start, start + 99)
-    if #items == 0 then break end
-    for _, raw in ipairs(items) do
-      if string.find(raw, ARGV[1], 1, true) then
-        local ok, env = pcall(cjson.decode, raw)
-        if ok and type(env) == 'table' and type(env.headers) == 'table' and env.headers.id == ARGV[1] then
-          if redis.call('LREM', KEYS[i], 1, raw) == 1 then
-            redis.call('SETEX', KEYS[5], ARGV[3], ARGV[2])
-            redis.call('PUBLISH', KEYS[5], ARGV[2])
-            return 1
-          end
-        end
-      end
-    end
-    start = start + 100
-  end
-end
-return 0
-"#;
-
-/// Pushes a remote-control reply, only while the client's reply queue is bound (a
-/// client that stopped waiting unbinds and deletes it); the reply expires if never read.
-/// KEYS: the binding set, the reply queue. ARGV: binding member, payload.
-const REPLY: &str = r#"
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], 300)
-return 1
-"#;
-
-/// Puts in-flight messages back at the head of their queue (the end consumers pop
-/// next), as kombu's `restore_by_tag` does. ARGV[1] = 'expired': every tag whose lease
-/// is older than ARGV[2], unless a Python worker holds kombu's restore mutex; else the
-/// tags in ARGV[2..]. KEYS: `unacked`, `unacked_index`, `unacked_mutex`.
-/// Returns how many were put back.
-const RESTORE: &str = r#"
-local tags
-if ARGV[1] == 'expired' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-  tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)
-else
-  tags = {}
-  for i = 2, #ARGV do table.insert(tags, ARGV[i]) end
-end
-local n = 0
-for _, tag in ipairs(tags) do
-  local v = redis.call('HGET', KEYS[1], tag)
-  redis.call('ZREM', KEYS[2], tag)
-  redis.call('HDEL', KEYS[1], tag)
-  if v then
-    local ok, e = pcall(cjson.decode, v)
-    if ok and type(e) == 'table' and type(e[3]) == 'string' then
-      local raw = string.match(v, '^%[(.*),%s*"[^"]*"%s*,%s*"[^"]*"%s*%]$') or cjson.encode(e[1])
-      redis.call('RPUSH', e[3], raw)
-      n = n + 1
-    end
-  end
-end
-return n
-"#;
 
 /// The last `PUBLISH` of a result key, for the long-polls waiting on it.
 type Published = watch::Sender<Option<Arc<[u8]>>>;
@@ -339,16 +142,6 @@ pub struct Broker {
     scripts: Scripts,
 }
 
-struct Scripts {
-    submit: redis::Script,
-    fetch: redis::Script,
-    finish: redis::Script,
-    replace: redis::Script,
-    restore: redis::Script,
-    revoke_queued: redis::Script,
-    reply: redis::Script,
-}
-
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
@@ -417,15 +210,7 @@ impl Broker {
             waiters: Mutex::new(HashMap::new()),
             redeliveries: AtomicU64::new(0),
             restored: AtomicU64::new(0),
-            scripts: Scripts {
-                submit: redis::Script::new(SUBMIT),
-                fetch: redis::Script::new(FETCH),
-                finish: redis::Script::new(FINISH),
-                replace: redis::Script::new(REPLACE),
-                restore: redis::Script::new(RESTORE),
-                revoke_queued: redis::Script::new(REVOKE_QUEUED),
-                reply: redis::Script::new(REPLY),
-            },
+            scripts: Scripts::new(),
         });
         tokio::spawn(results_listener(broker.clone()));
         Ok(broker)
@@ -674,7 +459,7 @@ impl Broker {
             .await
     }
 
-    /// Takes up to `max` messages from pool `pool`'s queue for this node (see [`FETCH`]).
+    /// Takes up to `max` messages from pool `pool`'s queue for this node (see [`scripts::FETCH`]).
     pub async fn fetch(&self, pool: usize, max: usize) -> Result<Vec<Fetched>, BrokerError> {
         let q = &self.queues[pool];
         let mut inv = self.scripts.fetch.prepare_invoke();

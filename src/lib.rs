@@ -27,9 +27,11 @@
 //!   actor publishes, the queue's admission gate.
 //! - [`broker`]: the Celery client: Redis as broker and result backend in Celery's wire
 //!   format (several nodes, Python Celery clients): submit, take, leases, restores,
-//!   results. It knows nothing of actors or the node.
+//!   results; the wire format (`broker::celery`) and the Lua scripts (`broker::scripts`,
+//!   one `.lua` file each). It knows nothing of actors or the node.
 //! - [`node`]: the node's services on the broker: the consumer (taking work for idle
-//!   workers, writing results) and Celery's remote control and events.
+//!   workers, writing results) and Celery's remote control (one type per command) and
+//!   events.
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
 //! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks, the
 //!   text classifier task on a `model.toml` directory, and the task kinds on Hugging

@@ -8,7 +8,9 @@
 //!   `pool_grow`, `pool_shrink`, `autoscale` (every pool of the node, refused as Celery
 //!   does while autoscaling), `revoke`, `enable_events`, `disable_events`, and the
 //!   inspections `active`, `reserved`, `scheduled`, `revoked`, `stats`, `registered`,
-//!   `active_queues`, `conf`, `report`.
+//!   `active_queues`, `conf`, `report`. Each command is its own small type: a broadcast's
+//!   `method` and `arguments` are parsed into a `Command` first (an unknown name or
+//!   arguments that do not fit answer `{"error": ...}`), then applied to the node.
 //! - **Events.** Published on `/{db}.celeryev/{routing key}` as Celery's Redis transport
 //!   does: `worker-online` at start, `worker-heartbeat` every two seconds,
 //!   `worker-offline` at shutdown; task events (`task-received`, `task-started`,
@@ -243,107 +245,43 @@ impl Control {
         let _ = self.broker.reply(exchange, oid, &reply).await;
     }
 
-    /// Runs one command; the result as Celery shapes it.
+    /// Runs one command; the result as Celery shapes it (`{"error": ...}` for a
+    /// command it does not know or whose arguments do not fit).
     async fn run(&self, method: &str, args: &Value) -> Value {
-        let n = args["n"].as_u64().unwrap_or(1).min(10_000) as usize;
-        match method {
-            "ping" => json!({"ok": "pong"}),
-            "pool_grow" | "pool_shrink" => {
-                let grow = method == "pool_grow";
-                if self.state.pools.iter().any(|p| p.status().autoscale.is_some()) {
-                    return json!({"error": format!("{method} is not supported with autoscale. Adjust autoscale range instead.")});
-                }
-                for (i, p) in self.state.pools.iter().enumerate() {
-                    let size = p.status().size;
-                    let target = if grow {
-                        size.saturating_add(n)
-                    } else {
-                        size.saturating_sub(n).max(1)
-                    };
-                    if let Err(e) = self.resize(i, Resize::Concurrency(target)).await {
-                        return json!({"error": e});
-                    }
-                }
-                json!({"ok": if grow { "pool will grow" } else { "pool will shrink" }})
-            }
-            "autoscale" => {
-                let (Some(max), min) = (args["max"].as_u64(), args["min"].as_u64().unwrap_or(1)) else {
-                    return json!({"error": "autoscale needs max (and min)"});
-                };
-                for i in 0..self.state.pools.len() {
-                    let change = Resize::Autoscale(Some(AutoscaleUpdate::bounds(min as usize, max as usize)));
-                    if let Err(e) = self.resize(i, change).await {
-                        return json!({"error": e});
-                    }
-                }
-                json!({"ok": format!("autoscale now max={max} min={min}")})
-            }
-            "revoke" => {
-                let ids: Vec<String> = match &args["task_id"] {
-                    Value::String(s) => vec![s.clone()],
-                    Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                    _ => Vec::new(),
-                };
-                for raw in &ids {
-                    self.remember_revoked(raw);
-                    let Ok(id) = raw.parse::<TaskId>() else { continue };
-                    // Celery's revoked set, shared by the nodes: the node that takes the
-                    // message drops it. A task this node holds and has not started is
-                    // revoked here at once.
-                    if let Err(e) = self.broker.mark_revoked(&id).await {
-                        return json!({"error": e.to_string()});
-                    }
-                    let _ = self.state.store.revoke(&id);
-                }
-                let terminate = if args["terminate"].as_bool() == Some(true) {
-                    " (running tasks are not terminated: the threads pool cannot stop a running task)"
-                } else {
-                    ""
-                };
-                json!({"ok": format!("tasks {} flagged as revoked{terminate}", ids.join(", "))})
-            }
-            "enable_events" => {
-                self.task_events.store(true, Ordering::Relaxed);
-                json!({"ok": "task events enabled"})
-            }
-            "disable_events" => {
-                self.task_events.store(false, Ordering::Relaxed);
-                json!({"ok": "task events disabled"})
-            }
-            "active" => Value::Array(self.requests(TaskState::Started)),
-            "reserved" => Value::Array(self.requests(TaskState::Pending)),
-            "scheduled" => json!([]),
-            "revoked" => json!(self.revoked.lock().iter().collect::<Vec<_>>()),
-            // Each task with its signature (`spam.predict(text)`), so a caller sees
-            // what its positional arguments fill.
-            "registered" => {
-                let registry = &self.state.registry;
-                let names: Vec<String> = registry
-                    .names()
-                    .into_iter()
-                    .filter_map(|n| registry.get(n))
-                    .map(|r| r.factory.params().signature(&r.name))
-                    .collect();
-                json!(names)
-            }
-            "active_queues" => Value::Array(
-                self.broker
-                    .queues
-                    .iter()
-                    .map(|q| {
-                        json!({"name": q.name, "exchange": {"name": q.name, "type": "direct", "arguments": null, "durable": true, "passive": false, "auto_delete": false, "delivery_mode": null, "no_declare": false},
-                               "routing_key": q.name, "queue_arguments": null, "binding_arguments": null, "consumer_arguments": null,
-                               "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false, "alias": null,
-                               "bindings": [], "no_declare": null, "expires": null, "message_ttl": null, "max_length": null,
-                               "max_length_bytes": null, "max_priority": null})
-                    })
-                    .collect(),
-            ),
-            "stats" => self.stats(),
-            "conf" => json!({"broker_url": self.broker.url, "worker_send_task_events": self.task_events.load(Ordering::Relaxed)}),
-            "report" => json!({"ok": format!("celeriac {} on {}", env!("CARGO_PKG_VERSION"), std::env::consts::OS)}),
-            other => json!({"error": format!("No such control command: {other}")}),
+        match Command::parse(method, args) {
+            Ok(command) => command.apply(self).await,
+            Err(e) => json!({ "error": e }),
         }
+    }
+
+    /// The tasks this node runs, each with its signature (`spam.predict(text)`), so a
+    /// caller sees what its positional arguments fill.
+    fn registered(&self) -> Value {
+        let registry = &self.state.registry;
+        let names: Vec<String> = registry
+            .names()
+            .into_iter()
+            .filter_map(|n| registry.get(n))
+            .map(|r| r.factory.params().signature(&r.name))
+            .collect();
+        json!(names)
+    }
+
+    /// The queues this node consumes, as kombu describes a queue.
+    fn active_queues(&self) -> Value {
+        Value::Array(
+            self.broker
+                .queues
+                .iter()
+                .map(|q| {
+                    json!({"name": q.name, "exchange": {"name": q.name, "type": "direct", "arguments": null, "durable": true, "passive": false, "auto_delete": false, "delivery_mode": null, "no_declare": false},
+                           "routing_key": q.name, "queue_arguments": null, "binding_arguments": null, "consumer_arguments": null,
+                           "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false, "alias": null,
+                           "bindings": [], "no_declare": null, "expires": null, "message_ttl": null, "max_length": null,
+                           "max_length_bytes": null, "max_priority": null})
+                })
+                .collect(),
+        )
     }
 
     async fn resize(&self, pool: usize, change: Resize) -> Result<(), String> {
@@ -425,6 +363,238 @@ impl Control {
     }
 }
 
+/// One remote-control command and its arguments, parsed from a broadcast's `method` and
+/// `arguments` (Celery's names); [`Command::apply`] runs it on a node.
+#[derive(Debug, Clone, PartialEq)]
+enum Command {
+    /// `ping`: answers `pong`.
+    Ping,
+    /// `pool_grow` / `pool_shrink`.
+    Resize(PoolResize),
+    /// `autoscale`.
+    Autoscale(Autoscale),
+    /// `revoke`.
+    Revoke(Revoke),
+    /// `enable_events` (true) / `disable_events` (false): task events on or off.
+    Events(bool),
+    /// A read-only inspection (`celery inspect ...`).
+    Inspect(Inspect),
+}
+
+impl Command {
+    /// The command `method` names, with its `arguments`; the error answer's text for a
+    /// command this node does not know or arguments that do not fit.
+    fn parse(method: &str, args: &Value) -> Result<Command, String> {
+        Ok(match method {
+            "ping" => Command::Ping,
+            "pool_grow" => Command::Resize(PoolResize::parse(true, args)),
+            "pool_shrink" => Command::Resize(PoolResize::parse(false, args)),
+            "autoscale" => Command::Autoscale(Autoscale::parse(args)?),
+            "revoke" => Command::Revoke(Revoke::parse(args)),
+            "enable_events" => Command::Events(true),
+            "disable_events" => Command::Events(false),
+            other => Command::Inspect(
+                Inspect::parse(other).ok_or_else(|| format!("No such control command: {other}"))?,
+            ),
+        })
+    }
+
+    /// Runs the command on `control`'s node; the answer as Celery shapes it.
+    async fn apply(self, control: &Control) -> Value {
+        match self {
+            Command::Ping => json!({"ok": "pong"}),
+            Command::Resize(c) => c.apply(control).await,
+            Command::Autoscale(c) => c.apply(control).await,
+            Command::Revoke(c) => c.apply(control).await,
+            Command::Events(on) => {
+                control.task_events.store(on, Ordering::Relaxed);
+                json!({"ok": if on { "task events enabled" } else { "task events disabled" }})
+            }
+            Command::Inspect(c) => c.answer(control),
+        }
+    }
+}
+
+/// `pool_grow n` / `pool_shrink n`: every pool of the node by `n` workers (a shrink
+/// keeps one); refused, as Celery does, while a pool autoscales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PoolResize {
+    grow: bool,
+    /// Celery's `n`: 1 when missing or not a count, at most 10,000.
+    n: usize,
+}
+
+impl PoolResize {
+    fn parse(grow: bool, args: &Value) -> PoolResize {
+        let n = args["n"].as_u64().unwrap_or(1).min(10_000) as usize;
+        PoolResize { grow, n }
+    }
+
+    fn method(&self) -> &'static str {
+        if self.grow {
+            "pool_grow"
+        } else {
+            "pool_shrink"
+        }
+    }
+
+    async fn apply(self, control: &Control) -> Value {
+        let pools = &control.state.pools;
+        if pools.iter().any(|p| p.status().autoscale.is_some()) {
+            return json!({"error": format!("{} is not supported with autoscale. Adjust autoscale range instead.", self.method())});
+        }
+        for (i, p) in pools.iter().enumerate() {
+            let size = p.status().size;
+            let target = if self.grow {
+                size.saturating_add(self.n)
+            } else {
+                size.saturating_sub(self.n).max(1)
+            };
+            if let Err(e) = control.resize(i, Resize::Concurrency(target)).await {
+                return json!({ "error": e });
+            }
+        }
+        json!({"ok": if self.grow { "pool will grow" } else { "pool will shrink" }})
+    }
+}
+
+/// `autoscale max min`: every pool of the node autoscales between `min` and `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Autoscale {
+    max: u64,
+    /// 1 when missing.
+    min: u64,
+}
+
+impl Autoscale {
+    fn parse(args: &Value) -> Result<Autoscale, String> {
+        let max = args["max"]
+            .as_u64()
+            .ok_or("autoscale needs max (and min)")?;
+        let min = args["min"].as_u64().unwrap_or(1);
+        Ok(Autoscale { max, min })
+    }
+
+    async fn apply(self, control: &Control) -> Value {
+        let Autoscale { max, min } = self;
+        for i in 0..control.state.pools.len() {
+            let change =
+                Resize::Autoscale(Some(AutoscaleUpdate::bounds(min as usize, max as usize)));
+            if let Err(e) = control.resize(i, change).await {
+                return json!({ "error": e });
+            }
+        }
+        json!({"ok": format!("autoscale now max={max} min={min}")})
+    }
+}
+
+/// `revoke task_id...`: Celery's revoked set, shared by the nodes in Redis (the node that
+/// takes a revoked message drops it); a task this node holds and has not started is
+/// revoked here at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Revoke {
+    /// `task_id`: one id or a list of them, as sent (ids that are not UUIDs are
+    /// remembered for `inspect revoked`, nothing more).
+    task_ids: Vec<String>,
+    /// `terminate`: cannot be honoured (the threads pool cannot stop a running task);
+    /// the answer says so.
+    terminate: bool,
+}
+
+impl Revoke {
+    fn parse(args: &Value) -> Revoke {
+        let task_ids = match &args["task_id"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Revoke {
+            task_ids,
+            terminate: args["terminate"].as_bool() == Some(true),
+        }
+    }
+
+    async fn apply(self, control: &Control) -> Value {
+        for raw in &self.task_ids {
+            control.remember_revoked(raw);
+            let Ok(id) = raw.parse::<TaskId>() else {
+                continue;
+            };
+            if let Err(e) = control.broker.mark_revoked(&id).await {
+                return json!({"error": e.to_string()});
+            }
+            let _ = control.state.store.revoke(&id);
+        }
+        let terminate = if self.terminate {
+            " (running tasks are not terminated: the threads pool cannot stop a running task)"
+        } else {
+            ""
+        };
+        json!({"ok": format!("tasks {} flagged as revoked{terminate}", self.task_ids.join(", "))})
+    }
+}
+
+/// The read-only inspections (`celery inspect NAME`); none takes arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inspect {
+    /// `active`: the tasks this node runs.
+    Active,
+    /// `reserved`: the tasks this node took and has not started.
+    Reserved,
+    /// `scheduled`: always empty (no ETA tasks).
+    Scheduled,
+    /// `revoked`: ids revoked through remote control.
+    Revoked,
+    /// `registered`: task names with their signatures.
+    Registered,
+    /// `active_queues`: the queues this node consumes.
+    ActiveQueues,
+    /// `stats`: counts, pools, broker.
+    Stats,
+    /// `conf`: the settings Flower reads.
+    Conf,
+    /// `report`: version and system.
+    Report,
+}
+
+impl Inspect {
+    fn parse(method: &str) -> Option<Inspect> {
+        Some(match method {
+            "active" => Inspect::Active,
+            "reserved" => Inspect::Reserved,
+            "scheduled" => Inspect::Scheduled,
+            "revoked" => Inspect::Revoked,
+            "registered" => Inspect::Registered,
+            "active_queues" => Inspect::ActiveQueues,
+            "stats" => Inspect::Stats,
+            "conf" => Inspect::Conf,
+            "report" => Inspect::Report,
+            _ => return None,
+        })
+    }
+
+    fn answer(self, control: &Control) -> Value {
+        match self {
+            Inspect::Active => Value::Array(control.requests(TaskState::Started)),
+            Inspect::Reserved => Value::Array(control.requests(TaskState::Pending)),
+            Inspect::Scheduled => json!([]),
+            Inspect::Revoked => json!(control.revoked.lock().iter().collect::<Vec<_>>()),
+            Inspect::Registered => control.registered(),
+            Inspect::ActiveQueues => control.active_queues(),
+            Inspect::Stats => control.stats(),
+            Inspect::Conf => {
+                json!({"broker_url": control.broker.url, "worker_send_task_events": control.task_events.load(Ordering::Relaxed)})
+            }
+            Inspect::Report => {
+                json!({"ok": format!("celeriac {} on {}", env!("CARGO_PKG_VERSION"), std::env::consts::OS)})
+            }
+        }
+    }
+}
+
 /// Starts the pidbox listener and the heartbeats of `control`'s node.
 pub fn start(control: Arc<Control>) -> Vec<tokio::task::JoinHandle<()>> {
     let control_tasks = control.clone();
@@ -484,7 +654,121 @@ fn glob(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use serde_json::{Value, json};
+
+    use super::{Autoscale, Command, Inspect, PoolResize, Revoke, glob};
+
+    fn parse(method: &str, args: Value) -> Result<Command, String> {
+        Command::parse(method, &args)
+    }
+
+    #[test]
+    fn grow_and_shrink_take_n_default_one_at_most_ten_thousand() {
+        let resize = |grow, n| Ok(Command::Resize(PoolResize { grow, n }));
+        assert_eq!(parse("pool_grow", json!({"n": 3})), resize(true, 3));
+        assert_eq!(parse("pool_shrink", json!({"n": 2})), resize(false, 2));
+        // Celery's client sends `n` even when it is 1; a missing or odd one counts as 1.
+        assert_eq!(parse("pool_grow", json!({})), resize(true, 1));
+        assert_eq!(parse("pool_shrink", Value::Null), resize(false, 1));
+        assert_eq!(parse("pool_grow", json!({"n": -2})), resize(true, 1));
+        assert_eq!(parse("pool_grow", json!({"n": "4"})), resize(true, 1));
+        assert_eq!(parse("pool_grow", json!({"n": 2.5})), resize(true, 1));
+        assert_eq!(
+            parse("pool_grow", json!({"n": 1_000_000})),
+            resize(true, 10_000)
+        );
+        assert_eq!(PoolResize::parse(false, &json!({})).method(), "pool_shrink");
+        assert_eq!(PoolResize::parse(true, &json!({})).method(), "pool_grow");
+    }
+
+    #[test]
+    fn autoscale_needs_max_and_defaults_min_to_one() {
+        assert_eq!(
+            parse("autoscale", json!({"max": 8, "min": 2})),
+            Ok(Command::Autoscale(Autoscale { max: 8, min: 2 }))
+        );
+        assert_eq!(
+            parse("autoscale", json!({"max": 8})),
+            Ok(Command::Autoscale(Autoscale { max: 8, min: 1 }))
+        );
+        let needs = Err("autoscale needs max (and min)".to_string());
+        assert_eq!(parse("autoscale", json!({"min": 2})), needs);
+        assert_eq!(parse("autoscale", json!({"max": "8"})), needs);
+        assert_eq!(parse("autoscale", Value::Null), needs);
+    }
+
+    #[test]
+    fn revoke_takes_one_id_or_a_list() {
+        let revoke = |ids: &[&str], terminate| {
+            Ok(Command::Revoke(Revoke {
+                task_ids: ids.iter().map(|s| s.to_string()).collect(),
+                terminate,
+            }))
+        };
+        assert_eq!(
+            parse("revoke", json!({"task_id": "a"})),
+            revoke(&["a"], false)
+        );
+        assert_eq!(
+            parse("revoke", json!({"task_id": ["a", "b"], "terminate": true})),
+            revoke(&["a", "b"], true)
+        );
+        // What is not a string is left out; no id is an empty revoke.
+        assert_eq!(
+            parse(
+                "revoke",
+                json!({"task_id": ["a", 7, null], "terminate": "yes"})
+            ),
+            revoke(&["a"], false)
+        );
+        assert_eq!(parse("revoke", json!({})), revoke(&[], false));
+        assert_eq!(parse("revoke", json!({"task_id": 7})), revoke(&[], false));
+    }
+
+    #[test]
+    fn every_command_the_module_lists_parses_and_others_are_refused() {
+        let docs: String = include_str!("control.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect();
+        let no_args = [
+            ("ping", Command::Ping),
+            ("enable_events", Command::Events(true)),
+            ("disable_events", Command::Events(false)),
+            ("active", Command::Inspect(Inspect::Active)),
+            ("reserved", Command::Inspect(Inspect::Reserved)),
+            ("scheduled", Command::Inspect(Inspect::Scheduled)),
+            ("revoked", Command::Inspect(Inspect::Revoked)),
+            ("registered", Command::Inspect(Inspect::Registered)),
+            ("active_queues", Command::Inspect(Inspect::ActiveQueues)),
+            ("stats", Command::Inspect(Inspect::Stats)),
+            ("conf", Command::Inspect(Inspect::Conf)),
+            ("report", Command::Inspect(Inspect::Report)),
+        ];
+        for (name, command) in &no_args {
+            assert_eq!(parse(name, json!({})), Ok(command.clone()), "{name}");
+        }
+        let with_args = ["pool_grow", "pool_shrink", "autoscale", "revoke"];
+        for name in no_args.iter().map(|(n, _)| *n).chain(with_args) {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "`{name}` is in the module docs"
+            );
+        }
+        // Celery's own answer to a command a worker does not have.
+        assert_eq!(
+            parse("shutdown", json!({})),
+            Err("No such control command: shutdown".to_string())
+        );
+        assert_eq!(
+            parse("", json!({})),
+            Err("No such control command: ".to_string())
+        );
+        assert_eq!(
+            parse("Ping", json!({})),
+            Err("No such control command: Ping".to_string())
+        );
+    }
 
     #[test]
     fn node_patterns_match_as_kombu_globs() {
