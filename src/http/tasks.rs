@@ -189,7 +189,7 @@ pub(super) struct BatchAccepted {
     tasks: Vec<Accepted>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::InvalidBody(e.to_string())
@@ -215,7 +215,7 @@ const REMOTE_QUEUE_CAPACITY: usize = 1000;
 
 /// Validates and queues `inputs` for `task`; all or none are accepted. With a broker
 /// the tasks go to the pool's Redis queue, for whichever node has an idle worker.
-async fn enqueue(
+pub(crate) async fn enqueue(
     state: &AppState,
     task: &str,
     inputs: Vec<Value>,
@@ -439,7 +439,7 @@ fn unavailable(e: BrokerError) -> Rejection {
 }
 
 /// Waits for a task to be final, in the store or the broker's result backend.
-async fn wait_final(
+pub(crate) async fn wait_final(
     state: &AppState,
     id: &TaskId,
     wait: Duration,
@@ -455,11 +455,19 @@ async fn wait_final(
 
 async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
+    let view = revoke_task(&state, &task_id).await.map_err(reject)?;
+    Ok(json_reply(StatusCode::OK, &view))
+}
+
+/// Revokes a task that has not started, in the store or the broker, and counts it.
+pub(crate) async fn revoke_task(state: &AppState, task_id: &TaskId) -> Result<TaskView, ApiError> {
+    let id = task_id.to_string();
+    let unavailable = |e| broker_error(e, "");
     if let Some(broker) = &state.broker {
         // A task queued for Python workers (a mixed fleet) is revoked by taking its
         // message out of their queue; celeriac's own nodes read the meta.
-        let remote = match broker.get(&task_id).await.map_err(unavailable)? {
-            None => return Err(reject(ApiError::TaskNotFound(id))),
+        let remote = match broker.get(task_id).await.map_err(unavailable)? {
+            None => return Err(ApiError::TaskNotFound(id)),
             Some(v) => state
                 .config
                 .remote_tasks()
@@ -467,8 +475,8 @@ async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejec
                 .map(|(_, queue)| queue.to_string()),
         };
         let outcome = match &remote {
-            Some(queue) => broker.revoke_queued(&task_id, queue).await,
-            None => broker.revoke(&task_id).await,
+            Some(queue) => broker.revoke_queued(task_id, queue).await,
+            None => broker.revoke(task_id).await,
         };
         return match outcome.map_err(unavailable)? {
             Ok(view) => {
@@ -485,20 +493,20 @@ async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejec
                         },
                     );
                 }
-                Ok(json_reply(StatusCode::OK, &view))
+                Ok(view)
             }
-            Err(StoreError::NotFound) => Err(reject(ApiError::TaskNotFound(id))),
-            Err(StoreError::WrongState(s)) => Err(reject(ApiError::NotRevocable(s))),
+            Err(StoreError::NotFound) => Err(ApiError::TaskNotFound(id)),
+            Err(StoreError::WrongState(s)) => Err(ApiError::NotRevocable(s)),
         };
     }
-    match state.store.revoke(&task_id) {
+    match state.store.revoke(task_id) {
         Ok((view, finished)) => {
             if let Some(reg) = state.registry.get(&finished.task) {
                 crate::metrics::finished(&state.pools[reg.pool].name, &finished);
             }
-            Ok(json_reply(StatusCode::OK, &view))
+            Ok(view)
         }
-        Err(StoreError::NotFound) => Err(reject(ApiError::TaskNotFound(id))),
-        Err(StoreError::WrongState(s)) => Err(reject(ApiError::NotRevocable(s))),
+        Err(StoreError::NotFound) => Err(ApiError::TaskNotFound(id)),
+        Err(StoreError::WrongState(s)) => Err(ApiError::NotRevocable(s)),
     }
 }
