@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,10 +10,11 @@ use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};
+use crate::backend::{Backend, Local, Remote, Via};
 use crate::broker::Broker;
-use crate::broker::consumer::Consumers;
 use crate::config::{Config, secs};
-use crate::pool::PoolShared;
+use crate::node::consumer::Consumers;
+use crate::pool_shared::PoolShared;
 pub use crate::state::{AppState, Role};
 use crate::store::TaskStore;
 use crate::task::Registry;
@@ -85,8 +85,12 @@ impl App {
             })
             .collect();
         crate::metrics::register(&names, &tasks);
-        crate::metrics::register_http(crate::http::ROUTES);
+        crate::metrics::register_http(crate::http::ROUTES.iter().map(|r| (r.method, r.path)));
         let store = Arc::new(TaskStore::new(secs(config.results.ttl_seconds)));
+        {
+            let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+            store.on_final(move |f| crate::metrics::finished(&names[f.pool], f));
+        }
         let (supervisor, supervisor_done) = Actor::spawn(
             None,
             Supervisor,
@@ -106,17 +110,20 @@ impl App {
         for p in &pools {
             tracing::info!(pool = %p.name, kind = p.config.kind.as_str(), workers = p.config.size(), "pool started");
         }
+        let via = match &broker {
+            Some(b) => Via::Remote(Remote::new(b.clone(), config.remote_tasks())),
+            None => Via::Local(Local::new(store.clone(), pool_actors.clone())),
+        };
         let state = Arc::new(AppState {
             role,
-            broker: broker.clone(),
+            backend: Backend::new(registry.clone(), pools.clone(), via),
             config,
             store,
             registry,
             pools,
             pool_actors,
-            accepting: AtomicBool::new(true),
         });
-        let consumers = broker.map(|b| crate::broker::consumer::start(state.clone(), b));
+        let consumers = broker.map(|b| crate::node::consumer::start(state.clone(), b));
         Ok(App {
             state,
             supervisor,
@@ -165,7 +172,7 @@ impl App {
             _ = &mut supervisor_done => {
                 // A pool kept failing and the supervisor gave up (see
                 // `actors::supervisor`): never stay up alive but unable to serve.
-                state.accepting.store(false, Ordering::SeqCst);
+                state.backend.stop_accepting();
                 let _ = stop_http.send(());
                 sweeper.abort();
                 anyhow::bail!(
@@ -173,7 +180,7 @@ impl App {
                 );
             }
         }
-        state.accepting.store(false, Ordering::SeqCst);
+        state.backend.stop_accepting();
         if let Some(c) = self.consumers.as_mut() {
             c.stop_taking().await;
         }
@@ -202,23 +209,10 @@ impl App {
                 "drain timeout reached (server.drain_timeout_seconds); stopping anyway"
             );
         }
-        if let (Some(c), Some(broker)) = (&self.consumers, &state.broker) {
+        if let Some(c) = &self.consumers {
             // What is still held goes back to the queue for another node; results
             // already computed are written first.
-            c.flush(Duration::from_secs(5)).await;
-            let held = broker.held();
-            state.store.detach(&held);
-            match broker.requeue(&held).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::warn!(requeued = n, "put unfinished messages back in their queues")
-                }
-                Err(e) => tracing::error!(
-                    "could not put unfinished messages back ({e}): they return after the visibility timeout"
-                ),
-            }
-        }
-        if let Some(c) = &self.consumers {
+            c.hand_back().await;
             c.offline().await;
         }
         let _ = self.supervisor.cast(SupervisorMessage::ShuttingDown);

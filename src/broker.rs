@@ -4,7 +4,7 @@
 //! - **Queue.** A pool's queue is a Redis list with kombu's keys (`celery`, and the
 //!   priority keys `celery\x06\x163` ...). A submit checks the depth, writes the task's
 //!   `PENDING` meta and pushes the message, in one script.
-//! - **Taking work.** A node takes messages only for idle workers ([`consumer`]). Taking
+//! - **Taking work.** A node takes messages only for idle workers ([`crate::node::consumer`]). Taking
 //!   a message, recording it in flight (kombu's `unacked` hash and `unacked_index` zset,
 //!   so Python workers can restore it too) and marking it `STARTED` is one Lua script:
 //!   no window where a message is in neither place.
@@ -18,9 +18,6 @@
 //!   subscription per node), and re-read every second in case one was missed.
 
 pub mod celery;
-pub mod consumer;
-pub mod control;
-pub mod url;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -377,8 +374,8 @@ impl Broker {
             .url
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("no broker.url"))?;
-        let parsed =
-            self::url::BrokerUrl::parse(raw).map_err(|e| anyhow::anyhow!("broker.url {e}"))?;
+        let parsed = crate::config::broker_url::BrokerUrl::parse(raw)
+            .map_err(|e| anyhow::anyhow!("broker.url {e}"))?;
         let shown = parsed.shown.clone();
         let client = parsed
             .client()

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod broker_url;
+pub mod kernels;
 pub mod limit;
 
 pub use limit::Limit;
@@ -204,7 +206,7 @@ pub struct ResultsConfig {
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `redis://[USER][:PASSWORD@]HOST:PORT/DB`, `rediss://...` with Celery's `ssl_*`
-    /// options, or a Unix socket `redis+socket:///PATH` ([`crate::broker::url`]);
+    /// options, or a Unix socket `redis+socket:///PATH` ([`broker_url`]);
     /// `CELERIAC_BROKER_URL` overrides it. Unset: the embedded in-memory queue and store.
     #[serde(default)]
     pub url: Option<String>,
@@ -713,12 +715,12 @@ pub struct TaskSpec {
     /// For model-backed kinds on the CPU: the number format of the encoder's dense
     /// layers, `auto` (the default), `f32`, `bf16` or `int8` (README "Precision").
     #[serde(default)]
-    pub precision: crate::model::Precision,
+    pub precision: kernels::Precision,
     /// For model-backed kinds: which encoder implementation runs it, `packed` (CPU
     /// only) or `candle` (CPU or CUDA); unset, the device's default (packed on the CPU,
     /// candle on CUDA). README "Precision".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernels: Option<crate::model::Kernels>,
+    pub kernels: Option<kernels::Kernels>,
     /// Kind `embeddings`: whether embeddings are L2-normalised; unset, as the
     /// checkpoint's `modules.json` says (a `Normalize` module).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1217,7 +1219,7 @@ impl BrokerConfig {
 
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.url
-            && let Err(e) = crate::broker::url::BrokerUrl::parse(url)
+            && let Err(e) = broker_url::BrokerUrl::parse(url)
         {
             return Err(invalid("broker.url", e.to_string()));
         }

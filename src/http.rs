@@ -6,6 +6,7 @@ pub mod health;
 pub mod models;
 pub mod openai;
 pub mod openapi;
+pub mod responses;
 pub mod tasks;
 pub mod tei;
 
@@ -304,9 +305,7 @@ pub fn metrics_route(
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
             let mut text = crate::metrics::render(&state.pools);
-            if let Some(broker) = &state.broker {
-                text.push_str(&crate::metrics::render_broker(broker, &state.pools));
-            }
+            text.push_str(&state.backend.render_metrics());
             let mut res = Reply::new(text.into());
             res.headers_mut().insert(
                 header::CONTENT_TYPE,

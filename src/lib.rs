@@ -5,20 +5,31 @@
 //!
 //! # Layout
 //!
+//! Imports run one way, top to bottom (`tests/layers.rs` checks it): `app` → `http`,
+//! `node` → `state` → `backend` → `broker`, `actors` → `task` → `metrics` →
+//! `pool_shared`, `model` → `error` → `config`, `store`.
+//!
 //! - [`config`]: the configuration tree, defaults, environment overrides, validation;
 //!   the range of every numeric setting (`config::limit`), shared with the admin API and
-//!   the OpenAPI document.
-//! - [`app`]: wiring; starts the actor tree, serves HTTP, drains on shutdown.
-//! - [`state`]: what the HTTP handlers share (config, store, registry, pools).
+//!   the OpenAPI document; broker URLs (`config::broker_url`); kernels and precision.
+//! - [`app`]: wiring; starts the actor tree, picks the task backend, serves HTTP,
+//!   drains on shutdown.
+//! - [`state`]: what the HTTP handlers share (config, backend, store, registry, pools).
+//! - [`backend`]: the one way every door submits, reads, waits for and revokes tasks:
+//!   this node's pools (`Local`) or the broker (`Remote`), chosen once.
 //! - [`actors`]: the supervisor; one pool actor per pool, the sole owner of its queue,
 //!   workers, size and autoscaling (pull-based hand-out, batching, acks-late, time
 //!   limits); the workers (task instances on their own threads, or in child processes
-//!   for pool kind `processes`); the autoscaler's decision; the messages between them on
-//!   one page (`actors::protocol`).
-//! - [`pool`]: what the HTTP side reads about a pool: settings, the status its actor
-//!   publishes, the queue's admission gate.
-//! - [`broker`]: Redis as broker and result backend in Celery's wire format (several
-//!   nodes, Python Celery clients): submit, take, leases, restores, results.
+//!   for pool kind `processes`); the pure parts the pool actor wires (batch rules,
+//!   restart budget, the autoscaler's decision); the messages between them on one page
+//!   (`actors::protocol`).
+//! - [`pool_shared`]: what the HTTP side reads about a pool: settings, the status its
+//!   actor publishes, the queue's admission gate.
+//! - [`broker`]: the Celery client: Redis as broker and result backend in Celery's wire
+//!   format (several nodes, Python Celery clients): submit, take, leases, restores,
+//!   results. It knows nothing of actors or the node.
+//! - [`node`]: the node's services on the broker: the consumer (taking work for idle
+//!   workers, writing results) and Celery's remote control and events.
 //! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
 //! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks, the
 //!   text classifier task on a `model.toml` directory, and the task kinds on Hugging
@@ -35,13 +46,15 @@
 
 pub mod actors;
 pub mod app;
+pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod model;
-pub mod pool;
+pub mod node;
+pub mod pool_shared;
 pub mod state;
 pub mod store;
 pub mod task;

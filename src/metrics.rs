@@ -12,7 +12,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 
 /// Workers by pool and state (`starting`, `warming`, `idle`, `busy`, `stopping`; `parked`: slots
 /// whose workers failed to start past the restart budget).
@@ -315,10 +315,9 @@ pub fn register(pools: &[&str], tasks: &[TaskSeries]) {
 
 /// Registers, at zero, the HTTP series of every route (its method and path template),
 /// with the status each answers when all goes well (202 for a submit, else 200).
-pub fn register_http(routes: &[crate::http::Route]) {
+pub fn register_http(routes: impl IntoIterator<Item = (&'static str, &'static str)>) {
     install();
-    for r in routes {
-        let (method, route) = (r.method, r.path);
+    for (method, route) in routes {
         let status = if method == "POST" { "202" } else { "200" };
         counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
             .absolute(0);
@@ -385,46 +384,57 @@ pub fn render(pools: &[std::sync::Arc<PoolShared>]) -> String {
     text
 }
 
+/// What the broker's series show, read from the broker client when `/metrics` is
+/// scraped.
+pub struct BrokerSeries<'a> {
+    /// Whether Redis is reachable.
+    pub up: bool,
+    /// Each pool's name, its queue's name and the queue's depth as last read.
+    pub queues: Vec<(&'a str, &'a str, u64)>,
+    /// Messages this node took that another node had held.
+    pub redeliveries: u64,
+    /// Messages this node put back after their lease expired.
+    pub restored: u64,
+    /// Messages this node holds.
+    pub held: usize,
+}
+
 /// The broker's metrics, in Prometheus text: whether Redis is reachable, each pool's
 /// queue depth as read from Redis, and messages redelivered and restored.
-pub fn render_broker(
-    broker: &crate::broker::Broker,
-    pools: &[std::sync::Arc<PoolShared>],
-) -> String {
+pub fn render_broker(b: &BrokerSeries) -> String {
     use std::fmt::Write as _;
     let mut t = String::new();
     let _ = writeln!(
         t,
         "# HELP {BROKER_UP} 1 while the node reaches its Redis broker, else 0.\n# TYPE {BROKER_UP} gauge\n{BROKER_UP} {}",
-        u8::from(broker.is_up())
+        u8::from(b.up)
     );
     let _ = writeln!(
         t,
         "# HELP {BROKER_QUEUE_DEPTH} Messages waiting in the pool's Redis queue (all nodes), read every second.\n# TYPE {BROKER_QUEUE_DEPTH} gauge"
     );
-    for (p, q) in pools.iter().zip(&broker.queues) {
+    for (pool, queue, depth) in &b.queues {
         let _ = writeln!(
             t,
-            "{BROKER_QUEUE_DEPTH}{{pool=\"{}\",queue=\"{}\"}} {}",
-            escape_label(&p.name),
-            escape_label(&q.name),
-            q.depth.load(Ordering::Relaxed)
+            "{BROKER_QUEUE_DEPTH}{{pool=\"{}\",queue=\"{}\"}} {depth}",
+            escape_label(pool),
+            escape_label(queue),
         );
     }
     let _ = writeln!(
         t,
         "# HELP {BROKER_REDELIVERIES} Messages this node took that another node had held (it died or stopped renewing its lease).\n# TYPE {BROKER_REDELIVERIES} counter\n{BROKER_REDELIVERIES} {}",
-        broker.redeliveries.load(Ordering::Relaxed)
+        b.redeliveries
     );
     let _ = writeln!(
         t,
         "# HELP {BROKER_RESTORED} Messages this node put back in their queue after their lease expired.\n# TYPE {BROKER_RESTORED} counter\n{BROKER_RESTORED} {}",
-        broker.restored.load(Ordering::Relaxed)
+        b.restored
     );
     let _ = writeln!(
         t,
         "# HELP {BROKER_HELD} Messages this node holds (taken, not yet acknowledged).\n# TYPE {BROKER_HELD} gauge\n{BROKER_HELD} {}",
-        broker.held().len()
+        b.held
     );
     t
 }

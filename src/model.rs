@@ -24,94 +24,17 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::DeviceSpec;
 use bert::{BertConfig, CandleEncoder};
 use packed::PackedEncoder;
 
-/// Which implementation runs the encoder (`[tasks."X"] kernels`; by default the
-/// device's, [`Kernels::for_device`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kernels {
-    /// Packed batches and fused kernels on plain buffers ([`packed`]); CPU only.
-    Packed,
-    /// The encoder on candle tensor ops, padded batches ([`bert`]); CPU or CUDA, f32,
-    /// f16 or bf16.
-    Candle,
-}
+pub use crate::config::kernels::{Kernels, Precision};
 
-impl Kernels {
-    /// The default for a device: packed on the CPU, candle on CUDA.
-    pub fn for_device(device: DeviceSpec) -> Self {
-        match device {
-            DeviceSpec::Cpu => Kernels::Packed,
-            DeviceSpec::Cuda(_) => Kernels::Candle,
-        }
-    }
-
-    /// Its name in configs and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kernels::Packed => "packed",
-            Kernels::Candle => "candle",
-        }
-    }
-}
-
-impl std::fmt::Display for Kernels {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The number format of the encoder's dense layers (`[tasks."X"] precision`). On the
-/// packed CPU kernels, layer norm, softmax, GELU, attention, pooling and the head always
-/// run in f32; on the candle kernels, layer norm and softmax sum in f32 and pooling and
-/// the head run in f32 ([`bert`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Packed kernels: bf16 where it is both faithful and faster than f32 here
-    /// (AMX-BF16), f32 elsewhere ([`Precision::resolve`]). Candle kernels: f16 on CUDA,
-    /// f32 on the CPU ([`Precision::for_kernels`]). README "Precision".
-    #[default]
-    Auto,
-    /// f32 weights and activations.
-    F32,
-    /// bf16 weights and activations, f32 sums ([`qgemm`] on the CPU, cuBLAS on CUDA).
-    Bf16,
-    /// int8 weights (a scale per output), u8 activations (per token), i32 sums
-    /// ([`qgemm`]); packed CPU kernels only.
-    Int8,
-    /// f16 weights and activations, f32 sums; candle kernels only (CUDA tensor cores).
-    F16,
-}
-
+/// What a precision setting means on this machine and device.
 impl Precision {
-    /// Every setting.
-    /// (Appended, never reordered: the packed-weights cache stores the index.)
-    pub const ALL: [Precision; 5] = [
-        Precision::Auto,
-        Precision::F32,
-        Precision::Bf16,
-        Precision::Int8,
-        Precision::F16,
-    ];
-
-    /// Its name in configs, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::Auto => "auto",
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-            Precision::Int8 => "int8",
-            Precision::F16 => "f16",
-        }
-    }
-
     /// The precision a setting runs in here: `auto` is bf16 where bf16 runs on AMX
     /// tiles (2–2.5× f32, and within the strict fidelity bar: BENCHMARKS.md), else f32
     /// (on AVX512-BF16 or AVX2 alone, bf16 is no faster than f32 batched). The others
@@ -166,22 +89,6 @@ impl Precision {
             Precision::Int8 => qgemm::kernel(qgemm::Element::Int8).name(qgemm::Element::Int8),
             _ => sgemm::isa().map_or("gemm crate", sgemm::Isa::as_str),
         }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("precision `{s}`: expected auto, f32, f16, bf16 or int8"))
     }
 }
 

@@ -3,12 +3,11 @@
 //! depends on neither, so the two do not import each other.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use crate::actors::protocol::PoolActors;
-use crate::broker::Broker;
+use crate::backend::Backend;
 use crate::config::Config;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::TaskStore;
 use crate::task::Registry;
 
@@ -26,9 +25,9 @@ pub enum Role {
 pub struct AppState {
     /// What this node runs.
     pub role: Role,
-    /// The Redis broker and result backend, when `[broker] url` is set: tasks are
-    /// queued there and results read from there.
-    pub broker: Option<Arc<Broker>>,
+    /// Where tasks go and are read from: this node's pools, or the broker (when
+    /// `[broker] url` is set). Every door submits, reads, waits and revokes through it.
+    pub backend: Backend,
     /// The validated configuration.
     pub config: Config,
     /// Task records.
@@ -40,8 +39,6 @@ pub struct AppState {
     /// Every pool's actor, by the same index: where submits and resizes go (looked up
     /// at each use: the supervisor replaces a pool actor that failed).
     pub pool_actors: PoolActors,
-    /// Cleared when shutdown starts: submits then get 503.
-    pub accepting: AtomicBool,
 }
 
 impl AppState {

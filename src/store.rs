@@ -80,6 +80,8 @@ pub enum StoreError {
 #[derive(Debug)]
 struct TaskRecord {
     task: Arc<str>,
+    /// The index of the pool that runs it (for the final-state metric).
+    pool: usize,
     state: TaskState,
     result: Option<Value>,
     error: Option<String>,
@@ -197,11 +199,14 @@ pub enum Requeue {
     Stale,
 }
 
-/// A finished task, reported to the caller of a store transition for metrics.
+/// A finished task: what a store transition to a final state reports, to its caller
+/// and to the store's observer ([`TaskStore::on_final`], the metrics).
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// The task name.
     pub task: Arc<str>,
+    /// The index of the pool that ran it.
+    pub pool: usize,
     /// The final state.
     pub state: TaskState,
     /// Submit to final state.
@@ -223,7 +228,12 @@ pub struct TaskStore {
     mirror: std::sync::OnceLock<Mirror>,
     /// The last attempt number handed out ([`TaskStore::start`]).
     attempts: std::sync::atomic::AtomicU64,
+    /// Told of every task that reaches a final state here (set once).
+    on_final: std::sync::OnceLock<FinalObserver>,
 }
+
+/// What [`TaskStore::on_final`] calls.
+type FinalObserver = Box<dyn Fn(&Finished) + Send + Sync>;
 
 impl TaskStore {
     /// An empty store whose final records live for `ttl`.
@@ -233,7 +243,15 @@ impl TaskStore {
             ttl,
             mirror: std::sync::OnceLock::new(),
             attempts: std::sync::atomic::AtomicU64::new(0),
+            on_final: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `observe` for every task that reaches a final state in this store, as it
+    /// does (the app records the final-state metrics here, so that no transition goes
+    /// uncounted or is counted twice). Set once; later calls are ignored.
+    pub fn on_final(&self, observe: impl Fn(&Finished) + Send + Sync + 'static) {
+        let _ = self.on_final.set(Box::new(observe));
     }
 
     /// Sends the `RETRY` and final views of tasks taken from a broker
@@ -324,12 +342,20 @@ impl TaskStore {
         }
     }
 
-    /// Records a task taken from a broker under its own id: `PENDING` (the pool starts
-    /// it), submitted at `submitted_at`, after `retries` earlier deliveries. Its later
-    /// changes are mirrored ([`TaskStore::mirror_to`]).
-    pub fn insert_taken(&self, id: TaskId, task: Arc<str>, submitted_at: SystemTime, retries: u32) {
+    /// Records a task taken from a broker under its own id for pool `pool`: `PENDING`
+    /// (the pool starts it), submitted at `submitted_at`, after `retries` earlier
+    /// deliveries. Its later changes are mirrored ([`TaskStore::mirror_to`]).
+    pub fn insert_taken(
+        &self,
+        id: TaskId,
+        task: Arc<str>,
+        pool: usize,
+        submitted_at: SystemTime,
+        retries: u32,
+    ) {
         let record = TaskRecord {
             task,
+            pool,
             state: TaskState::Pending,
             result: None,
             error: None,
@@ -351,11 +377,12 @@ impl TaskStore {
         &self.shards[(b[0] as usize ^ b[15] as usize) % SHARDS]
     }
 
-    /// Records a new `PENDING` task and returns its id.
-    pub fn insert(&self, task: Arc<str>) -> TaskId {
+    /// Records a new `PENDING` task for pool `pool` and returns its id.
+    pub fn insert(&self, task: Arc<str>, pool: usize) -> TaskId {
         let id = Uuid::new_v4();
         let record = TaskRecord {
             task,
+            pool,
             state: TaskState::Pending,
             result: None,
             error: None,
@@ -457,11 +484,16 @@ impl TaskStore {
         r.expires_at = Some(Instant::now() + ttl);
         Self::wake(r);
         self.mirror(*id, r);
-        Finished {
+        let finished = Finished {
             task: r.task.clone(),
+            pool: r.pool,
             state,
             latency: now.duration_since(r.submitted_at).unwrap_or_default(),
+        };
+        if let Some(observe) = self.on_final.get() {
+            observe(&finished);
         }
+        finished
     }
 
     /// Records a worker's answer for `attempt`. Ignored (returns `None`) unless the
@@ -587,7 +619,7 @@ mod tests {
     #[test]
     fn lifecycle_and_stale_answers() {
         let s = TaskStore::new(Duration::from_secs(60));
-        let id = s.insert("t".into());
+        let id = s.insert("t".into(), 0);
         assert_eq!(s.state(&id), Some(TaskState::Pending));
         let (a1, _) = s.start(&id).unwrap();
         assert!(s.start(&id).is_none(), "a started task cannot start twice");
@@ -616,25 +648,26 @@ mod tests {
     fn a_task_taken_again_ignores_its_earlier_run() {
         let s = TaskStore::new(Duration::from_secs(60));
         let id = uuid::Uuid::new_v4();
-        s.insert_taken(id, "t".into(), SystemTime::now(), 0);
+        s.insert_taken(id, "t".into(), 0, SystemTime::now(), 0);
         let (old, _) = s.start(&id).unwrap();
         assert!(s.detach_one(&id));
-        s.insert_taken(id, "t".into(), SystemTime::now(), 0);
+        s.insert_taken(id, "t".into(), 0, SystemTime::now(), 0);
         let (new, _) = s.start(&id).unwrap();
         assert_ne!(old, new);
         assert!(s.finish(&id, old, Ok(json!("stale"))).is_none());
         assert_eq!(s.get(&id).unwrap().state, TaskState::Started);
-        assert!(s.finish(&id, new, Ok(json!("fresh"))).is_some());
-        assert_eq!(s.get(&id).unwrap().result, Some(json!("fresh")));
+        // (A broker task's final record is the result backend's: it leaves the store.)
+        let done = s.finish(&id, new, Ok(json!("fresh"))).unwrap();
+        assert_eq!(done.state, TaskState::Success);
     }
 
     #[test]
     fn revoke_only_before_start() {
         let s = TaskStore::new(Duration::from_secs(60));
-        let id = s.insert("t".into());
+        let id = s.insert("t".into(), 0);
         assert!(s.revoke(&id).is_ok());
         assert!(s.start(&id).is_none(), "revoked tasks are skipped");
-        let id2 = s.insert("t".into());
+        let id2 = s.insert("t".into(), 0);
         s.start(&id2).unwrap();
         assert_eq!(
             s.revoke(&id2).unwrap_err(),
@@ -646,7 +679,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn final_records_expire_after_ttl() {
         let s = TaskStore::new(Duration::from_secs(10));
-        let id = s.insert("t".into());
+        let id = s.insert("t".into(), 0);
         let (a, _) = s.start(&id).unwrap();
         s.finish(&id, a, Ok(json!("x"))).unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
@@ -661,7 +694,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wait_final_wakes_on_finish_and_times_out() {
         let s = Arc::new(TaskStore::new(Duration::from_secs(10)));
-        let id = s.insert("t".into());
+        let id = s.insert("t".into(), 0);
         let v = s.wait_final(&id, Duration::from_secs(2)).await.unwrap();
         assert_eq!(
             v.state,

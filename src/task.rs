@@ -16,6 +16,20 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+/// Whether this process is a `processes` pool's child (set by its `main`).
+static IN_CHILD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a `processes` pool's child: tasks that must not run in the
+/// server itself, like `debug.abort`, check it.
+pub fn in_child_process() -> bool {
+    IN_CHILD.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Marks this process as a `processes` pool's child (the child's `main`, first thing).
+pub fn mark_child_process() {
+    IN_CHILD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// An error a task returns; it becomes the task's `FAILURE` message.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -441,13 +455,12 @@ impl Registry {
         v
     }
 
-    /// The names of the tasks routed to `pool` that take batches.
-    pub fn batching_tasks(&self, pool: usize) -> std::collections::HashSet<Arc<str>> {
-        self.for_pool(pool)
-            .into_iter()
-            .filter(|t| t.factory.batching())
-            .map(|t| t.name)
-            .collect()
+    /// Whether every task routed to `pool` takes batches: then a worker of the pool
+    /// takes up to `max_batch_size` jobs at once, and the broker consumer takes that
+    /// many messages per idle worker.
+    pub fn pool_batches(&self, pool: usize) -> bool {
+        let tasks = self.for_pool(pool);
+        !tasks.is_empty() && tasks.len() == batching(&tasks).len()
     }
 
     /// Every registered name, sorted.
@@ -456,6 +469,15 @@ impl Registry {
         v.sort();
         v
     }
+}
+
+/// The names of `tasks` that take batches (the one place that asks).
+pub fn batching(tasks: &[Registered]) -> std::collections::HashSet<Arc<str>> {
+    tasks
+        .iter()
+        .filter(|t| t.factory.batching())
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 /// Rejects `model` and a `precision` other than `auto` on kinds that take no model, so a

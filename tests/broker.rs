@@ -166,7 +166,7 @@ async fn a_killed_node_s_tasks_finish_exactly_once_on_another() {
         assert_eq!(meta["worker"], "celeriac@w2", "{meta}");
         assert_eq!(meta["retries"], 1, "{meta}");
     }
-    let broker = w2.state.broker.clone().unwrap();
+    let broker = w2.state.backend.broker().cloned().unwrap();
     assert_eq!(
         broker
             .redeliveries
@@ -333,7 +333,7 @@ async fn a_task_longer_than_the_visibility_timeout_runs_exactly_once() {
     assert_eq!(meta["retries"], 0, "{meta}");
     // One run: no node restored the message or took it a second time.
     for node in [&a, &b] {
-        let broker = node.state.broker.clone().unwrap();
+        let broker = node.state.backend.broker().cloned().unwrap();
         assert_eq!(broker.redeliveries.load(Ordering::Relaxed), 0);
         assert_eq!(broker.restored.load(Ordering::Relaxed), 0);
     }
@@ -358,7 +358,7 @@ async fn a_result_computed_while_redis_is_down_is_written_when_it_returns() {
         .await
     );
     redis.stop();
-    let broker = s.state.broker.clone().unwrap();
+    let broker = s.state.backend.broker().cloned().unwrap();
     // Finished on the node, and the broker seen down (a write failed) before Redis
     // returns.
     assert!(
@@ -467,7 +467,7 @@ async fn a_pool_with_no_live_worker_gives_its_tasks_back_to_the_queue() {
         redis.meta(&id).await
     );
     assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0, "A holds nothing");
-    assert!(a.state.broker.clone().unwrap().held().is_empty());
+    assert!(a.state.backend.broker().cloned().unwrap().held().is_empty());
     // Another node, where the name is served by an echo, runs it.
     let other = format!(
         "{}[pools.gb]\nconcurrency = 1\n[tasks.\"debug.crash_worker\"]\nkind = \"debug.echo\"\npool = \"gb\"\n",
@@ -589,7 +589,7 @@ async fn python_celery_calls_celeriac_with_the_default_config() {
     // Past its `expires` when taken: REVOKED, as Celery does.
     assert_eq!(out["late"][0], "TaskRevokedError", "{out}");
     assert_eq!(redis.int(&["HLEN", "unacked"]).await, 0);
-    assert!(state.broker.is_some());
+    assert!(state.backend.broker().is_some());
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
 }

@@ -41,7 +41,7 @@ async fn tasks_flow_over_rediss_with_celery_s_ssl_options() {
     let url = redis.url();
     assert!(url.starts_with("rediss://:s3cret-pw@") && url.contains("ssl_cert_reqs=required"));
     let s = start(&node_config("tlsq", &url)).await;
-    let broker = s.state.broker.clone().expect("a broker node");
+    let broker = s.state.backend.broker().cloned().expect("a broker node");
     assert!(!broker.url.contains("s3cret-pw"), "{}", broker.url);
     assert!(broker.url.contains(":***@"), "{}", broker.url);
 

@@ -36,12 +36,14 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::autoscale::{Autoscaler, Load};
+use super::batching::BatchRules;
 use super::protocol::{
     Inbox, Job, PoolMessage, Resize, ResizeError, StartedJob, WorkerId, WorkerMessage,
 };
+use super::restarts::{RestartBudget, Retry};
 use super::worker::{Worker, WorkerArgs};
 use crate::config::{AutoscaleConfig, PoolKind, SupervisorConfig, secs};
-use crate::pool::{PoolShared, PoolStatus};
+use crate::pool_shared::{PoolShared, PoolStatus};
 use crate::store::{Requeue, TaskStore};
 use crate::task::{Registered, WorkerContext};
 
@@ -61,8 +63,9 @@ pub struct Pool;
 pub struct PoolArgs {
     /// The pool's settings and where its status is published.
     pub shared: Arc<PoolShared>,
-    /// Back-off and budget for failed starts; the time-limit check interval.
-    pub supervisor: SupervisorConfig,
+    /// Back-off and budget for failed starts; the time-limit check interval (the
+    /// `[supervisor]` settings).
+    pub supervision: SupervisorConfig,
     /// The tasks routed to this pool.
     pub tasks: Vec<Registered>,
     /// Task records.
@@ -114,13 +117,12 @@ enum Loss {
 /// A pool actor's state.
 pub struct PoolState {
     shared: Arc<PoolShared>,
-    supervisor: SupervisorConfig,
     tasks: Vec<Registered>,
     store: Arc<TaskStore>,
     config: Arc<crate::config::Config>,
     myself: ActorRef<PoolMessage>,
-    /// Tasks of this pool that take batches.
-    batching: HashSet<Arc<str>>,
+    /// How batches are formed.
+    batch_rules: BatchRules,
     /// Test hook: tasks whose jobs make this actor panic (`debug.panic_pool`).
     breakers: HashSet<Arc<str>>,
     queue: VecDeque<Job>,
@@ -130,8 +132,8 @@ pub struct PoolState {
     /// Linked worker actors not yet seen exiting.
     actors: HashMap<ActorId, WorkerId>,
     slots: BTreeMap<usize, Slot>,
-    /// Failed starts within the budget window.
-    failed_starts: VecDeque<Instant>,
+    /// Failed starts within the budget window, and the back-off.
+    restarts: RestartBudget,
     /// Bounds and tuning, when autoscaling.
     autoscale: Option<AutoscaleConfig>,
     autoscaler: Autoscaler,
@@ -160,22 +162,18 @@ impl Actor for Pool {
     ) -> Result<PoolState, ActorProcessingErr> {
         let PoolArgs {
             shared,
-            supervisor,
+            supervision,
             tasks,
             store,
             config,
         } = args;
         let size = shared.status().size;
         myself.send_interval(
-            Duration::from_millis(supervisor.time_limit_check_ms),
+            Duration::from_millis(supervision.time_limit_check_ms),
             || PoolMessage::Tick,
         );
         let mut state = PoolState {
-            batching: tasks
-                .iter()
-                .filter(|t| t.factory.batching())
-                .map(|t| t.name.clone())
-                .collect(),
+            batch_rules: BatchRules::new(&shared.config, crate::task::batching(&tasks)),
             breakers: tasks
                 .iter()
                 .filter(|t| t.factory.breaks_pool())
@@ -183,7 +181,6 @@ impl Actor for Pool {
                 .collect(),
             autoscale: shared.config.autoscale.clone(),
             shared,
-            supervisor,
             tasks,
             store,
             config,
@@ -193,7 +190,7 @@ impl Actor for Pool {
             workers: HashMap::new(),
             actors: HashMap::new(),
             slots: BTreeMap::new(),
-            failed_starts: VecDeque::new(),
+            restarts: RestartBudget::new(&supervision),
             autoscaler: Autoscaler::default(),
             last_autoscale: Instant::now(),
             flush_pending: false,
@@ -230,9 +227,7 @@ impl Actor for Pool {
                     );
                     // Its own job is final first, so that with a broker it is not handed
                     // back (and run again) with the pool's other tasks.
-                    if let Some(f) = state.store.fail(&job.id, None, why.clone()) {
-                        crate::metrics::finished(&state.shared.name, &f);
-                    }
+                    state.store.fail(&job.id, None, why.clone());
                     state.shared.release(1);
                     panic!("{why}");
                 }
@@ -463,37 +458,24 @@ impl PoolState {
     /// After the `failures`-th consecutive failed start of `slot`: another try after
     /// the back-off, or the slot parked when the pool's budget is spent.
     fn schedule_retry(&mut self, slot: usize, failures: u32) {
-        let cfg = &self.supervisor;
-        let window = secs(cfg.restart_window_seconds);
-        while self
-            .failed_starts
-            .front()
-            .is_some_and(|t| t.elapsed() > window)
-        {
-            self.failed_starts.pop_front();
+        match self.restarts.after_failure(failures, Instant::now()) {
+            Retry::After(delay) => self.restart_after(slot, failures, delay),
+            Retry::Park { failed, window } => {
+                tracing::error!(
+                    pool = %self.shared.name,
+                    slot,
+                    "restart budget spent ({failed} failed starts in {window:?}; supervisor.restart_budget): slot parked until the pool is resized",
+                );
+                self.slots.insert(
+                    slot,
+                    Slot {
+                        state: SlotState::Parked,
+                        failures,
+                        generation: 0,
+                    },
+                );
+            }
         }
-        if self.failed_starts.len() >= cfg.restart_budget as usize {
-            tracing::error!(
-                pool = %self.shared.name,
-                slot,
-                "restart budget spent ({} failed starts in {window:?}; supervisor.restart_budget): slot parked until the pool is resized",
-                self.failed_starts.len(),
-            );
-            self.slots.insert(
-                slot,
-                Slot {
-                    state: SlotState::Parked,
-                    failures,
-                    generation: 0,
-                },
-            );
-            return;
-        }
-        self.failed_starts.push_back(Instant::now());
-        let delay = Duration::from_millis(cfg.backoff_initial_ms)
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
-            .min(Duration::from_millis(cfg.backoff_max_ms));
-        self.restart_after(slot, failures, delay);
     }
 
     /// Puts `slot` in `Waiting` and schedules its `Restart` after `delay`; any
@@ -570,12 +552,8 @@ impl PoolState {
             match loss {
                 Loss::TimeLimit => {
                     for started in &running.jobs {
-                        if let Some(f) =
-                            self.store
-                                .fail(&started.job.id, Some(started.attempt), why.to_string())
-                        {
-                            crate::metrics::finished(&self.shared.name, &f);
-                        }
+                        self.store
+                            .fail(&started.job.id, Some(started.attempt), why.to_string());
                     }
                 }
                 Loss::Crash => self.requeue_or_fail(running.jobs, why),
@@ -612,12 +590,9 @@ impl PoolState {
     fn requeue_or_fail(&mut self, jobs: Vec<StartedJob>, why: &str) {
         let max_retries = self.shared.config.max_retries;
         for started in jobs.into_iter().rev() {
-            let (outcome, finished) =
+            let (outcome, _) =
                 self.store
                     .requeue_or_fail(&started.job.id, started.attempt, max_retries, why);
-            if let Some(f) = finished {
-                crate::metrics::finished(&self.shared.name, &f);
-            }
             if outcome == Requeue::Retry {
                 self.shared.readmit();
                 self.queue.push_front(started.job);
@@ -632,48 +607,23 @@ impl PoolState {
     /// shorter than a batch and another worker is busy, it waits up to
     /// `max_batch_delay_ms` for the batch to fill.
     fn dispatch(&mut self) {
-        let max_batch = self.shared.config.max_batch_size;
-        let max_tokens = match self.shared.config.max_batch_tokens {
-            0 => usize::MAX,
-            n => n,
-        };
-        let max_delay = crate::config::limit::millis(self.shared.config.max_batch_delay_ms);
         while !self.queue.is_empty() {
             let Some(&worker) = self.idle.last() else {
                 break;
             };
-            if max_batch > 1 && self.queue.len() < max_batch && !max_delay.is_zero() {
-                let front = self.queue.front().expect("not empty");
-                let waited = front.enqueued.elapsed();
-                let busy = self.workers.values().any(|w| w.running.is_some());
-                // A queue whose tokens already fill a batch does not wait either.
-                let tokens: usize = self.queue.iter().map(Job::tokens).sum();
-                if busy
-                    && waited < max_delay
-                    && self.batching.contains(&front.task)
-                    && tokens < max_tokens
-                {
-                    if !self.flush_pending {
-                        self.flush_pending = true;
-                        self.myself
-                            .send_after(max_delay - waited, || PoolMessage::Flush);
-                    }
-                    break;
+            let busy = self.workers.values().any(|w| w.running.is_some());
+            if let Some(wait) = self.batch_rules.hold(&self.queue, busy, Instant::now()) {
+                if !self.flush_pending {
+                    self.flush_pending = true;
+                    self.myself.send_after(wait, || PoolMessage::Flush);
                 }
+                break;
             }
             let mut batch: Vec<StartedJob> = Vec::new();
             let mut tokens = 0usize;
             while let Some(job) = self.queue.front() {
-                let fits = match batch.first() {
-                    None => true,
-                    Some(first) => {
-                        batch.len() < max_batch
-                            && job.task == first.job.task
-                            && self.batching.contains(&job.task)
-                            && tokens.saturating_add(job.tokens()) <= max_tokens
-                    }
-                };
-                if !fits {
+                let first = batch.first().map(|s| &*s.job.task);
+                if !self.batch_rules.fits(first, batch.len(), tokens, job) {
                     break;
                 }
                 let job = self.queue.pop_front().expect("peeked");
@@ -720,9 +670,7 @@ impl PoolState {
                 self.shared.give_back(job.id);
                 continue;
             }
-            if let Some(f) = self.store.fail(&job.id, None, why.clone()) {
-                crate::metrics::finished(&self.shared.name, &f);
-            }
+            self.store.fail(&job.id, None, why.clone());
         }
     }
 
@@ -859,7 +807,7 @@ impl PoolState {
         if parked.is_empty() {
             return;
         }
-        self.failed_starts.clear();
+        self.restarts.reset();
         for slot in parked {
             self.restart_after(slot, 0, Duration::ZERO);
         }

@@ -15,7 +15,8 @@ use std::time::Instant;
 use ractor::{ActorRef, RpcReplyPort};
 use serde_json::Value;
 
-use crate::store::TaskId;
+use crate::pool_shared::PoolShared;
+use crate::store::{TaskId, TaskStore};
 
 /// A worker's id, unique for the life of the process.
 pub type WorkerId = u64;
@@ -55,7 +56,7 @@ pub struct StartedJob {
 /// Messages to a pool actor, the one owner of a pool's queue and workers.
 pub enum PoolMessage {
     /// New jobs, already recorded `PENDING` and admitted (see
-    /// [`crate::pool::PoolShared::try_admit`]).
+    /// [`crate::pool_shared::PoolShared::try_admit`]).
     Submit(Vec<Job>),
     /// A worker finished what it was handed and wants more.
     Ready {
@@ -95,6 +96,9 @@ pub enum PoolMessage {
     ShuttingDown,
 }
 
+/// How long a resize may take to answer: starting workers loads their models.
+pub const RESIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Every pool's actor, by pool index: where submits and resizes go. The supervisor
 /// puts a new actor in place when it restarts a pool whose actor failed, so callers
 /// look the actor up at each use and never keep it.
@@ -117,6 +121,43 @@ impl PoolActors {
     /// Puts `actor` in place for pool `index` (the supervisor, after a restart).
     pub fn set(&self, index: usize, actor: ActorRef<PoolMessage>) {
         *self.0[index].write() = actor;
+    }
+
+    /// Hands admitted jobs (recorded in `store`, their places taken in `pool`) to pool
+    /// `index`'s actor. If the actor is gone (the process is stopping, or the supervisor
+    /// is restarting the pool), undoes both and gives back the jobs' ids.
+    pub fn submit(
+        &self,
+        index: usize,
+        jobs: Vec<Job>,
+        store: &TaskStore,
+        pool: &PoolShared,
+    ) -> Result<(), Vec<TaskId>> {
+        let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
+        if self.get(index).cast(PoolMessage::Submit(jobs)).is_ok() {
+            return Ok(());
+        }
+        for id in &ids {
+            store.remove(id);
+        }
+        pool.release(ids.len());
+        Err(ids)
+    }
+
+    /// Asks pool `index`'s actor to resize and waits for the outcome (new workers can
+    /// take a while to load their models: up to [`RESIZE_TIMEOUT`]). `Err` when the
+    /// actor did not answer.
+    pub async fn resize(
+        &self,
+        index: usize,
+        change: Resize,
+    ) -> Result<Result<(), ResizeError>, String> {
+        ractor::call_t!(
+            self.get(index),
+            |reply| PoolMessage::Resize { change, reply },
+            RESIZE_TIMEOUT.as_millis() as u64
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// How many pools.

@@ -29,7 +29,7 @@ use ractor::{
 use super::pool::{Pool, PoolArgs};
 use super::protocol::{PoolActors, PoolMessage};
 use crate::config::SupervisorConfig;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::{TaskState, TaskStore};
 use crate::task::Registry;
 
@@ -85,7 +85,7 @@ impl SupervisorState {
             Pool,
             PoolArgs {
                 shared: a.pools[index].clone(),
-                supervisor: a.config.clone(),
+                supervision: a.config.clone(),
                 tasks: a.registry.for_pool(index),
                 store: a.store.clone(),
                 config: a.app_config.clone(),
@@ -117,8 +117,7 @@ impl SupervisorState {
             if self.args.store.detach_one(&id) {
                 shared.give_back(id);
                 back += 1;
-            } else if let Some(f) = self.args.store.fail(&id, None, why.to_string()) {
-                crate::metrics::finished(&shared.name, &f);
+            } else if self.args.store.fail(&id, None, why.to_string()).is_some() {
                 failed += 1;
             }
         }

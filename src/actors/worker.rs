@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::protocol::{PoolMessage, StartedJob, WorkerId, WorkerMessage};
 use crate::config::PoolKind;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::TaskStore;
 use crate::task::{LoadError, Prepared, Registered, Task, WorkerContext};
 
@@ -246,11 +246,11 @@ impl Runner {
         let inputs: Vec<&Value> = batch.iter().map(|s| &*s.job.input).collect();
         let prepared: Vec<Option<&Prepared>> =
             batch.iter().map(|s| s.job.prepared.as_ref()).collect();
-        let (store, pool) = (&self.store, &self.pool);
+        let store = &self.store;
         let panics = self
             .instances
             .run(&name, &inputs, &prepared, &mut |i, outcome| {
-                record(store, &pool.name, &batch[i], outcome)
+                record(store, &batch[i], outcome)
             })?;
         crate::metrics::ran_batch(&self.pool, &name, batch.len(), t0.elapsed());
         Ok(panics)
@@ -287,10 +287,8 @@ fn warm_up(context: &WorkerContext, name: &Arc<str>, task: &mut dyn Task) -> Res
 }
 
 /// Writes a job's answer, if its attempt is still the current one.
-fn record(store: &TaskStore, pool: &str, started: &StartedJob, outcome: Result<Value, String>) {
-    if let Some(f) = store.finish(&started.job.id, started.attempt, outcome) {
-        crate::metrics::finished(pool, &f);
-    }
+fn record(store: &TaskStore, started: &StartedJob, outcome: Result<Value, String>) {
+    store.finish(&started.job.id, started.attempt, outcome);
 }
 
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -331,6 +329,33 @@ fn serve_batches(
     true
 }
 
+/// Starts a worker's own thread (kinds `threads` and `processes`): `build` makes its
+/// runner there, and its outcome comes back before this returns; then `serve` runs the
+/// runner on that thread until the pool lets the worker go. `Err` when the thread could
+/// not start or exited before it said how the build went.
+async fn start_thread<R, E: Send + 'static>(
+    name: String,
+    build: impl FnOnce() -> Result<R, E> + Send + 'static,
+    serve: impl FnOnce(R) + Send + 'static,
+) -> Result<Result<(), E>, String> {
+    let (built_tx, built_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || match build() {
+            Ok(runner) => {
+                let _ = built_tx.send(Ok(()));
+                serve(runner);
+            }
+            Err(e) => {
+                let _ = built_tx.send(Err(e));
+            }
+        })
+        .map_err(|e| format!("could not start thread {name}: {e}"))?;
+    built_rx
+        .await
+        .map_err(|_| format!("worker thread {name} exited while building its tasks"))
+}
+
 impl Actor for Worker {
     type Msg = WorkerMessage;
     type State = WorkerState;
@@ -359,38 +384,29 @@ impl Actor for Worker {
                 Ok::<_, LoadError>(runner)
             })?),
             (PoolKind::Threads, Some(rx)) => {
-                let (built_tx, built_rx) = tokio::sync::oneshot::channel();
                 let me = myself.clone();
                 let ready_to = pool.clone();
                 let nice = context.nice;
-                std::thread::Builder::new()
-                    .name(format!("celeriac-{}-{id}", shared.name))
-                    .spawn(move || {
-                        crate::task::set_thread_nice(nice);
-                        let mut runner = match Runner::build(tasks, context, store, shared) {
-                            Ok(r) => {
-                                let _ = built_tx.send(Ok(()));
-                                r
-                            }
-                            Err(e) => {
-                                let _ = built_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        // Warm up off the pool actor's path: the pool hands this
-                        // worker work once it says `Warmed`.
-                        if runner.instances.context.warm_up {
-                            if let Err(e) = runner.instances.warm_up() {
-                                let _ = me.cast(WorkerMessage::Died(e.to_string()));
-                                return;
-                            }
-                            let _ = ready_to.cast(PoolMessage::Warmed { worker: id });
+                let name = format!("celeriac-{}-{id}", shared.name);
+                let build = move || {
+                    crate::task::set_thread_nice(nice);
+                    Runner::build(tasks, context, store, shared)
+                };
+                let serve = move |mut runner: Runner| {
+                    // Warm up off the pool actor's path: the pool hands this worker
+                    // work once it says `Warmed`.
+                    if runner.instances.context.warm_up {
+                        if let Err(e) = runner.instances.warm_up() {
+                            let _ = me.cast(WorkerMessage::Died(e.to_string()));
+                            return;
                         }
-                        serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b));
-                    })?;
-                built_rx
-                    .await
-                    .map_err(|_| "worker thread exited while building its tasks")??;
+                        let _ = ready_to.cast(PoolMessage::Warmed { worker: id });
+                    }
+                    serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b));
+                };
+                start_thread(name, build, serve)
+                    .await?
+                    .map_err(|e| e.to_string())?;
                 None
             }
             (PoolKind::Processes, Some(rx)) => {
@@ -398,33 +414,20 @@ impl Actor for Worker {
                     config.supervisor.child_kill_grace_ms as f64 / 1e3,
                 )));
                 child = Some(slot.clone());
-                let (built_tx, built_rx) = tokio::sync::oneshot::channel();
                 let me = myself.clone();
                 let ready_to = pool.clone();
                 let init = child::Init::new(&config, &shared.name, context);
-                std::thread::Builder::new()
-                    .name(format!("celeriac-{}-{id}", shared.name))
-                    .spawn(move || {
-                        let mut runner = match child::ChildRunner::start(init, slot, store, shared)
-                        {
-                            Ok(r) => {
-                                let _ = built_tx.send(Ok(()));
-                                r
-                            }
-                            Err(e) => {
-                                let _ = built_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        if serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b)) {
-                            // The pool let the worker go: the child exits when its input
-                            // closes.
-                            runner.close();
-                        }
-                    })?;
-                built_rx
-                    .await
-                    .map_err(|_| "worker thread exited while starting its child process")?
+                let name = format!("celeriac-{}-{id}", shared.name);
+                let build = move || child::ChildRunner::start(init, slot, store, shared);
+                let serve = move |mut runner: child::ChildRunner| {
+                    if serve_batches(&rx, id, &ready_to, &me, |b| runner.run_batch(b)) {
+                        // The pool let the worker go: the child exits when its input
+                        // closes.
+                        runner.close();
+                    }
+                };
+                start_thread(name, build, serve)
+                    .await?
                     .map_err(|e| format!("child process failed to start: {e}"))?;
                 None
             }
@@ -562,7 +565,7 @@ mod tests {
         inputs
             .iter()
             .map(|input| {
-                let id = store.insert(Arc::from("t"));
+                let id = store.insert(Arc::from("t"), 0);
                 let (attempt, _) = store.start(&id).unwrap();
                 StartedJob {
                     job: Job {

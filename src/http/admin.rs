@@ -19,13 +19,13 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use super::openapi::{AdminDisabled, LengthRequired, PayloadTooLarge, Unauthorized};
+use super::responses::{AdminDisabled, LengthRequired, PayloadTooLarge, Unauthorized};
 use super::{Reply, json_body, json_reply, no_query, with_state};
-use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
+use crate::actors::protocol::{AutoscaleUpdate, Resize, ResizeError};
 use crate::config::limit::LimitError;
 use crate::config::{AutoscaleConfig, DeviceSpec, Limit, PoolConfig, PoolKind};
 use crate::error::{ApiError, ErrorBody};
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::state::AppState;
 
 fn reject(e: ApiError) -> Rejection {
@@ -391,13 +391,8 @@ async fn update_handler(
     let body: Value =
         serde_json::from_slice(&body).map_err(|e| reject(ApiError::InvalidJson(e.to_string())))?;
     let change = parse_update(&body, state.pools[index].config.ceiling()).map_err(reject)?;
-    let outcome = ractor::call_t!(
-        state.pool_actors.get(index),
-        |reply| PoolMessage::Resize { change, reply },
-        60_000
-    )
-    .map_err(|e| {
-        tracing::error!("resize: supervisor did not answer: {e}");
+    let outcome = state.pool_actors.resize(index, change).await.map_err(|e| {
+        tracing::error!(pool = %pool, "resize: the pool actor did not answer: {e}");
         reject(ApiError::Internal)
     })?;
     match outcome {

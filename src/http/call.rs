@@ -107,15 +107,15 @@ impl Drop for Outstanding {
 // The task backend: submit, wait and revoke as the task routes do.
 
 async fn submit(state: &AppState, task: &str, inputs: Vec<Value>) -> Result<Vec<TaskId>, ApiError> {
-    super::tasks::enqueue(state, task, inputs).await
+    state.backend.submit(task, inputs).await
 }
 
 async fn wait(state: &AppState, id: &TaskId, wait: Duration) -> Result<Option<TaskView>, ApiError> {
-    super::tasks::wait_final(state, id, wait).await
+    state.backend.wait(id, wait).await
 }
 
 async fn revoke(state: &AppState, id: &TaskId) -> Result<TaskView, ApiError> {
-    super::tasks::revoke_task(state, id).await
+    state.backend.revoke(id).await
 }
 
 /// The answer to a failed request of a client API: `body` in that API's shape with

@@ -1,7 +1,6 @@
 //! Health routes: liveness and readiness.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -104,13 +103,11 @@ pub fn ready(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
             let mut reasons = Vec::new();
-            if !state.accepting.load(Ordering::Acquire) {
+            if !state.backend.accepting() {
                 reasons.push("shutting down".to_string());
             }
-            if let Some(broker) = &state.broker
-                && let Some(why) = broker.down_reason()
-            {
-                reasons.push(format!("broker {} unreachable: {why}", broker.url));
+            if let Some(why) = state.backend.down_reason() {
+                reasons.push(why);
             }
             let statuses: Vec<_> = state.pools.iter().map(|p| p.status()).collect();
             let pools: Vec<PoolHealth> = state

@@ -1,7 +1,6 @@
 //! Task routes: submit, batch submit, poll (long-poll) and revoke.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,16 +10,13 @@ use utoipa::ToSchema;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
-use super::openapi::{
+use super::responses::{
     BadRequest, LengthRequired, PayloadTooLarge, QueueFull, TaskNotFound, Unavailable,
 };
 use super::{Reply, WaitQuery, json_body, json_reply, no_query, wait_param, with_state};
-use crate::actors::protocol::{Job, PoolMessage};
-use crate::broker::BrokerError;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::store::{StoreError, TaskId, TaskState, TaskView};
-use crate::task::TaskFactory;
+use crate::store::{TaskId, TaskState, TaskView};
 
 fn reject(e: ApiError) -> Rejection {
     warp::reject::custom(e)
@@ -204,146 +200,6 @@ fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
         .map(|w| crate::config::secs(w.min(state.config.server.max_wait_seconds)))
 }
 
-/// Batches of up to this many inputs are prepared (tokenized) on the request's own
-/// runtime thread; larger ones on a blocking thread (a 1,000-text batch tokenizes in
-/// about 30 ms).
-const PREPARE_INLINE: usize = 32;
-
-/// Most tasks waiting in the queue of a task other workers run (`[tasks.NAME] queue`)
-/// before submits get 429, as a pool's default `queue_capacity`.
-const REMOTE_QUEUE_CAPACITY: usize = 1000;
-
-/// Validates and queues `inputs` for `task`; all or none are accepted. With a broker
-/// the tasks go to the pool's Redis queue, for whichever node has an idle worker.
-pub(crate) async fn enqueue(
-    state: &AppState,
-    task: &str,
-    inputs: Vec<Value>,
-) -> Result<Vec<TaskId>, ApiError> {
-    if !state.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::ShuttingDown);
-    }
-    let remote = state
-        .config
-        .remote_tasks()
-        .find(|(name, _)| *name == task)
-        .map(|(_, queue)| queue);
-    if let (Some(queue), Some(broker)) = (remote, &state.broker) {
-        // A mixed fleet: Python Celery workers on `queue` run it.
-        let tasks: Vec<_> = inputs
-            .into_iter()
-            .map(|input| (uuid::Uuid::new_v4(), Arc::from(task), Arc::new(input)))
-            .collect();
-        broker
-            .submit_to(queue, &tasks, REMOTE_QUEUE_CAPACITY, None)
-            .await
-            .map_err(|e| broker_error(e, queue))?;
-        crate::metrics::submitted(queue, task, tasks.len());
-        return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
-    }
-    let reg = state.registry.get(task).ok_or_else(|| {
-        let mut known = state.registry.names();
-        known.extend(state.config.remote_tasks().map(|(n, _)| n));
-        known.sort_unstable();
-        ApiError::UnknownTask {
-            name: task.to_string(),
-            known: known.join(", "),
-        }
-    })?;
-    let batch = inputs.len() > 1;
-    for (i, input) in inputs.iter().enumerate() {
-        reg.factory
-            .validate(input)
-            .map_err(|message| ApiError::InvalidInput {
-                task: task.to_string(),
-                message: if batch {
-                    format!("inputs[{i}]: {message}")
-                } else {
-                    message
-                },
-            })?;
-    }
-    let pool = &state.pools[reg.pool];
-    if let Some(broker) = &state.broker {
-        let tasks: Vec<_> = inputs
-            .into_iter()
-            .map(|input| (uuid::Uuid::new_v4(), reg.name.clone(), Arc::new(input)))
-            .collect();
-        broker
-            .submit(
-                reg.pool,
-                &tasks,
-                pool.config.queue_capacity,
-                pool.config.time_limit_seconds,
-            )
-            .await
-            .map_err(|e| broker_error(e, &pool.name))?;
-        crate::metrics::submitted(&pool.name, &reg.name, tasks.len());
-        return Ok(tasks.into_iter().map(|(id, _, _)| id).collect());
-    }
-    if pool.is_dead() {
-        return Err(ApiError::NoLiveWorker(pool.name.clone()));
-    }
-    // Tokenize (or whatever the task prepares) before admission; a large batch on a
-    // blocking thread, so it does not hold up the runtime's other requests.
-    let prepare = |factory: Arc<dyn TaskFactory>, inputs: Vec<Value>| {
-        let prepared: Vec<_> = inputs.iter().map(|i| factory.prepare(i)).collect();
-        (inputs, prepared)
-    };
-    let factory = reg.factory.clone();
-    let (inputs, mut prepared) = if inputs.len() > PREPARE_INLINE {
-        tokio::task::spawn_blocking(move || prepare(factory, inputs))
-            .await
-            .map_err(|e| {
-                tracing::error!(task, "preparing a batch's inputs failed: {e}");
-                ApiError::Internal
-            })?
-    } else {
-        prepare(factory, inputs)
-    };
-    if !pool.try_admit(inputs.len()) {
-        return Err(ApiError::QueueFull(pool.name.clone()));
-    }
-    // A drain that started since the check above may already have seen the queue
-    // empty: give the places back rather than accept work it will not wait for.
-    if !state.accepting.load(Ordering::SeqCst) {
-        pool.release(inputs.len());
-        return Err(ApiError::ShuttingDown);
-    }
-    let jobs: Vec<Job> = inputs
-        .into_iter()
-        .zip(prepared.drain(..))
-        .map(|(input, prepared)| Job {
-            id: state.store.insert(reg.name.clone()),
-            task: reg.name.clone(),
-            prepared,
-            input: Arc::new(input),
-            enqueued: std::time::Instant::now(),
-        })
-        .collect();
-    let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
-    if state
-        .pool_actors
-        .get(reg.pool)
-        .cast(PoolMessage::Submit(jobs))
-        .is_err()
-    {
-        for id in &ids {
-            state.store.remove(id);
-        }
-        pool.release(ids.len());
-        // The pool's actor is gone: the process is stopping, or the supervisor is
-        // restarting the pool (a moment).
-        return Err(if state.accepting.load(Ordering::SeqCst) {
-            ApiError::NoLiveWorker(pool.name.clone())
-        } else {
-            ApiError::ShuttingDown
-        });
-    }
-    crate::metrics::submitted(&pool.name, &reg.name, ids.len());
-    Ok(ids)
-}
-
 fn accepted(id: TaskId, task_state: TaskState) -> Reply {
     let mut res = json_reply(
         StatusCode::ACCEPTED,
@@ -367,9 +223,13 @@ async fn submit_handler(
     state: Arc<AppState>,
 ) -> Result<Reply, Rejection> {
     let TaskInput(input) = parse_json(&body).map_err(reject)?;
-    let id = enqueue(&state, &task, vec![input]).await.map_err(reject)?[0];
+    let id = state
+        .backend
+        .submit(&task, vec![input])
+        .await
+        .map_err(reject)?[0];
     if let Some(wait) = wait_duration(&state, wait)
-        && let Some(view) = wait_final(&state, &id, wait).await.map_err(reject)?
+        && let Some(view) = state.backend.wait(&id, wait).await.map_err(reject)?
     {
         if view.state.is_final() {
             return Ok(json_reply(StatusCode::OK, &view));
@@ -391,7 +251,7 @@ async fn submit_batch_handler(
         )));
     }
     let inputs = req.inputs.into_iter().map(|TaskInput(v)| v).collect();
-    let ids = enqueue(&state, &task, inputs).await.map_err(reject)?;
+    let ids = state.backend.submit(&task, inputs).await.map_err(reject)?;
     let body = BatchAccepted {
         tasks: ids
             .into_iter()
@@ -415,98 +275,20 @@ async fn get_handler(
     state: Arc<AppState>,
 ) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
-    let view = match (wait_duration(&state, wait), &state.broker) {
-        (Some(wait), _) => wait_final(&state, &task_id, wait).await.map_err(reject)?,
-        (None, Some(broker)) => broker.get(&task_id).await.map_err(unavailable)?,
-        (None, None) => state.store.get(&task_id),
-    };
+    let view = match wait_duration(&state, wait) {
+        Some(wait) => state.backend.wait(&task_id, wait).await,
+        None => state.backend.get(&task_id).await,
+    }
+    .map_err(reject)?;
     let view = view.ok_or_else(|| reject(ApiError::TaskNotFound(id)))?;
     Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// The API error for a broker error; a full queue names `queue` (the pool, or the
-/// queue of a task other workers run).
-fn broker_error(e: BrokerError, queue: &str) -> ApiError {
-    match e {
-        BrokerError::QueueFull => ApiError::QueueFull(queue.to_string()),
-        BrokerError::Down(why) | BrokerError::Refused(why) => ApiError::BrokerUnavailable(why),
-    }
-}
-
-/// A broker error on a route that queues nothing.
-fn unavailable(e: BrokerError) -> Rejection {
-    reject(broker_error(e, ""))
-}
-
-/// Waits for a task to be final, in the store or the broker's result backend.
-pub(crate) async fn wait_final(
-    state: &AppState,
-    id: &TaskId,
-    wait: Duration,
-) -> Result<Option<crate::store::TaskView>, ApiError> {
-    match &state.broker {
-        Some(broker) => broker
-            .wait_final(id, wait)
-            .await
-            .map_err(|e| broker_error(e, "")),
-        None => Ok(state.store.wait_final(id, wait).await),
-    }
-}
-
 async fn revoke_handler(id: String, state: Arc<AppState>) -> Result<Reply, Rejection> {
     let task_id = parse_id(&id).map_err(reject)?;
-    let view = revoke_task(&state, &task_id).await.map_err(reject)?;
-    Ok(json_reply(StatusCode::OK, &view))
-}
-
-/// Revokes a task that has not started, in the store or the broker, and counts it.
-pub(crate) async fn revoke_task(state: &AppState, task_id: &TaskId) -> Result<TaskView, ApiError> {
-    let id = task_id.to_string();
-    let unavailable = |e| broker_error(e, "");
-    if let Some(broker) = &state.broker {
-        // A task queued for Python workers (a mixed fleet) is revoked by taking its
-        // message out of their queue; celeriac's own nodes read the meta.
-        let remote = match broker.get(task_id).await.map_err(unavailable)? {
-            None => return Err(ApiError::TaskNotFound(id)),
-            Some(v) => state
-                .config
-                .remote_tasks()
-                .find(|(name, _)| *name == &*v.task)
-                .map(|(_, queue)| queue.to_string()),
-        };
-        let outcome = match &remote {
-            Some(queue) => broker.revoke_queued(task_id, queue).await,
-            None => broker.revoke(task_id).await,
-        };
-        return match outcome.map_err(unavailable)? {
-            Ok(view) => {
-                if let Some(reg) = state.registry.get(&view.task) {
-                    crate::metrics::finished(
-                        &state.pools[reg.pool].name,
-                        &crate::store::Finished {
-                            task: view.task.clone(),
-                            state: TaskState::Revoked,
-                            latency: humantime::parse_rfc3339_weak(&view.submitted_at)
-                                .ok()
-                                .and_then(|t| t.elapsed().ok())
-                                .unwrap_or_default(),
-                        },
-                    );
-                }
-                Ok(view)
-            }
-            Err(StoreError::NotFound) => Err(ApiError::TaskNotFound(id)),
-            Err(StoreError::WrongState(s)) => Err(ApiError::NotRevocable(s)),
-        };
-    }
-    match state.store.revoke(task_id) {
-        Ok((view, finished)) => {
-            if let Some(reg) = state.registry.get(&finished.task) {
-                crate::metrics::finished(&state.pools[reg.pool].name, &finished);
-            }
-            Ok(view)
-        }
-        Err(StoreError::NotFound) => Err(ApiError::TaskNotFound(id)),
-        Err(StoreError::WrongState(s)) => Err(ApiError::NotRevocable(s)),
+    match state.backend.revoke(&task_id).await {
+        Ok(view) => Ok(json_reply(StatusCode::OK, &view)),
+        Err(ApiError::TaskNotFound(_)) => Err(reject(ApiError::TaskNotFound(id))),
+        Err(e) => Err(reject(e)),
     }
 }

@@ -19,9 +19,7 @@ use candle_nn::VarBuilder;
 
 use super::bert::BertConfig;
 use super::hf::Checkpoint;
-use super::packed::PackedEncoder;
 use super::{Kernels, ModelError, Precision, runtime};
-use crate::config::DeviceSpec;
 
 /// One tokenized sequence: its ids and their token types (0 for a single text; the
 /// second segment of a text pair is 1 where the tokenizer says so).
@@ -180,105 +178,6 @@ pub fn encoder_root<'a>(vb: VarBuilder<'a>, prefix: &str, probe: &str) -> VarBui
         vb.pp(prefix)
     } else {
         vb
-    }
-}
-
-/// Loads the encoder family that serves `ck` on `device`: the packed BERT-family
-/// kernels on the CPU (the default there) or candle-transformers.
-pub fn load(
-    ck: &Checkpoint,
-    device: DeviceSpec,
-    kernels: Option<Kernels>,
-    precision: Precision,
-) -> Result<Box<dyn Encoder>, ModelError> {
-    if is_bert_family(&ck.model_type) {
-        let kernels = kernels.unwrap_or(Kernels::Packed);
-        if kernels != Kernels::Packed || device != DeviceSpec::Cpu {
-            return Err(runtime(format!(
-                "model_type `{}` runs on the packed CPU kernels (kernels = \"packed\", \
-                 device cpu); asked for {kernels} on {device}",
-                ck.model_type
-            )));
-        }
-        let precision = precision
-            .for_kernels(Kernels::Packed, device)
-            .map_err(runtime)?;
-        let (config, layout) = bert_family(ck)?;
-        let vb = var_builder(&ck.weights, &candle_core::Device::Cpu)?;
-        let vb = encoder_root(vb, layout.prefix, "embeddings.word_embeddings.weight");
-        let weights = ck.weights[0].clone();
-        let load = || {
-            super::bert::check_config(&config)?;
-            PackedEncoder::load_layout(vb, &config, &layout, precision)
-        };
-        let cache = super::packed::cache_dir();
-        let encoder = if ck.weights.len() == 1 {
-            super::packed::load_shared(&weights, &ck.config_text, precision, cache.as_deref(), load)
-        } else {
-            load()
-        }
-        .map_err(|e| ModelError::File {
-            path: weights,
-            message: e.to_string(),
-        })?;
-        return Ok(Box::new(encoder));
-    }
-    let kernels = kernels.unwrap_or(Kernels::Candle);
-    if kernels != Kernels::Candle {
-        return Err(runtime(format!(
-            "model_type `{}` runs on the candle kernels (candle-transformers); the packed \
-             kernels serve bert, roberta, xlm-roberta, camembert and distilbert",
-            ck.model_type
-        )));
-    }
-    match precision {
-        Precision::Auto | Precision::F32 => {}
-        p => {
-            return Err(runtime(format!(
-                "model_type `{}` runs in f32 (candle-transformers); precision {p} is for \
-                 the packed BERT-family kernels",
-                ck.model_type
-            )));
-        }
-    }
-    let dev = super::bert::device_of(&device).map_err(runtime)?;
-    match ck.model_type.as_str() {
-        "deberta-v2" => Ok(Box::new(super::debertav2::DebertaV2::load(ck, dev)?)),
-        "modernbert" => Ok(Box::new(super::modernbert::ModernBert::load(ck, dev)?)),
-        other => Err(runtime(format!(
-            "model_type `{other}` has no encoder; supported: {}",
-            super::hf::SUPPORTED.join(", ")
-        ))),
-    }
-}
-
-impl Encoder for PackedEncoder {
-    fn forward(&self, seqs: &[Seq]) -> Result<Vec<f32>, ModelError> {
-        self.forward_seqs(seqs).map_err(runtime)
-    }
-
-    fn hidden_size(&self) -> usize {
-        PackedEncoder::hidden_size(self)
-    }
-
-    fn max_tokens(&self) -> usize {
-        PackedEncoder::max_tokens(self)
-    }
-
-    fn kernels(&self) -> Kernels {
-        Kernels::Packed
-    }
-
-    fn precision(&self) -> Precision {
-        PackedEncoder::precision(self)
-    }
-
-    fn kernel(&self) -> String {
-        self.precision().kernel().to_string()
-    }
-
-    fn packs_batches(&self) -> bool {
-        true
     }
 }
 

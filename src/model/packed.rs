@@ -28,10 +28,10 @@ use candle_nn::VarBuilder;
 use gemm::Parallelism;
 
 use super::bert::{BertConfig, checkpoint_root};
-use super::family::{BertLayout, Seq};
+use super::family::{BertLayout, Encoder, Seq};
 use super::sgemm::Write;
 use super::weights::{Buf, Codec, Reader, Writer};
-use super::{Precision, qgemm, sgemm};
+use super::{Kernels, ModelError, Precision, qgemm, runtime, sgemm};
 
 /// A dense layer, `y = x · weightᵀ + bias`, its weight held in the layer's precision:
 /// in f32, transposed (`weight_t`, row-major `[in, out]`, for the `gemm` crate) and/or
@@ -931,10 +931,6 @@ macro_rules! simd_build {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             #[target_feature(enable = $features)]
-            pub unsafe fn gelu(x: &mut [f32]) {
-                super::gelu_body(x)
-            }
-            #[target_feature(enable = $features)]
             pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
                 super::layer_norm_body(x, w, b, eps)
             }
@@ -979,10 +975,8 @@ macro_rules! widest {
     }};
 }
 
-/// GELU in place.
-pub(super) fn gelu(x: &mut [f32]) {
-    widest!(gelu(x), gelu_body(x))
-}
+/// GELU in place (with the GEMM kernels, whose fused epilogue runs it too).
+pub(super) use super::sgemm::gelu;
 
 /// Layer norm of every row of `x`, in place (see `layer_norm_body`).
 fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
@@ -1221,27 +1215,6 @@ impl MulAdd for Plain {
 /// Lanes of the hand-split reductions (one AVX-512 register of f32, two AVX ones).
 const LANES: usize = 16;
 
-/// `erf(x)`, as a rational function on [-4, 4] (|error| < 1e-6 against libm; `erf` is
-/// ±1 in f32 beyond ±4). Branch-free, so loops over it vectorise.
-#[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_6e-3;
-    p = p * x2 - 1.609_603_3e-2;
-    let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329_2e-3;
-    q = q * x2 - 1.426_473_9e-2;
-    x * p / q
-}
-
 /// ln 2 in two parts for [`exp_nonpositive`]'s range reduction,
 /// `r = x - n·LN2_HI + n·LN2_LO`: `n·LN2_HI` is exact for the `n` it sees.
 const LN2_HI: f32 = 0.693_359_4;
@@ -1276,14 +1249,6 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // `as i32` is scalarised in vector loops: it had made the softmax most of the
     // attention's time).
     e * f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23)
-}
-
-#[inline(always)]
-fn gelu_body(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        let t = *v;
-        *v = 0.5 * t * (1.0 + erf(t * std::f32::consts::FRAC_1_SQRT_2));
-    }
 }
 
 #[inline(always)]
@@ -1449,8 +1414,40 @@ fn attention_body<M: MulAdd, const QT: usize>(
     }
 }
 
+/// The BERT family on these kernels, as the served models see an encoder.
+impl Encoder for PackedEncoder {
+    fn forward(&self, seqs: &[Seq]) -> std::result::Result<Vec<f32>, ModelError> {
+        self.forward_seqs(seqs).map_err(runtime)
+    }
+
+    fn hidden_size(&self) -> usize {
+        PackedEncoder::hidden_size(self)
+    }
+
+    fn max_tokens(&self) -> usize {
+        PackedEncoder::max_tokens(self)
+    }
+
+    fn kernels(&self) -> Kernels {
+        Kernels::Packed
+    }
+
+    fn precision(&self) -> Precision {
+        PackedEncoder::precision(self)
+    }
+
+    fn kernel(&self) -> String {
+        self.precision().kernel().to_string()
+    }
+
+    fn packs_batches(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::sgemm::{erf, gelu_body};
     use super::*;
 
     #[test]

@@ -130,7 +130,7 @@ impl ServedModel {
                 ck.architecture
             )));
         }
-        let encoder = family::load(ck, device, kernels, precision)?;
+        let encoder = load_encoder(ck, device, kernels, precision)?;
         let h = encoder.hidden_size();
         let labels = ck.labels.clone();
         let vb = family::var_builder(&ck.weights, &candle_core::Device::Cpu)?;
@@ -332,5 +332,73 @@ pub fn seq_of(e: &Encoding, token_types: bool) -> Seq {
         } else {
             vec![0; e.len()]
         },
+    }
+}
+/// Loads the encoder family that serves `ck` on `device`: the packed BERT-family
+/// kernels on the CPU (the default there) or candle-transformers.
+fn load_encoder(
+    ck: &Checkpoint,
+    device: DeviceSpec,
+    kernels: Option<Kernels>,
+    precision: Precision,
+) -> Result<Box<dyn Encoder>, ModelError> {
+    if family::is_bert_family(&ck.model_type) {
+        let kernels = kernels.unwrap_or(Kernels::Packed);
+        if kernels != Kernels::Packed || device != DeviceSpec::Cpu {
+            return Err(runtime(format!(
+                "model_type `{}` runs on the packed CPU kernels (kernels = \"packed\", \
+                 device cpu); asked for {kernels} on {device}",
+                ck.model_type
+            )));
+        }
+        let precision = precision
+            .for_kernels(Kernels::Packed, device)
+            .map_err(runtime)?;
+        let (config, layout) = family::bert_family(ck)?;
+        let vb = family::var_builder(&ck.weights, &candle_core::Device::Cpu)?;
+        let vb = family::encoder_root(vb, layout.prefix, "embeddings.word_embeddings.weight");
+        let weights = ck.weights[0].clone();
+        let load = || {
+            super::bert::check_config(&config)?;
+            super::packed::PackedEncoder::load_layout(vb, &config, &layout, precision)
+        };
+        let cache = super::packed::cache_dir();
+        let encoder = if ck.weights.len() == 1 {
+            super::packed::load_shared(&weights, &ck.config_text, precision, cache.as_deref(), load)
+        } else {
+            load()
+        }
+        .map_err(|e| ModelError::File {
+            path: weights,
+            message: e.to_string(),
+        })?;
+        return Ok(Box::new(encoder));
+    }
+    let kernels = kernels.unwrap_or(Kernels::Candle);
+    if kernels != Kernels::Candle {
+        return Err(runtime(format!(
+            "model_type `{}` runs on the candle kernels (candle-transformers); the packed \
+             kernels serve bert, roberta, xlm-roberta, camembert and distilbert",
+            ck.model_type
+        )));
+    }
+    match precision {
+        Precision::Auto | Precision::F32 => {}
+        p => {
+            return Err(runtime(format!(
+                "model_type `{}` runs in f32 (candle-transformers); precision {p} is for \
+                 the packed BERT-family kernels",
+                ck.model_type
+            )));
+        }
+    }
+    let dev = super::bert::device_of(&device).map_err(runtime)?;
+    match ck.model_type.as_str() {
+        "deberta-v2" => Ok(Box::new(super::debertav2::DebertaV2::load(ck, dev)?)),
+        "modernbert" => Ok(Box::new(super::modernbert::ModernBert::load(ck, dev)?)),
+        other => Err(runtime(format!(
+            "model_type `{other}` has no encoder; supported: {}",
+            super::hf::SUPPORTED.join(", ")
+        ))),
     }
 }

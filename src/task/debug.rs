@@ -281,7 +281,7 @@ pub fn abort(
         });
     }
     factory(name, spec, Params::Any, any_input, |_| {
-        if !crate::actors::worker::child::in_child() {
+        if !crate::task::in_child_process() {
             return Err(TaskError(
                 "debug.abort runs only in a child process of a `processes` pool".into(),
             ));
@@ -310,7 +310,7 @@ pub fn spin(name: &str, spec: &TaskSpec, _: &Config) -> Result<Arc<dyn TaskFacto
         |input| {
             let ms = sleep_ms(input).map_err(TaskError)?;
             if input.get("ignore_sigterm") == Some(&Value::Bool(true)) {
-                if !crate::actors::worker::child::in_child() {
+                if !crate::task::in_child_process() {
                     return Err(TaskError(
                         "`ignore_sigterm` is only for a child process of a `processes` pool".into(),
                     ));

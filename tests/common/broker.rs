@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use celeriac::broker::url::BrokerUrl;
+use celeriac::config::broker_url::BrokerUrl;
 use serde_json::Value;
 
 /// A free TCP port on 127.0.0.1.

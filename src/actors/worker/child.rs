@@ -47,7 +47,7 @@ use serde_json::Value;
 use super::{Instances, StartedJob, panic_message, record};
 use crate::config::Config;
 use crate::metrics::RemoteUpdate;
-use crate::pool::PoolShared;
+use crate::pool_shared::PoolShared;
 use crate::store::TaskStore;
 use crate::task::{Registry, WorkerContext};
 
@@ -57,9 +57,6 @@ const MAX_FRAME: usize = 1 << 30;
 
 /// The executable children run, when not this one.
 static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-
-/// Whether this process is a child (set by [`main`]).
-static IN_CHILD: AtomicBool = AtomicBool::new(false);
 
 /// Sets the `celeriac` executable that `processes` pools start as children. By default
 /// it is the running executable; an embedder whose executable is not `celeriac` (an
@@ -74,12 +71,6 @@ fn program() -> io::Result<PathBuf> {
         Some(p) => Ok(p.clone()),
         None => std::env::current_exe(),
     }
-}
-
-/// Whether this process is a `processes` pool's child (tasks that must not run in the
-/// server itself, like `debug.abort`, check it).
-pub fn in_child() -> bool {
-    IN_CHILD.load(Ordering::Relaxed)
 }
 
 /// Writes one frame: the body's length (u32, little-endian), then the JSON body.
@@ -176,7 +167,7 @@ struct Done {
 /// The `celeriac child` mode: reads [`Init`], builds the tasks, answers batches until
 /// its stdin closes. Returns the exit status.
 pub fn main(parent: u32) -> i32 {
-    IN_CHILD.store(true, Ordering::Relaxed);
+    crate::task::mark_child_process();
     die_with_parent(parent);
     crate::metrics::install_capture();
     let (mut input, mut output) = match protocol_streams() {
@@ -534,7 +525,7 @@ impl ChildRunner {
         crate::metrics::apply_remote(done.metrics);
         for (started, answer) in batch.iter().zip(done.answers) {
             if let Some(outcome) = answer {
-                record(&self.store, &self.pool.name, started, outcome);
+                record(&self.store, started, outcome);
             }
         }
         if let Some(why) = done.fatal {

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Broker, celery, epoch};
-use crate::actors::protocol::{AutoscaleUpdate, PoolMessage, Resize, ResizeError};
+use crate::actors::protocol::{AutoscaleUpdate, Resize, ResizeError};
+use crate::broker::{Broker, celery, epoch};
 use crate::state::AppState;
 use crate::store::{TaskId, TaskState, TaskView};
 
@@ -293,11 +293,7 @@ impl Control {
                     if let Err(e) = self.broker.mark_revoked(&id).await {
                         return json!({"error": e.to_string()});
                     }
-                    if let Ok((_, f)) = self.state.store.revoke(&id)
-                        && let Some(reg) = self.state.registry.get(&f.task)
-                    {
-                        crate::metrics::finished(&self.state.pools[reg.pool].name, &f);
-                    }
+                    let _ = self.state.store.revoke(&id);
                 }
                 let terminate = if args["terminate"].as_bool() == Some(true) {
                     " (running tasks are not terminated: the threads pool cannot stop a running task)"
@@ -351,12 +347,12 @@ impl Control {
     }
 
     async fn resize(&self, pool: usize, change: Resize) -> Result<(), String> {
-        let outcome = ractor::call_t!(
-            self.state.pool_actors.get(pool),
-            |reply| PoolMessage::Resize { change, reply },
-            60_000
-        )
-        .map_err(|e| format!("pool `{}` did not answer: {e}", self.state.pools[pool].name))?;
+        let outcome = self
+            .state
+            .pool_actors
+            .resize(pool, change)
+            .await
+            .map_err(|e| format!("pool `{}` did not answer: {e}", self.state.pools[pool].name))?;
         outcome.map_err(|e| match e {
             ResizeError::Invalid(m) => m,
             other => other.to_string(),

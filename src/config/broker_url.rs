@@ -1,4 +1,5 @@
-//! Broker URLs as Celery users write them, turned into a redis-rs client.
+//! Broker URLs as Celery users write them, turned into a redis-rs client. Here, beside
+//! the settings, so that checking the config file needs nothing from the broker client.
 //!
 //! - `redis://[USER][:PASSWORD@]HOST[:PORT][/DB]`: plain TCP.
 //! - `rediss://...?ssl_cert_reqs=required&ssl_ca_certs=PATH&ssl_certfile=PATH&ssl_keyfile=PATH`:

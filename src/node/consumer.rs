@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::control::Control;
-use super::{Broker, BrokerError, Fetched, celery};
-use crate::actors::protocol::{Job, PoolMessage};
+use crate::actors::protocol::Job;
+use crate::broker::{Broker, BrokerError, Fetched, celery};
 use crate::state::AppState;
 use crate::store::{TaskState, TaskView};
 
@@ -23,6 +23,8 @@ pub struct Consumers {
     background: Vec<JoinHandle<()>>,
     pending: Arc<AtomicUsize>,
     control: Arc<Control>,
+    broker: Arc<Broker>,
+    store: Arc<crate::store::TaskStore>,
 }
 
 /// Starts taking work from `broker` for every pool of `state`, writing results, and
@@ -46,7 +48,7 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
         .collect();
     let mut background = vec![
         tokio::spawn(writer(broker.clone(), control.clone(), rx, pending.clone())),
-        tokio::spawn(housekeeping(broker, state.pools.clone())),
+        tokio::spawn(housekeeping(broker.clone(), state.pools.clone())),
     ];
     background.extend(super::control::start(control.clone()));
     Consumers {
@@ -55,6 +57,8 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
         background,
         pending,
         control,
+        broker,
+        store: state.store.clone(),
     }
 }
 
@@ -64,6 +68,21 @@ impl Consumers {
         let _ = self.stop.send(true);
         for f in self.fetchers.drain(..) {
             let _ = f.await;
+        }
+    }
+
+    /// At shutdown, after the drain: writes the results already computed (up to 5 s),
+    /// then puts every message still held back in its queue, for another node.
+    pub async fn hand_back(&self) {
+        self.flush(Duration::from_secs(5)).await;
+        let held = self.broker.held();
+        self.store.detach(&held);
+        match self.broker.requeue(&held).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(requeued = n, "put unfinished messages back in their queues"),
+            Err(e) => tracing::error!(
+                "could not put unfinished messages back ({e}): they return after the visibility timeout"
+            ),
         }
     }
 
@@ -108,13 +127,7 @@ async fn fetch_loop(
 ) {
     let shared = state.pools[pool].clone();
     let mut status = shared.subscribe();
-    let names: Vec<&str> = state.registry.names();
-    let routed: Vec<_> = names
-        .iter()
-        .filter_map(|n| state.registry.get(n))
-        .filter(|r| r.pool == pool)
-        .collect();
-    let per_worker = if !routed.is_empty() && routed.iter().all(|r| r.factory.batching()) {
+    let per_worker = if state.registry.pool_batches(pool) {
         shared.config.max_batch_size
     } else {
         1
@@ -203,37 +216,11 @@ async fn hand_over(
         let task: Arc<str> = reg.map_or_else(|| name.as_str().into(), |r| r.name.clone());
         state
             .store
-            .insert_taken(id, task.clone(), submitted_at, retries);
-        let input = match (reg, arguments) {
-            (None, _) => Err(match state.registry.get(&name) {
-                Some(r) => format!(
-                    "task `{name}` is served from queue `{}` on node {}, not `{queue}`: send it there (send_task(..., queue='{}'))",
-                    broker.queues[r.pool].name, broker.node, broker.queues[r.pool].name
-                ),
-                None => format!(
-                    "{}task `{name}` is not registered on node {}; registered here: {}",
-                    celery::NOT_REGISTERED,
-                    broker.node,
-                    state.registry.names().join(", ")
-                ),
-            }),
-            (Some(_), Err(e)) => Err(format!("invalid message for `{name}`: {e}")),
-            (Some(r), Ok((args, kwargs))) => r
-                .factory
-                .params()
-                .bind(&name, &args, &kwargs)
-                .and_then(|input| {
-                    r.factory
-                        .validate(&input)
-                        .map(|()| input)
-                        .map_err(|m| format!("invalid input for `{name}`: {m}"))
-                }),
-        };
+            .insert_taken(id, task.clone(), pool, submitted_at, retries);
+        let input = bind_input(state, broker, pool, &name, reg, arguments);
         if let Some((TaskState::Revoked, why)) = &refusal {
             tracing::info!(%queue, %id, "{why}");
-            if let Ok((_, f)) = state.store.revoke_with(&id, why.clone()) {
-                crate::metrics::finished(&shared.name, &f);
-            }
+            let _ = state.store.revoke_with(&id, why.clone());
             continue;
         }
         let input = match refusal {
@@ -257,9 +244,7 @@ async fn hand_over(
             }
             Err(why) => {
                 tracing::warn!(%queue, %id, "{why}");
-                if let Some(f) = state.store.fail(&id, None, why) {
-                    crate::metrics::finished(&shared.name, &f);
-                }
+                state.store.fail(&id, None, why);
             }
         }
     }
@@ -275,18 +260,8 @@ async fn hand_over(
     if jobs.is_empty() {
         return;
     }
-    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
-    if state
-        .pool_actors
-        .get(pool)
-        .cast(PoolMessage::Submit(jobs))
-        .is_err()
-    {
+    if let Err(ids) = state.pool_actors.submit(pool, jobs, &state.store, shared) {
         // The pool is gone (shutting down): give the messages back to the queue.
-        shared.release(ids.len());
-        for id in &ids {
-            state.store.remove(id);
-        }
         if let Err(e) = broker.requeue(&ids).await {
             tracing::error!(
                 "could not put {} messages back: {e}; they return after the visibility timeout",
@@ -294,6 +269,40 @@ async fn hand_over(
             );
         }
     }
+}
+
+/// The input a taken message asks task `name` to run, bound from its positional and
+/// keyword arguments and validated; or why it cannot run here (not registered, served
+/// from another queue, unreadable, refused), in Celery's wording where it has one.
+fn bind_input(
+    state: &AppState,
+    broker: &Broker,
+    pool: usize,
+    name: &str,
+    reg: Option<&crate::task::Registered>,
+    arguments: Result<celery::Arguments, String>,
+) -> Result<serde_json::Value, String> {
+    let queue = &broker.queues[pool].name;
+    let Some(r) = reg else {
+        return Err(match state.registry.get(name) {
+            Some(r) => format!(
+                "task `{name}` is served from queue `{}` on node {}, not `{queue}`: send it there (send_task(..., queue='{}'))",
+                broker.queues[r.pool].name, broker.node, broker.queues[r.pool].name
+            ),
+            None => format!(
+                "{}task `{name}` is not registered on node {}; registered here: {}",
+                celery::NOT_REGISTERED,
+                broker.node,
+                state.registry.names().join(", ")
+            ),
+        });
+    };
+    let (args, kwargs) = arguments.map_err(|e| format!("invalid message for `{name}`: {e}"))?;
+    let input = r.factory.params().bind(name, &args, &kwargs)?;
+    r.factory
+        .validate(&input)
+        .map_err(|m| format!("invalid input for `{name}`: {m}"))?;
+    Ok(input)
 }
 
 /// Writes results in the order the store reported them, up to 256 per round trip,
@@ -358,7 +367,7 @@ async fn write(broker: &Broker, batch: &[TaskView]) {
 
 /// Renews leases every quarter of the visibility timeout, restores expired ones every
 /// `restore_interval_seconds`, and reads queue depths every second.
-async fn housekeeping(broker: Arc<Broker>, pools: Vec<Arc<crate::pool::PoolShared>>) {
+async fn housekeeping(broker: Arc<Broker>, pools: Vec<Arc<crate::pool_shared::PoolShared>>) {
     let vt = broker.visibility_timeout();
     let renew_every = (vt / 4).max(Duration::from_millis(50));
     let restore_every = broker.restore_interval();
