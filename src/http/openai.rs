@@ -223,6 +223,9 @@ async fn handle(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
 
 /// The task for `model`: the `embeddings` task of that name, else the route's default.
 fn model_task(state: &AppState, model: &str) -> Result<String, ApiError> {
+    if state.role == crate::state::Role::Worker {
+        return Err(ApiError::WorkerNode);
+    }
     if state
         .config
         .tasks
