@@ -3,15 +3,16 @@
 #   - redis-server, curl and openssl (apt-get; `apt-get update` only when the install
 #     fails); the TLS broker tests make their certificates with the openssl command;
 #   - a virtualenv with the Python `celery`, `redis` and `flower` packages, `fastapi` and
-#     `uvicorn` (the seed's FastAPI app, tests/seed.rs) and `schemathesis` (the fuzz step,
-#     scripts/fuzz.sh) from PyPI, cached in
+#     `uvicorn` (the seed's FastAPI app, tests/seed.rs), `schemathesis` (the fuzz step,
+#     scripts/fuzz.sh), `openai` and `huggingface-hub` (their clients against the OpenAI
+#     and TEI routes, tests/client_apis.rs; numpy for the latter's vectors) from PyPI, cached in
 #     ${CELERIAC_CACHE:-~/.cache/celeriac}/pyenv and rebuilt when the pins below change.
 # Prints nothing but errors and what it installs. The tests find the venv through
 # CELERIAC_PYTHON (set by scripts/test.sh) or at the default path.
 set -euo pipefail
 CACHE=${CELERIAC_CACHE:-$HOME/.cache/celeriac}
 VENV=$CACHE/pyenv
-PINS="celery[redis]==5.7.0 redis==8.1.0 flower==2.2.0 fastapi==0.165.0 uvicorn==0.54.0 schemathesis==4.32.5"
+PINS="celery[redis]==5.7.0 redis==8.1.0 flower==2.2.0 fastapi==0.165.0 uvicorn==0.54.0 schemathesis==4.32.5 openai==3.51.0 huggingface-hub==2.4.0 numpy==2.4.6"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"

@@ -76,6 +76,9 @@ pub struct Config {
     /// URL the queue and results stay in this process.
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// Which task answers each route of the client APIs (OpenAI, TEI).
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Directory that relative model paths are resolved against. Set by
     /// [`Config::from_file`] to the directory holding the file's `config/` folder;
     /// not read from the file.
@@ -102,6 +105,88 @@ pub struct ServerConfig {
     /// Bearer token of the admin API; `CELERIAC_ADMIN_TOKEN` overrides it.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// API keys: when any is set, the task routes, the OpenAI routes and the TEI routes
+    /// answer only requests with `Authorization: Bearer KEY` for one of them (health,
+    /// metrics and `/openapi.json` stay open; the admin API keeps its own token).
+    /// `CELERIAC_API_KEYS` (comma-separated) overrides it. Never logged, never sent to
+    /// a `processes` child.
+    #[serde(default, skip_serializing)]
+    pub api_keys: ApiKeys,
+}
+
+/// The API keys of `server.api_keys`: a list whose `Debug` says how many, never which.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ApiKeys(pub Vec<String>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys([{} redacted])", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    /// Whether keys are required at all.
+    pub fn enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// `[api]`: the task that answers each route of the client APIs. Unset, a route is
+/// answered by the only task of its kind (none, or several: the route answers 404
+/// `not_served`, naming the setting).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// An `embeddings` task: TEI's `POST /embed`, and OpenAI's `POST /v1/embeddings`
+    /// when the request's `model` names no task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<String>,
+    /// A `reranker` task: TEI's `POST /rerank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<String>,
+    /// A `text_classifier` task: TEI's `POST /predict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predict: Option<String>,
+}
+
+/// A route of the client APIs that one task answers ([`Config::api_task`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `POST /embed`, `POST /v1/embeddings`: kind `embeddings`.
+    Embed,
+    /// `POST /rerank`: kind `reranker`.
+    Rerank,
+    /// `POST /predict`: kind `text_classifier`.
+    Predict,
+}
+
+impl ApiRoute {
+    /// The `[api]` setting that names its task.
+    pub fn setting(self) -> &'static str {
+        match self {
+            ApiRoute::Embed => "api.embed",
+            ApiRoute::Rerank => "api.rerank",
+            ApiRoute::Predict => "api.predict",
+        }
+    }
+
+    /// The task kind that answers it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            ApiRoute::Embed => "embeddings",
+            ApiRoute::Rerank => "reranker",
+            ApiRoute::Predict => "text_classifier",
+        }
+    }
+
+    fn configured(self, api: &ApiConfig) -> Option<&str> {
+        match self {
+            ApiRoute::Embed => api.embed.as_deref(),
+            ApiRoute::Rerank => api.rerank.as_deref(),
+            ApiRoute::Predict => api.predict.as_deref(),
+        }
+    }
 }
 
 /// `[results]`: how long finished task records are kept.
@@ -750,6 +835,7 @@ impl Default for ServerConfig {
             max_wait_seconds: default_max_wait_seconds(),
             drain_timeout_seconds: default_drain_timeout_seconds(),
             admin_token: None,
+            api_keys: ApiKeys::default(),
         }
     }
 }
@@ -868,6 +954,15 @@ impl Config {
         if let Some(token) = get("CELERIAC_ADMIN_TOKEN") {
             self.server.admin_token = Some(token);
         }
+        if let Some(keys) = get("CELERIAC_API_KEYS") {
+            self.server.api_keys = ApiKeys(
+                keys.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(String::from)
+                    .collect(),
+            );
+        }
         if let Some(url) = get("CELERIAC_BROKER_URL") {
             self.broker.url = Some(url).filter(|u| !u.is_empty());
         }
@@ -911,7 +1006,57 @@ impl Config {
         for (name, task) in &self.tasks {
             task.check(name, self)?;
         }
+        for route in [ApiRoute::Embed, ApiRoute::Rerank, ApiRoute::Predict] {
+            if let Some(task) = route.configured(&self.api) {
+                match self.tasks.get(task) {
+                    Some(spec) if spec.kind == route.kind() => {}
+                    Some(spec) => {
+                        return Err(invalid(
+                            route.setting(),
+                            format!(
+                                "task `{task}` is of kind `{}`; this route needs a task of kind `{}`",
+                                spec.kind,
+                                route.kind()
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(invalid(
+                            route.setting(),
+                            format!("no task named `{task}` in [tasks]"),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The task that answers `route`: the one `[api]` names, else the only task of the
+    /// route's kind. The error says why none does, and which setting to change.
+    pub fn api_task(&self, route: ApiRoute) -> Result<&str, String> {
+        if let Some(task) = route.configured(&self.api) {
+            return Ok(task);
+        }
+        let of_kind: Vec<&str> = self
+            .tasks
+            .iter()
+            .filter(|(_, spec)| spec.kind == route.kind())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        match of_kind.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!(
+                "no task of kind `{}` serves this route",
+                route.kind()
+            )),
+            several => Err(format!(
+                "several tasks of kind `{}` ({}): name the one for this route in `{}`",
+                route.kind(),
+                several.join(", "),
+                route.setting()
+            )),
+        }
     }
 
     /// Each pool consumes a broker queue of its own, with a plain name.
@@ -972,6 +1117,12 @@ impl ServerConfig {
             Self::BODY_LIMIT_BYTES,
             self.body_limit_bytes as f64,
         )?;
+        if self.api_keys.0.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid(
+                "server.api_keys",
+                "holds an empty key; remove it (an empty list turns keys off)",
+            ));
+        }
         if self
             .admin_token
             .as_ref()
@@ -1315,5 +1466,58 @@ mod tests {
             .apply_env_from(|k| (k == "CELERIAC_LISTEN").then(|| "nope".into()))
             .unwrap_err();
         assert!(err.to_string().contains("CELERIAC_LISTEN"));
+    }
+
+    #[test]
+    fn api_keys_come_from_the_file_or_the_env_and_are_never_shown() {
+        let c = parse(&MINIMAL.replace(
+            "[pools.p]",
+            "[server]\napi_keys = [\"k-one\", \"k-two\"]\n[pools.p]",
+        ))
+        .unwrap();
+        assert_eq!(c.server.api_keys.0, ["k-one", "k-two"]);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("k-one") && shown.contains("2 redacted"),
+            "{shown}"
+        );
+        let sent = serde_json::to_string(&c).unwrap();
+        assert!(!sent.contains("k-one"), "{sent}");
+        let mut c = parse(MINIMAL).unwrap();
+        assert!(!c.server.api_keys.enabled());
+        c.apply_env_from(|k| (k == "CELERIAC_API_KEYS").then(|| "a, b,,".into()))
+            .unwrap();
+        assert_eq!(c.server.api_keys.0, ["a", "b"]);
+        let err = parse(&MINIMAL.replace("[pools.p]", "[server]\napi_keys = [\" \"]\n[pools.p]"))
+            .unwrap_err();
+        assert!(err.to_string().contains("server.api_keys"), "{err}");
+    }
+
+    #[test]
+    fn api_routes_name_a_task_of_their_kind() {
+        let two = MINIMAL.to_string()
+            + "[tasks.\"e1\"]\nkind = \"debug.echo\"\npool = \"p\"\n"
+            + "[tasks.\"e2\"]\nkind = \"debug.echo\"\npool = \"p\"\n";
+        let c = parse(&two).unwrap();
+        assert!(
+            c.api_task(ApiRoute::Embed)
+                .unwrap_err()
+                .contains("no task of kind `embeddings`")
+        );
+        let err = parse(&format!("[api]\nembed = \"e1\"\n{two}")).unwrap_err();
+        assert!(
+            err.to_string().contains("api.embed") && err.to_string().contains("debug.echo"),
+            "{err}"
+        );
+        let err = parse(&format!("[api]\nrerank = \"nope\"\n{two}")).unwrap_err();
+        assert!(err.to_string().contains("api.rerank"), "{err}");
+        let mut c = parse(&two).unwrap();
+        for t in c.tasks.values_mut() {
+            t.kind = "embeddings".into();
+        }
+        let err = c.api_task(ApiRoute::Embed).unwrap_err();
+        assert!(err.contains("e1, e2") && err.contains("api.embed"), "{err}");
+        c.api.embed = Some("e2".into());
+        assert_eq!(c.api_task(ApiRoute::Embed), Ok("e2"));
     }
 }

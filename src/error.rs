@@ -11,7 +11,7 @@ use warp::http::StatusCode;
 use crate::store::TaskState;
 
 /// An error answered to an HTTP client.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// The body is not valid JSON.
     #[error("request body is not valid JSON: {0}")]
@@ -93,6 +93,29 @@ pub enum ApiError {
     /// The broker (Redis) could not be reached.
     #[error("the task broker is unreachable ({0}); retry later")]
     BrokerUnavailable(String),
+    /// `server.api_keys` is set and the request's bearer key is missing or not one of them.
+    #[error("missing or wrong API key (Authorization: Bearer <key>, one of server.api_keys)")]
+    InvalidApiKey,
+    /// A synchronous route (OpenAI, TEI) was given more inputs than one request may hold.
+    #[error("{given} inputs in one request; the limit is {max}")]
+    TooManyInputs {
+        /// How many the request holds.
+        given: usize,
+        /// The most one request may hold.
+        max: usize,
+    },
+    /// A synchronous route's task failed (or was revoked): the model's error.
+    #[error("the model failed: {0}")]
+    TaskFailed(String),
+    /// A synchronous route's tasks were not all final within `server.max_wait_seconds`.
+    #[error(
+        "the answer was not ready within server.max_wait_seconds ({0} s); the tasks not yet started were revoked"
+    )]
+    WaitTimeout(f64),
+    /// No task answers this synchronous route (none of its kind, or several and none
+    /// named in `[api]`).
+    #[error("{0}")]
+    NotServed(String),
     /// A bug; logged.
     #[error("internal error")]
     Internal,
@@ -113,9 +136,13 @@ impl ApiError {
             | TaskNotFound(_)
             | RouteNotFound
             | UnknownPool { .. }
-            | WorkerNode => StatusCode::NOT_FOUND,
+            | WorkerNode
+            | NotServed(_) => StatusCode::NOT_FOUND,
             AdminDisabled => StatusCode::FORBIDDEN,
-            Unauthorized => StatusCode::UNAUTHORIZED,
+            Unauthorized | InvalidApiKey => StatusCode::UNAUTHORIZED,
+            TooManyInputs { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            TaskFailed(_) => StatusCode::FAILED_DEPENDENCY,
+            WaitTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotRevocable(_) => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -152,6 +179,11 @@ impl ApiError {
         "invalid_value",
         "worker_node",
         "broker_unavailable",
+        "invalid_api_key",
+        "too_many_inputs",
+        "task_failed",
+        "timeout",
+        "not_served",
         "internal",
     ];
 
@@ -180,6 +212,11 @@ impl ApiError {
             InvalidValue(_) => "invalid_value",
             WorkerNode => "worker_node",
             BrokerUnavailable(_) => "broker_unavailable",
+            InvalidApiKey => "invalid_api_key",
+            TooManyInputs { .. } => "too_many_inputs",
+            TaskFailed(_) => "task_failed",
+            WaitTimeout(_) => "timeout",
+            NotServed(_) => "not_served",
             Internal => "internal",
         }
     }
@@ -265,6 +302,11 @@ mod tests {
             ApiError::InvalidValue(s()),
             ApiError::WorkerNode,
             ApiError::BrokerUnavailable(s()),
+            ApiError::InvalidApiKey,
+            ApiError::TooManyInputs { given: 2, max: 1 },
+            ApiError::TaskFailed(s()),
+            ApiError::WaitTimeout(1.0),
+            ApiError::NotServed(s()),
             ApiError::Internal,
         ];
         let codes: Vec<&str> = all.iter().map(ApiError::code).collect();

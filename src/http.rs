@@ -1,11 +1,14 @@
 //! The HTTP API (warp): route filters, shared helpers and the root rejection handler.
 
 pub mod admin;
+pub mod call;
 pub mod health;
 pub mod models;
+pub mod openai;
 pub mod openapi;
 pub mod responses;
 pub mod tasks;
+pub mod tei;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,17 +42,35 @@ pub fn routes(
         .unify()
         .or(tasks::revoke(state.clone()))
         .unify();
+    let keys = state.clone();
     warp::path::full()
-        .and_then(move |path: warp::path::FullPath| async move {
-            match (serves_tasks, path.as_str().starts_with("/v1/tasks/")) {
-                (true, _) => Ok(()),
-                (false, true) => Err(warp::reject::custom(ApiError::WorkerNode)),
-                (false, false) => Err(warp::reject::not_found()),
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(move |path: warp::path::FullPath, auth: Option<String>| {
+            let keys = keys.clone();
+            async move {
+                match (serves_tasks, path.as_str().starts_with("/v1/tasks/")) {
+                    (true, true) if !key_accepted(&keys, auth.as_deref()) => {
+                        Err(warp::reject::custom(ApiError::InvalidApiKey))
+                    }
+                    (true, _) => Ok(()),
+                    (false, true) => Err(warp::reject::custom(ApiError::WorkerNode)),
+                    (false, false) => Err(warp::reject::not_found()),
+                }
             }
         })
         .untuple_one()
         .and(task_routes)
         .or(models::list(state.clone()))
+        .unify()
+        .or(openai::embeddings(state.clone()))
+        .unify()
+        .or(tei::embed(state.clone()))
+        .unify()
+        .or(tei::rerank(state.clone()))
+        .unify()
+        .or(tei::predict(state.clone()))
+        .unify()
+        .or(tei::info(state.clone()))
         .unify()
         .or(health::live())
         .unify()
@@ -167,6 +188,11 @@ pub const ROUTES: &[Route] = &[
     Route::new::<health::__path_ready>("GET", "/health/ready", "operations"),
     Route::new::<__path_openapi>("GET", "/openapi.json", "operations"),
     Route::new::<models::__path_list>("GET", "/v1/models", "models"),
+    Route::new::<openai::__path_embeddings>("POST", "/v1/embeddings", "openai"),
+    Route::new::<tei::__path_embed>("POST", "/embed", "tei"),
+    Route::new::<tei::__path_rerank>("POST", "/rerank", "tei"),
+    Route::new::<tei::__path_predict>("POST", "/predict", "tei"),
+    Route::new::<tei::__path_info>("GET", "/info", "tei"),
 ];
 
 fn template_matches(template: &str, path: &str) -> bool {
@@ -320,13 +346,53 @@ pub fn error_reply(err: &ApiError) -> Reply {
     {
         res.headers_mut().insert(header::ALLOW, v);
     }
-    if matches!(err, ApiError::Unauthorized) {
-        res.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"celeriac-admin\""),
-        );
-    }
+    www_authenticate(err, &mut res);
     res
+}
+
+/// Adds `WWW-Authenticate` to the answer of a 401: the admin realm for the admin
+/// token, the API realm for `server.api_keys`.
+pub fn www_authenticate(err: &ApiError, res: &mut Reply) {
+    let realm = match err {
+        ApiError::Unauthorized => "Bearer realm=\"celeriac-admin\"",
+        ApiError::InvalidApiKey => "Bearer realm=\"celeriac\"",
+        _ => return,
+    };
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(realm));
+}
+
+/// Checks `Authorization: Bearer KEY` against `server.api_keys` when any is set (401
+/// `invalid_api_key` otherwise). Guards the client APIs; the task routes check it in
+/// [`routes`]. Without keys it lets everything through.
+pub fn api_key(state: Arc<AppState>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_state(state))
+        .and_then(|header: Option<String>, state: Arc<AppState>| async move {
+            if key_accepted(&state, header.as_deref()) {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError::InvalidApiKey))
+            }
+        })
+        .untuple_one()
+}
+
+/// Whether an `Authorization` header passes `server.api_keys` (always, without keys).
+/// Every key is compared, each in constant time, so the time says neither which key
+/// matched nor how much of one.
+fn key_accepted(state: &AppState, header: Option<&str>) -> bool {
+    let keys = &state.config.server.api_keys;
+    if !keys.enabled() {
+        return true;
+    }
+    let given = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    keys.0.iter().fold(false, |found, key| {
+        admin::constant_time_eq(given.as_bytes(), key.as_bytes()) | found
+    })
 }
 
 /// A request body: `content-type: application/json`, at most `limit` bytes (a
@@ -412,9 +478,16 @@ pub fn no_query() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 
 /// Turns every rejection into the JSON error body; unknown ones are logged as 500.
 pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, Infallible> {
-    let api = if let Some(e) = err.find::<ApiError>() {
-        crate::metrics::rejected(e.code());
-        return Ok(error_reply(e));
+    let api = api_error(&err, body_limit);
+    crate::metrics::rejected(api.code());
+    Ok(error_reply(&api))
+}
+
+/// The API error a rejection stands for (counted and answered by the caller, in its
+/// API's shape); an unknown rejection is logged and becomes [`ApiError::Internal`].
+pub fn api_error(err: &Rejection, body_limit: u64) -> ApiError {
+    if let Some(e) = err.find::<ApiError>() {
+        e.clone()
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge(body_limit)
     } else if err.find::<warp::reject::LengthRequired>().is_some() {
@@ -429,9 +502,7 @@ pub async fn handle_rejection(err: Rejection, body_limit: u64) -> Result<Reply, 
     } else {
         tracing::error!(?err, "unhandled rejection");
         ApiError::Internal
-    };
-    crate::metrics::rejected(api.code());
-    Ok(error_reply(&api))
+    }
 }
 
 #[cfg(test)]

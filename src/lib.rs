@@ -40,8 +40,10 @@
 //!   behind one trait (the BERT family on packed CPU kernels; DeBERTa-v2 and ModernBERT
 //!   on candle-transformers; BERT on candle for CUDA), the heads, model manifests, the
 //!   spam classifier, head training.
-//! - [`http`]: warp routes (tasks, `/v1/models`, health, admin), JSON errors, the
-//!   rejection handler.
+//! - [`http`]: warp routes (tasks, `/v1/models`, health, admin; OpenAI's
+//!   `/v1/embeddings` and TEI's `/embed`, `/rerank`, `/predict`, `/info` as synchronous
+//!   calls over the task backend, `http::call`), JSON errors, API keys, the rejection
+//!   handler.
 //! - [`error`]: the API error table (status and code per error).
 //! - [`metrics`]: every Prometheus metric name, its help, buckets and helpers.
 #![warn(missing_docs)]

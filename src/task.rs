@@ -335,11 +335,20 @@ pub trait TaskFactory: Send + Sync {
         false
     }
 
+    /// Text for token ids of the task's own vocabulary (OpenAI's `input` may be token
+    /// ids): decoded with its tokenizer, to be tokenized again at submit. The default:
+    /// the task takes no token ids.
+    fn detokenize(&self, ids: &[u32]) -> Result<String, String> {
+        let _ = ids;
+        Err("this task takes text, not token ids".into())
+    }
+
     /// Whether its batches report a padding ratio (models that pad inputs to a common
     /// length), so the metric is registered from the start.
     fn pads_batches(&self) -> bool {
         false
     }
+
     /// What it serves, for `GET /v1/models`: kind, architecture, source, labels or
     /// dimensions, maximum length, precision, kernels. `None` (the default): a task
     /// that runs no model.

@@ -124,7 +124,10 @@ async fn run() {
     );
     assert_eq!(cls["model"]["precision"], "f32");
     assert_eq!(cls["model"]["kernels"], "packed");
-    assert_eq!(cls["model"]["inputs"], json!(["text", "text_pair"]));
+    assert_eq!(
+        cls["model"]["inputs"],
+        json!(["text", "text_pair", "raw_scores"])
+    );
     assert_eq!(entry("t.deberta")["model"]["kernels"], "candle");
     assert_eq!(entry("t.modern")["model"]["model_type"], "modernbert");
     assert_eq!(entry("t.embed")["model"]["dimensions"], 32);

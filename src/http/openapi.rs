@@ -12,8 +12,15 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use super::ROUTES;
 use super::admin::{PoolUpdate, PoolView};
 use super::health::{Liveness, PoolHealth, Readiness};
-use super::models::{ModelEntry, ModelList};
+use super::models::{ModelEntry, ModelList, OpenAiModel};
+use super::openai::{
+    EmbeddingList, EmbeddingsRequest, EncodingFormat, OpenAiError, OpenAiErrorDetail, Usage,
+};
 use super::tasks::{Accepted, BatchAccepted, BatchRequest, TaskInput};
+use super::tei::{
+    EmbedRequest, Info, PredictParameters, PredictRequest, Prediction, Rank, RerankRequest,
+    TeiError,
+};
 use crate::error::ErrorBody;
 use crate::store::{TaskState, TaskView};
 
@@ -34,6 +41,8 @@ use crate::store::{TaskState, TaskView};
         (name = "tasks", description = "Submit, poll and revoke tasks."),
         (name = "models", description = "What this server serves: each task, its kind and its model."),
         (name = "admin", description = "Pool operations, behind a bearer token (`server.admin_token` or `CELERIAC_ADMIN_TOKEN`)."),
+        (name = "openai", description = "OpenAI's embeddings API, answered by an `embeddings` task; errors in OpenAI's shape `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`."),
+        (name = "tei", description = "Hugging Face text-embeddings-inference's routes, answered by the tasks `[api]` names (else the only task of each kind); errors in TEI's shape `{\"error\", \"error_type\"}`."),
         (name = "operations", description = "Health, metrics and this document."),
     ),
     components(
@@ -52,6 +61,22 @@ use crate::store::{TaskState, TaskView};
             Readiness,
             ModelEntry,
             ModelList,
+            OpenAiModel,
+            EmbeddingsRequest,
+            EncodingFormat,
+            EmbeddingList,
+            super::openai::Embedding,
+            Usage,
+            OpenAiError,
+            OpenAiErrorDetail,
+            EmbedRequest,
+            RerankRequest,
+            PredictRequest,
+            PredictParameters,
+            Rank,
+            Prediction,
+            Info,
+            TeiError,
         ),
         responses(
             BadRequest,

@@ -185,7 +185,7 @@ pub(super) struct BatchAccepted {
     tasks: Vec<Accepted>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::InvalidBody(e.to_string())

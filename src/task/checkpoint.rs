@@ -287,6 +287,17 @@ impl<K: Kind> TaskFactory for CheckpointFactory<K> {
         Params::Fields(K::PARAMS)
     }
 
+    fn detokenize(&self, ids: &[u32]) -> Result<String, String> {
+        let vocab = self.tokenizer.get_vocab_size(true);
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(format!(
+                "token id {bad} is not in the model's vocabulary (0 to {})",
+                vocab - 1
+            ));
+        }
+        self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
+    }
+
     fn describe(&self) -> Option<Value> {
         let mut v = serde_json::to_value(&self.info).ok()?;
         if let Some(o) = v.as_object_mut() {
@@ -406,16 +417,22 @@ impl<K: Kind> Task for CheckpointTask<K> {
 
 /// `text_classifier` on a checkpoint: `{"text"}` or `{"text", "text_pair"}` →
 /// `{"label", "probabilities": {LABEL: p}}` (softmax), or with `problem_type =
-/// "multi_label_classification"` sigmoids and `"labels"`: every label over 0.5.
+/// "multi_label_classification"` sigmoids and `"labels"`: every label over 0.5. With
+/// `"raw_scores": true` also `"logits": {LABEL: x}` (TEI's `/predict` asks for them).
 pub struct TextClassifier;
 
 impl Kind for TextClassifier {
     const NAME: &'static str = "text_classifier";
     const HEAD: HeadKind = HeadKind::Sequence;
-    const PARAMS: &'static [Param] = &[Param::required("text"), Param::optional("text_pair")];
+    const PARAMS: &'static [Param] = &[
+        Param::required("text"),
+        Param::optional("text_pair"),
+        Param::optional("raw_scores"),
+    ];
 
     fn texts(input: &Value) -> Result<Vec<(&str, Option<&str>)>, String> {
         let obj = object(input, Self::PARAMS)?;
+        bool_field(obj, "raw_scores")?;
         let text = text_field(obj, "text")?;
         let pair = match obj.get("text_pair") {
             None | Some(Value::Null) => None,
@@ -424,7 +441,7 @@ impl Kind for TextClassifier {
         Ok(vec![(text, pair)])
     }
 
-    fn answer(model: &ServedModel, _: &Value, _: &[Encoding], out: Outputs) -> Value {
+    fn answer(model: &ServedModel, input: &Value, _: &[Encoding], out: Outputs) -> Value {
         let Outputs::Rows(rows) = out else {
             unreachable!("a sequence head answers rows")
         };
@@ -450,6 +467,14 @@ impl Kind for TextClassifier {
                 .collect();
             answer["labels"] = json!(on);
         }
+        if input.get("raw_scores").and_then(Value::as_bool) == Some(true) {
+            let raw: Map<String, Value> = labels
+                .iter()
+                .zip(logits)
+                .map(|(l, x)| (l.clone(), json!(x)))
+                .collect();
+            answer["logits"] = Value::Object(raw);
+        }
         answer
     }
 }
@@ -461,8 +486,9 @@ fn argmax(v: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// `embeddings`: `{"text": "..."}` → `{"embedding": [...]}`; `{"text": ["...", ...]}` →
-/// `{"embeddings": [[...], ...]}`.
+/// `embeddings`: `{"text": "..."}` → `{"embedding": [...], "tokens": N}`; `{"text":
+/// ["...", ...]}` → `{"embeddings": [[...], ...], "tokens": N}`. `tokens` counts what the
+/// model read (special tokens included, after truncation): OpenAI's `usage`.
 pub struct Embeddings;
 
 impl Kind for Embeddings {
@@ -489,14 +515,15 @@ impl Kind for Embeddings {
         }
     }
 
-    fn answer(_: &ServedModel, input: &Value, _: &[Encoding], out: Outputs) -> Value {
+    fn answer(_: &ServedModel, input: &Value, encodings: &[Encoding], out: Outputs) -> Value {
         let Outputs::Rows(rows) = out else {
             unreachable!("pooling answers rows")
         };
+        let tokens: usize = encodings.iter().map(Encoding::len).sum();
         if input.get("text").is_some_and(Value::is_array) {
-            json!({ "embeddings": rows })
+            json!({ "embeddings": rows, "tokens": tokens })
         } else {
-            json!({ "embedding": rows[0] })
+            json!({ "embedding": rows[0], "tokens": tokens })
         }
     }
 }
@@ -641,6 +668,7 @@ mod tests {
             vec![("a", Some("b"))]
         );
         assert!(TextClassifier::texts(&json!({"txt": "a"})).is_err());
+        assert!(TextClassifier::texts(&json!({"text": "a", "raw_scores": "yes"})).is_err());
         assert!(TextClassifier::texts(&json!({"text": ""})).is_err());
         assert_eq!(
             Reranker::texts(&json!({"query": "q", "documents": ["x", "y"]})).unwrap(),
@@ -666,7 +694,7 @@ mod tests {
         let sig = |p: &'static [Param], t| Params::Fields(p).signature(t);
         assert_eq!(
             sig(TextClassifier::PARAMS, "t.cls"),
-            "t.cls(text, text_pair=None)"
+            "t.cls(text, text_pair=None, raw_scores=None)"
         );
         assert_eq!(sig(Embeddings::PARAMS, "t.embed"), "t.embed(text)");
         assert_eq!(
