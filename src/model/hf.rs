@@ -150,7 +150,8 @@ pub struct Checkpoint {
     /// Whether `modules.json` lists a `Normalize` module.
     pub normalize: bool,
     /// `sentence_bert_config.json`'s `max_seq_length`, or `tokenizer_config.json`'s
-    /// `model_max_length` when it is a real bound.
+    /// `model_max_length` when it is a real bound, or the truncation `tokenizer.json`
+    /// declares.
     pub declared_max_length: Option<usize>,
     /// Whether the model gets the tokenizer's token types (a text pair's second segment
     /// as type 1), as transformers decides it: `tokenizer_config.json`'s
@@ -280,13 +281,16 @@ impl Checkpoint {
                 .get("max_seq_length")
                 .and_then(Value::as_u64)
                 .map(|n| n as usize)
-        } else if let Some(t) = &tok_json {
-            t.get("model_max_length")
+        } else {
+            tok_json
+                .as_ref()
+                .and_then(|t| t.get("model_max_length"))
                 .and_then(Value::as_f64)
                 .filter(|&n| (1.0..1e6).contains(&n))
                 .map(|n| n as usize)
-        } else {
-            None
+                // Else the truncation `tokenizer.json` itself declares (all-MiniLM-L6-v2's:
+                // 128), as the `tokenizers` library applies it when it loads the file.
+                .or_else(|| tokenizer.get_truncation().map(|t| t.max_length))
         };
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
