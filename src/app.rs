@@ -14,6 +14,7 @@ use crate::backend::{Backend, Local, Remote, Via};
 use crate::broker::Broker;
 use crate::config::{Config, secs};
 use crate::node::consumer::Consumers;
+use crate::outbox::Outbox;
 use crate::pool_shared::PoolShared;
 pub use crate::state::{AppState, Role};
 use crate::store::TaskStore;
@@ -91,6 +92,7 @@ impl App {
             let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
             store.on_final(move |f| crate::metrics::finished(&names[f.pool], f));
         }
+        let outbox = Outbox::new(store.clone());
         let (supervisor, supervisor_done) = Actor::spawn(
             None,
             Supervisor,
@@ -99,6 +101,7 @@ impl App {
                 pools: pools.clone(),
                 registry: registry.clone(),
                 store: store.clone(),
+                outbox: outbox.clone(),
                 app_config: Arc::new(config.clone()),
             },
         )
@@ -119,6 +122,7 @@ impl App {
             backend: Backend::new(registry.clone(), pools.clone(), via),
             config,
             store,
+            outbox,
             registry,
             pools,
             pool_actors,

@@ -7,7 +7,7 @@
 //!
 //! Imports run one way, top to bottom (`tests/layers.rs` checks it): `app` → `http`,
 //! `node` → `state` → `backend` → `broker`, `actors` → `task` → `metrics` →
-//! `pool_shared`, `model` → `error` → `config`, `store`.
+//! `pool_shared`, `model` → `error` → `outbox` → `config`, `store`.
 //!
 //! - [`config`]: the configuration tree, defaults, environment overrides, validation;
 //!   the range of every numeric setting (`config::limit`), shared with the admin API and
@@ -32,7 +32,12 @@
 //! - [`node`]: the node's services on the broker: the consumer (taking work for idle
 //!   workers, writing results) and Celery's remote control (one type per command) and
 //!   events.
-//! - [`store`]: task records, states, timings, TTL and long-poll wake-ups.
+//! - [`store`]: task records, states, timings, TTL and long-poll wake-ups; it tells one
+//!   observer of every final state (the metrics) and one of every `RETRY` and final
+//!   change (the outbox).
+//! - [`outbox`]: the tasks this node took from a broker and has not finished: their
+//!   changes go, in order, to the consumer's result writer; their inputs answer
+//!   Celery's `inspect`.
 //! - [`task`]: the `Task` trait, factories, the registry, the built-in tasks, the
 //!   text classifier task on a `model.toml` directory, and the task kinds on Hugging
 //!   Face checkpoints (`text_classifier`, `embeddings`, `reranker`, `token_classifier`).
@@ -58,6 +63,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod outbox;
 pub mod pool_shared;
 pub mod state;
 pub mod store;

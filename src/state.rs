@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::actors::protocol::PoolActors;
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::outbox::Outbox;
 use crate::pool_shared::PoolShared;
 use crate::store::TaskStore;
 use crate::task::Registry;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub config: Config,
     /// Task records.
     pub store: Arc<TaskStore>,
+    /// The tasks taken from a broker and not finished (empty without one).
+    pub outbox: Arc<Outbox>,
     /// Registered tasks.
     pub registry: Arc<Registry>,
     /// Every pool, by index (config order): settings and published status.

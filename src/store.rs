@@ -100,10 +100,9 @@ struct TaskRecord {
     expires_at: Option<Instant>,
     /// Created on the first long-poll; woken on every state change.
     notify: Option<Arc<Notify>>,
-    /// Taken from the broker: its `RETRY` and final states go to the result backend.
-    mirrored: bool,
-    /// The input of a task taken from the broker (for Celery's `inspect`).
-    input: Option<Arc<Value>>,
+    /// How long its final record is kept (the store's TTL; zero for a broker's task,
+    /// whose result lives in the result backend).
+    keep_for: Duration,
 }
 
 /// A task, as the API shows it.
@@ -173,19 +172,15 @@ impl TaskView {
     }
 }
 
-/// A task this node took from a broker and has not finished ([`TaskStore::taken`]).
+/// Where a task stands ([`TaskStore::progress`]).
 #[derive(Debug, Clone)]
-pub struct Taken {
-    /// Its id.
-    pub id: TaskId,
+pub struct Progress {
     /// Its name.
     pub task: Arc<str>,
-    /// `PENDING` (waiting for a worker of this node) or `STARTED` (running).
+    /// Its state.
     pub state: TaskState,
-    /// When a worker started it.
+    /// When a worker last started it.
     pub started_at: Option<SystemTime>,
-    /// Its input.
-    pub input: Option<Arc<Value>>,
 }
 
 /// The outcome of [`TaskStore::requeue_or_fail`].
@@ -215,17 +210,12 @@ pub struct Finished {
 
 const SHARDS: usize = 32;
 
-/// Where the changes of tasks taken from a broker go (see [`TaskStore::mirror_to`]).
-struct Mirror {
-    tx: tokio::sync::mpsc::UnboundedSender<TaskView>,
-    pending: Arc<std::sync::atomic::AtomicUsize>,
-}
-
 /// The in-memory result store.
 pub struct TaskStore {
     shards: Vec<Mutex<HashMap<TaskId, TaskRecord>>>,
     ttl: Duration,
-    mirror: std::sync::OnceLock<Mirror>,
+    /// Told of every change to `RETRY` or a final state (set once).
+    on_change: std::sync::OnceLock<ChangeObserver>,
     /// The last attempt number handed out ([`TaskStore::start`]).
     attempts: std::sync::atomic::AtomicU64,
     /// Told of every task that reaches a final state here (set once).
@@ -235,13 +225,17 @@ pub struct TaskStore {
 /// What [`TaskStore::on_final`] calls.
 type FinalObserver = Box<dyn Fn(&Finished) + Send + Sync>;
 
+/// What [`TaskStore::on_change`] calls: the task, its new state, and a function that
+/// makes its view (made only when wanted).
+type ChangeObserver = Box<dyn Fn(&TaskId, TaskState, &dyn Fn() -> TaskView) + Send + Sync>;
+
 impl TaskStore {
     /// An empty store whose final records live for `ttl`.
     pub fn new(ttl: Duration) -> Self {
         TaskStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             ttl,
-            mirror: std::sync::OnceLock::new(),
+            on_change: std::sync::OnceLock::new(),
             attempts: std::sync::atomic::AtomicU64::new(0),
             on_final: std::sync::OnceLock::new(),
         }
@@ -254,53 +248,21 @@ impl TaskStore {
         let _ = self.on_final.set(Box::new(observe));
     }
 
-    /// Sends the `RETRY` and final views of tasks taken from a broker
-    /// ([`TaskStore::insert_taken`]) to `tx`, in order; `pending` counts those sent and
-    /// not yet written (the receiver decrements it). Set once.
-    pub fn mirror_to(
+    /// Calls `observe` for every change of a task to `RETRY` or a final state, as it
+    /// happens, under the lock of that task's record: the changes of one task reach it
+    /// in order. `observe` must not call back into the store. Set once; later calls are
+    /// ignored. (The broker's outbox watches here: `crate::outbox`.)
+    pub fn on_change(
         &self,
-        tx: tokio::sync::mpsc::UnboundedSender<TaskView>,
-        pending: Arc<std::sync::atomic::AtomicUsize>,
+        observe: impl Fn(&TaskId, TaskState, &dyn Fn() -> TaskView) + Send + Sync + 'static,
     ) {
-        let _ = self.mirror.set(Mirror { tx, pending });
+        let _ = self.on_change.set(Box::new(observe));
     }
 
-    fn mirror(&self, id: TaskId, r: &TaskRecord) {
-        if r.mirrored
-            && let Some(m) = self.mirror.get()
-        {
-            m.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if m.tx.send(TaskView::new(id, r)).is_err() {
-                m.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            }
+    fn changed(&self, id: &TaskId, r: &TaskRecord) {
+        if let Some(observe) = self.on_change.get() {
+            observe(id, r.state, &|| TaskView::new(*id, r));
         }
-    }
-
-    /// Keeps the input of a task taken from the broker, for [`TaskStore::taken`].
-    pub fn set_input(&self, id: &TaskId, input: Arc<Value>) {
-        if let Some(r) = self.shard(id).lock().get_mut(id) {
-            r.input = Some(input);
-        }
-    }
-
-    /// The tasks taken from a broker that are not final (for Celery's `inspect active`
-    /// and `inspect reserved`).
-    pub fn taken(&self) -> Vec<Taken> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            for (id, r) in shard.lock().iter() {
-                if r.mirrored && !r.state.is_final() {
-                    out.push(Taken {
-                        id: *id,
-                        task: r.task.clone(),
-                        state: r.state,
-                        started_at: r.started_at,
-                        input: r.input.clone(),
-                    });
-                }
-            }
-        }
-        out
     }
 
     /// The tasks that are not final and whose name `pick` accepts, with their states
@@ -317,24 +279,11 @@ impl TaskStore {
         out
     }
 
-    /// Stops mirroring `ids` (their messages went back to the broker's queue at
-    /// shutdown): what this node still does with them is not written.
-    pub fn detach(&self, ids: &[TaskId]) {
-        for id in ids {
-            if let Some(r) = self.shard(id).lock().get_mut(id) {
-                r.mirrored = false;
-            }
-        }
-    }
-
-    /// [`TaskStore::detach`] for one task, removing its record; false (and nothing
-    /// done) when it is not a broker's task.
-    pub fn detach_one(&self, id: &TaskId) -> bool {
+    /// Deletes task `id`'s record if `pick` (given its state, called under the record's
+    /// lock) says so; whether it did.
+    pub fn remove_if(&self, id: &TaskId, pick: impl FnOnce(TaskState) -> bool) -> bool {
         let mut shard = self.shard(id).lock();
-        if shard
-            .get(id)
-            .is_some_and(|r| r.mirrored && !r.state.is_final())
-        {
+        if shard.get(id).is_some_and(|r| pick(r.state)) {
             shard.remove(id);
             true
         } else {
@@ -342,16 +291,17 @@ impl TaskStore {
         }
     }
 
-    /// Records a task taken from a broker under its own id for pool `pool`: `PENDING`
-    /// (the pool starts it), submitted at `submitted_at`, after `retries` earlier
-    /// deliveries. Its later changes are mirrored ([`TaskStore::mirror_to`]).
-    pub fn insert_taken(
+    /// Records a task that already has an id (taken from a broker) for pool `pool`:
+    /// `PENDING` (the pool starts it), submitted at `submitted_at`, after `retries`
+    /// earlier deliveries; its final record is kept for `keep_for`.
+    pub fn insert_with_id(
         &self,
         id: TaskId,
         task: Arc<str>,
         pool: usize,
         submitted_at: SystemTime,
         retries: u32,
+        keep_for: Duration,
     ) {
         let record = TaskRecord {
             task,
@@ -366,8 +316,7 @@ impl TaskStore {
             attempt: 0,
             expires_at: None,
             notify: None,
-            mirrored: true,
-            input: None,
+            keep_for,
         };
         self.shard(&id).lock().insert(id, record);
     }
@@ -380,23 +329,7 @@ impl TaskStore {
     /// Records a new `PENDING` task for pool `pool` and returns its id.
     pub fn insert(&self, task: Arc<str>, pool: usize) -> TaskId {
         let id = Uuid::new_v4();
-        let record = TaskRecord {
-            task,
-            pool,
-            state: TaskState::Pending,
-            result: None,
-            error: None,
-            submitted_at: SystemTime::now(),
-            started_at: None,
-            finished_at: None,
-            retries: 0,
-            attempt: 0,
-            expires_at: None,
-            notify: None,
-            mirrored: false,
-            input: None,
-        };
-        self.shard(&id).lock().insert(id, record);
+        self.insert_with_id(id, task, pool, SystemTime::now(), 0, self.ttl);
         id
     }
 
@@ -413,6 +346,15 @@ impl TaskStore {
             return None;
         }
         Some(TaskView::new(*id, r))
+    }
+
+    /// A task's name, state and start time, if it exists.
+    pub fn progress(&self, id: &TaskId) -> Option<Progress> {
+        self.shard(id).lock().get(id).map(|r| Progress {
+            task: r.task.clone(),
+            state: r.state,
+            started_at: r.started_at,
+        })
     }
 
     /// The state of a task, if it exists.
@@ -479,11 +421,9 @@ impl TaskStore {
         let now = SystemTime::now();
         r.state = state;
         r.finished_at = Some(now);
-        // A broker task's result lives in the result backend: keep no local copy.
-        let ttl = if r.mirrored { Duration::ZERO } else { self.ttl };
-        r.expires_at = Some(Instant::now() + ttl);
+        r.expires_at = Some(Instant::now() + r.keep_for);
         Self::wake(r);
-        self.mirror(*id, r);
+        self.changed(id, r);
         let finished = Finished {
             task: r.task.clone(),
             pool: r.pool,
@@ -554,7 +494,7 @@ impl TaskStore {
             r.retries += 1;
             r.state = TaskState::Retry;
             Self::wake(r);
-            self.mirror(*id, r);
+            self.changed(id, r);
             (Requeue::Retry, None)
         } else {
             r.error = Some(format!("worker lost: {why} (after {} retries)", r.retries));
@@ -648,10 +588,13 @@ mod tests {
     fn a_task_taken_again_ignores_its_earlier_run() {
         let s = TaskStore::new(Duration::from_secs(60));
         let id = uuid::Uuid::new_v4();
-        s.insert_taken(id, "t".into(), 0, SystemTime::now(), 0);
+        let taken = |s: &TaskStore| {
+            s.insert_with_id(id, "t".into(), 0, SystemTime::now(), 0, Duration::ZERO)
+        };
+        taken(&s);
         let (old, _) = s.start(&id).unwrap();
-        assert!(s.detach_one(&id));
-        s.insert_taken(id, "t".into(), 0, SystemTime::now(), 0);
+        assert!(s.remove_if(&id, |state| !state.is_final()));
+        taken(&s);
         let (new, _) = s.start(&id).unwrap();
         assert_ne!(old, new);
         assert!(s.finish(&id, old, Ok(json!("stale"))).is_none());

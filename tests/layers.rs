@@ -203,6 +203,7 @@ fn layers_import_only_downwards() {
         &["metrics"],
         &["pool_shared", "model"],
         &["error"],
+        &["outbox"],
         &["config", "store"],
     ];
     let layer = |m: &str| {

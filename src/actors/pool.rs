@@ -43,6 +43,7 @@ use super::protocol::{
 use super::restarts::{RestartBudget, Retry};
 use super::worker::{Worker, WorkerArgs};
 use crate::config::{AutoscaleConfig, PoolKind, SupervisorConfig, secs};
+use crate::outbox::Outbox;
 use crate::pool_shared::{PoolShared, PoolStatus};
 use crate::store::{Requeue, TaskStore};
 use crate::task::{Registered, WorkerContext};
@@ -70,6 +71,8 @@ pub struct PoolArgs {
     pub tasks: Vec<Registered>,
     /// Task records.
     pub store: Arc<TaskStore>,
+    /// The tasks taken from a broker (given back when no worker can run them).
+    pub outbox: Arc<Outbox>,
     /// The whole configuration, which `processes` workers hand to their children.
     pub config: Arc<crate::config::Config>,
 }
@@ -119,6 +122,7 @@ pub struct PoolState {
     shared: Arc<PoolShared>,
     tasks: Vec<Registered>,
     store: Arc<TaskStore>,
+    outbox: Arc<Outbox>,
     config: Arc<crate::config::Config>,
     myself: ActorRef<PoolMessage>,
     /// How batches are formed.
@@ -165,6 +169,7 @@ impl Actor for Pool {
             supervision,
             tasks,
             store,
+            outbox,
             config,
         } = args;
         let size = shared.status().size;
@@ -183,6 +188,7 @@ impl Actor for Pool {
             shared,
             tasks,
             store,
+            outbox,
             config,
             myself,
             queue: VecDeque::new(),
@@ -666,7 +672,7 @@ impl PoolState {
         for job in self.queue.drain(..) {
             self.released += 1;
             // A broker's task goes back to its queue, for a node that can run it.
-            if self.store.detach_one(&job.id) {
+            if self.outbox.give_back(&job.id) {
                 self.shared.give_back(job.id);
                 continue;
             }

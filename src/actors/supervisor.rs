@@ -29,6 +29,7 @@ use ractor::{
 use super::pool::{Pool, PoolArgs};
 use super::protocol::{PoolActors, PoolMessage};
 use crate::config::SupervisorConfig;
+use crate::outbox::Outbox;
 use crate::pool_shared::PoolShared;
 use crate::store::{TaskState, TaskStore};
 use crate::task::Registry;
@@ -49,6 +50,8 @@ pub struct SupervisorArgs {
     pub registry: Arc<Registry>,
     /// Task records.
     pub store: Arc<TaskStore>,
+    /// The tasks taken from a broker (given back when their pool cannot run them).
+    pub outbox: Arc<Outbox>,
     /// The whole configuration, which `processes` workers hand to their children.
     pub app_config: Arc<crate::config::Config>,
 }
@@ -88,6 +91,7 @@ impl SupervisorState {
                 supervision: a.config.clone(),
                 tasks: a.registry.for_pool(index),
                 store: a.store.clone(),
+                outbox: a.outbox.clone(),
                 config: a.app_config.clone(),
             },
             supervisor,
@@ -114,7 +118,7 @@ impl SupervisorState {
                 // It held a queue place.
                 queued += 1;
             }
-            if self.args.store.detach_one(&id) {
+            if self.args.outbox.give_back(&id) {
                 shared.give_back(id);
                 back += 1;
             } else if self.args.store.fail(&id, None, why.to_string()).is_some() {

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::control::Control;
 use crate::actors::protocol::Job;
 use crate::broker::{Broker, BrokerError, Fetched, celery};
+use crate::outbox::Outbox;
 use crate::state::AppState;
 use crate::store::{TaskState, TaskView};
 
@@ -24,7 +25,7 @@ pub struct Consumers {
     pending: Arc<AtomicUsize>,
     control: Arc<Control>,
     broker: Arc<Broker>,
-    store: Arc<crate::store::TaskStore>,
+    outbox: Arc<Outbox>,
 }
 
 /// Starts taking work from `broker` for every pool of `state`, writing results, and
@@ -34,7 +35,7 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
     let (stop, _) = watch::channel(false);
     let (tx, rx) = mpsc::unbounded_channel();
     let pending = Arc::new(AtomicUsize::new(0));
-    state.store.mirror_to(tx, pending.clone());
+    state.outbox.write_to(tx, pending.clone());
     let fetchers = (0..state.pools.len())
         .map(|pool| {
             tokio::spawn(fetch_loop(
@@ -58,7 +59,7 @@ pub fn start(state: Arc<AppState>, broker: Arc<Broker>) -> Consumers {
         pending,
         control,
         broker,
-        store: state.store.clone(),
+        outbox: state.outbox.clone(),
     }
 }
 
@@ -76,7 +77,7 @@ impl Consumers {
     pub async fn hand_back(&self) {
         self.flush(Duration::from_secs(5)).await;
         let held = self.broker.held();
-        self.store.detach(&held);
+        self.outbox.detach(&held);
         match self.broker.requeue(&held).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(requeued = n, "put unfinished messages back in their queues"),
@@ -215,8 +216,8 @@ async fn hand_over(
         let reg = state.registry.get(&name).filter(|r| r.pool == pool);
         let task: Arc<str> = reg.map_or_else(|| name.as_str().into(), |r| r.name.clone());
         state
-            .store
-            .insert_taken(id, task.clone(), pool, submitted_at, retries);
+            .outbox
+            .take(id, task.clone(), pool, submitted_at, retries);
         let input = bind_input(state, broker, pool, &name, reg, arguments);
         if let Some((TaskState::Revoked, why)) = &refusal {
             tracing::info!(%queue, %id, "{why}");
@@ -231,7 +232,7 @@ async fn hand_over(
             Ok(input) => {
                 let prepared = reg.and_then(|r| r.factory.prepare(&input));
                 let input = Arc::new(input);
-                state.store.set_input(&id, input.clone());
+                state.outbox.set_input(&id, input.clone());
                 events.push((id, task.clone(), input.clone()));
                 shared.readmit();
                 jobs.push(Job {
@@ -262,6 +263,7 @@ async fn hand_over(
     }
     if let Err(ids) = state.pool_actors.submit(pool, jobs, &state.store, shared) {
         // The pool is gone (shutting down): give the messages back to the queue.
+        state.outbox.detach(&ids);
         if let Err(e) = broker.requeue(&ids).await {
             tracing::error!(
                 "could not put {} messages back: {e}; they return after the visibility timeout",

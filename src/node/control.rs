@@ -312,7 +312,7 @@ impl Control {
             })
             .collect();
         self.state
-            .store
+            .outbox
             .taken()
             .into_iter()
             .filter(|t| t.state == state)
