@@ -102,6 +102,16 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+    /// Download a checkpoint from the Hugging Face hub into the local cache
+    /// (`$HF_HOME/hub`), for `model = "hf:ORG/NAME"`. Fetches config, tokenizer and
+    /// safetensors files only. Reads HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_CACHE.
+    FetchModel {
+        /// `hf:ORG/NAME` or `hf:ORG/NAME@REVISION` (a branch, tag or commit).
+        model: String,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
         /// The configuration file.
@@ -271,6 +281,36 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 celeriac::model::train::train_head(&model, &data, seed, test_fraction, &opts)
                     .map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::FetchModel { model, quiet } => {
+            let spec = model.strip_prefix("hf:").unwrap_or(&model).to_string();
+            let fetched =
+                tokio::task::spawn_blocking(move || celeriac::model::fetch::fetch(&spec, !quiet))
+                    .await??;
+            println!("{}", fetched.snapshot.display());
+            let spec = if model.starts_with("hf:") {
+                model.clone()
+            } else {
+                format!("hf:{model}")
+            };
+            match &fetched.offline {
+                Some(why) => eprintln!(
+                    "{why}\n{spec} is already in the cache at {} ({} files); serve it with model = \"{spec}\"",
+                    fetched.snapshot.display(),
+                    fetched.files.len()
+                ),
+                None => eprintln!(
+                    "fetched {} files into {} (left out: {}); serve it with model = \"{spec}\"",
+                    fetched.files.len(),
+                    fetched.snapshot.display(),
+                    if fetched.skipped.is_empty() {
+                        "none".to_string()
+                    } else {
+                        fetched.skipped.join(", ")
+                    },
+                ),
+            }
             Ok(())
         }
         Command::Serve { config, listen } => run(&config, listen, Role::Serve).await,

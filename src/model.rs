@@ -9,6 +9,7 @@ pub mod amx;
 pub mod bert;
 pub mod debertav2;
 pub mod family;
+pub mod fetch;
 pub mod fidelity;
 pub mod heads;
 pub mod hf;

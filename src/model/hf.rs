@@ -51,32 +51,43 @@ pub fn resolve(model: &Path, base: &Path) -> Result<PathBuf, ModelError> {
     }
 }
 
+/// `ORG/NAME[@REVISION]` split into the repository id and the revision (default
+/// `main`); an error names what is wrong with it.
+pub fn parse_hub_spec(spec: &str) -> Result<(&str, &str), String> {
+    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    let parts: Vec<&str> = repo.split('/').collect();
+    if parts.len() != 2 || !parts.iter().all(|p| hub_name(p)) || !hub_name(revision) {
+        return Err(format!(
+            "model `hf:{spec}`: expected hf:ORG/NAME or hf:ORG/NAME@REVISION"
+        ));
+    }
+    Ok((repo, revision))
+}
+
+/// A repository owner or name, a ref or a commit: no path separators or dot names.
+fn hub_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// `ORG/NAME[@REVISION]` in the cache at `cache`: `models--ORG--NAME/snapshots/<commit>`,
 /// where the revision (default `main`) is a branch or tag under `refs/` or a commit hash.
 pub fn resolve_hub(cache: &Path, spec: &str) -> Result<PathBuf, ModelError> {
-    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
     let bad = |message: String| ModelError::File {
         path: cache.to_path_buf(),
         message,
     };
-    let parts: Vec<&str> = repo.split('/').collect();
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    if parts.len() != 2 || !parts.iter().all(|p| valid(p)) || !valid(revision) {
-        return Err(bad(format!(
-            "model `hf:{spec}`: expected hf:ORG/NAME or hf:ORG/NAME@REVISION"
-        )));
-    }
-    let repo_dir = cache.join(format!("models--{}--{}", parts[0], parts[1]));
+    let (repo, revision) = parse_hub_spec(spec).map_err(bad)?;
+    let (org, name) = repo.split_once('/').expect("checked by parse_hub_spec");
+    let repo_dir = cache.join(format!("models--{org}--{name}"));
     if !repo_dir.is_dir() {
         return Err(bad(format!(
             "model `hf:{spec}` is not in the Hugging Face cache ({} is missing); download it \
-             there (huggingface-cli download {repo}) or point `model` at a directory",
+             there (celeriac fetch-model hf:{spec}, or huggingface-cli download {repo}) or \
+             point `model` at a directory",
             repo_dir.display()
         )));
     }
@@ -86,7 +97,7 @@ pub fn resolve_hub(cache: &Path, spec: &str) -> Result<PathBuf, ModelError> {
         Err(_) => revision.to_string(),
     };
     let snapshot = repo_dir.join("snapshots").join(&commit);
-    if !valid(&commit) || !snapshot.is_dir() {
+    if !hub_name(&commit) || !snapshot.is_dir() {
         return Err(bad(format!(
             "model `hf:{spec}`: revision `{revision}` is neither a ref under {} nor a \
              snapshot under {}",
