@@ -15,6 +15,7 @@ sentence-transformers does it), cross-encoder scores (reranker), and the entitie
 `pipeline("token-classification", aggregation_strategy="simple")`.
 
     python scripts/make-tiny-models.py [--data ../shared/data/sms_spam.csv] [--out tests/data/tiny]
+    python scripts/make-tiny-models.py --only deberta-ner modernbert-ner   # add or remake some
 
 With `--bench DIR` it makes, instead, random sequence classifiers of every architecture
 at all-MiniLM-L6-v2's shape (hidden 384, 6 layers, 12 heads, intermediate 1536), all with
@@ -216,11 +217,29 @@ def bench_checkpoints(out):
         print(name, "ok")
 
 
+def dedupe_tokenizers(out):
+    """Tokenizer files equal to an earlier directory's become links to it (the test data
+    stays under 2 MiB; every reader follows the links)."""
+    first = {}
+    for d in sorted(os.listdir(out)):
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            p = os.path.join(out, d, f)
+            if not os.path.isfile(p) or os.path.islink(p):
+                continue
+            body = open(p, "rb").read()
+            if body in first:
+                os.remove(p)
+                os.symlink(os.path.join("..", first[body], f), p)
+            else:
+                first[body] = d
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", default=None, help="make MiniLM-shaped checkpoints here instead")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "sms_spam.csv"))
     ap.add_argument("--out", default=os.path.join(HERE, "..", "tests", "data", "tiny"))
+    ap.add_argument("--only", nargs="*", help="make only these checkpoints; keep the others")
     args = ap.parse_args()
     if args.bench:
         bench_checkpoints(args.bench)
@@ -324,7 +343,36 @@ def main():
                             bos_token_id=ug_x_ids["<s>"], eos_token_id=ug_x_ids["</s>"],
                             max_position_embeddings=130, type_vocab_size=1, id2label=ner_labels,
                             **small), xlmr_tok, "token_classifier", 0.3),
+        # The candle-transformers families as token classifiers, smaller still (hidden 16)
+        # and sharing their classifiers' tokenizer files (symlinks), to keep the test data
+        # under 2 MiB.
+        ("deberta-ner", T.DebertaV2ForTokenClassification,
+         T.DebertaV2Config(vocab_size=ug_d.get_vocab_size(), pad_token_id=ug_d_ids["[PAD]"],
+                           max_position_embeddings=128, type_vocab_size=0, relative_attention=True,
+                           position_biased_input=False, pos_att_type=["p2c", "c2p"],
+                           norm_rel_ebd="layer_norm", share_att_key=True, position_buckets=32,
+                           max_relative_positions=-1, id2label=ner_labels, hidden_size=16,
+                           num_hidden_layers=2, num_attention_heads=2, intermediate_size=24),
+         deberta_tok, "token_classifier", 0.3),
+        ("modernbert-ner", T.ModernBertForTokenClassification,
+         T.ModernBertConfig(vocab_size=bp_m.get_vocab_size(), pad_token_id=bp_m_ids["[PAD]"],
+                            cls_token_id=bp_m_ids["[CLS]"], sep_token_id=bp_m_ids["[SEP]"],
+                            bos_token_id=bp_m_ids["[CLS]"], eos_token_id=bp_m_ids["[SEP]"],
+                            max_position_embeddings=128, hidden_size=16, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=24,
+                            global_attn_every_n_layers=2, local_attention=16, id2label=ner_labels),
+         modern_tok, "token_classifier", 0.3),
     ]
+    shares = {"deberta-ner": "deberta-cls", "modernbert-ner": "modernbert-cls"}
+    if args.only:
+        # Add or remake some checkpoints, keeping the others and their answers as they
+        # are (tokenizer training is not bit-for-bit repeatable across runs).
+        with open(os.path.join(args.out, "expected.json")) as f:
+            kept = json.load(f)
+        assert kept["texts"] == texts, "the corpus changed: remake everything"
+        kept["models"] = {k: v for k, v in kept["models"].items() if k not in args.only}
+        expected["models"] = kept["models"]
+        specs = [s for s in specs if s[0] in args.only]
     for name, cls, config, tok, kind, std in specs:
         torch.manual_seed(0)
         model = cls(config).eval()
@@ -335,6 +383,12 @@ def main():
                 model.classifier.weight.mul_(4.0)
         path = os.path.join(args.out, name)
         save(model, tok, path)
+        if name in shares:
+            # The tokenizer files are the shared directory's (its tokenizer, as saved
+            # then; the answers below are computed through the links).
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                os.remove(os.path.join(path, f))
+                os.symlink(os.path.join("..", shares[name], f), os.path.join(path, f))
         out = {"class": cls.__name__, "kind": kind.split(":")[0]}
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         # Truncation at the position table's reach (128 tokens), as the server does.
@@ -385,6 +439,7 @@ def main():
                 ]
         expected["models"][name] = out
         print(name, out["class"], "ok")
+    dedupe_tokenizers(args.out)
     with open(os.path.join(args.out, "expected.json"), "w") as f:
         # Seven significant digits: float32's own, and a third of the file.
         json.dump(round_floats(expected), f)

@@ -276,7 +276,8 @@ fn token_classifiers_match_the_pipeline() {
     use celeriac::task::checkpoint::{Kind, Outputs, TokenClassifier};
     let e = expected();
     let all = texts(&e, "texts");
-    for name in ["bert-ner", "xlmr-ner"] {
+    // The packed kernels' families, and candle-transformers' (DeBERTa-v2, ModernBERT).
+    for name in ["bert-ner", "xlmr-ner", "deberta-ner", "modernbert-ner"] {
         let want = &e["models"][name];
         let model = load(name, HeadKind::Tokens, Precision::F32);
         let (mut groups, mut worst) = (0, 0f32);
