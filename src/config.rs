@@ -135,7 +135,7 @@ impl ApiKeys {
 /// `[api]`: the task that answers each route of the client APIs. Unset, a route is
 /// answered by the only task of its kind (none, or several: the route answers 404
 /// `not_served`, naming the setting).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// An `embeddings` task: TEI's `POST /embed`, and OpenAI's `POST /v1/embeddings`
@@ -148,10 +148,38 @@ pub struct ApiConfig {
     /// A `text_classifier` task: TEI's `POST /predict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predict: Option<String>,
+    /// The route TEI's `POST /` answers as (`embed`, `rerank` or `predict`). Unset: the
+    /// one of the three that has a task here; with several, `POST /` answers 404
+    /// `not_served`, naming this setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<ApiRoute>,
+    /// What TEI's routes do with an input over the model's maximum input length when
+    /// the request has no `truncate` (TEI's `--auto-truncate`): true truncates it, as
+    /// `/v1/tasks` does; false refuses it (413).
+    #[serde(default = "default_auto_truncate")]
+    pub auto_truncate: bool,
 }
 
-/// A route of the client APIs that one task answers ([`Config::api_task`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+fn default_auto_truncate() -> bool {
+    true
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            embed: None,
+            rerank: None,
+            predict: None,
+            root: None,
+            auto_truncate: default_auto_truncate(),
+        }
+    }
+}
+
+/// A route of the client APIs that one task answers ([`Config::api_task`]); in
+/// `api.root`, its name without the slash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ApiRoute {
     /// `POST /embed`, `POST /v1/embeddings`: kind `embeddings`.
     Embed,
@@ -168,6 +196,15 @@ impl ApiRoute {
             ApiRoute::Embed => "api.embed",
             ApiRoute::Rerank => "api.rerank",
             ApiRoute::Predict => "api.predict",
+        }
+    }
+
+    /// Its path.
+    pub fn path(self) -> &'static str {
+        match self {
+            ApiRoute::Embed => "/embed",
+            ApiRoute::Rerank => "/rerank",
+            ApiRoute::Predict => "/predict",
         }
     }
 
@@ -1029,6 +1066,14 @@ impl Config {
                 }
             }
         }
+        if let Some(route) = self.api.root {
+            self.api_task(route).map_err(|why| {
+                invalid(
+                    "api.root",
+                    format!("`POST /` answers as `{}`, but {why}", route.path()),
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -1519,5 +1564,21 @@ mod tests {
         assert!(err.contains("e1, e2") && err.contains("api.embed"), "{err}");
         c.api.embed = Some("e2".into());
         assert_eq!(c.api_task(ApiRoute::Embed), Ok("e2"));
+    }
+
+    #[test]
+    fn api_root_names_a_served_route_and_auto_truncate_defaults_on() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(c.api.auto_truncate);
+        assert_eq!(c.api.root, None);
+        // No reranker here: `POST /` cannot answer as /rerank.
+        let err = parse(&format!("[api]\nroot = \"rerank\"\n{MINIMAL}")).unwrap_err();
+        assert!(
+            err.to_string().contains("api.root") && err.to_string().contains("reranker"),
+            "{err}"
+        );
+        assert!(parse(&format!("[api]\nroot = \"/embed\"\n{MINIMAL}")).is_err());
+        let c = parse(&format!("[api]\nauto_truncate = false\n{MINIMAL}")).unwrap();
+        assert!(!c.api.auto_truncate);
     }
 }

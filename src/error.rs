@@ -104,6 +104,15 @@ pub enum ApiError {
         /// The most one request may hold.
         max: usize,
     },
+    /// An input over the model's maximum input length, where the request asked not to
+    /// truncate it (TEI's `truncate: false`); TEI's words.
+    #[error("Input validation error: `inputs` must have less than {max} tokens. Given: {given}")]
+    InputTooLong {
+        /// Tokens of the longest sequence, before truncation.
+        given: usize,
+        /// The most the model reads.
+        max: usize,
+    },
     /// A synchronous route's task failed (or was revoked): the model's error.
     #[error("the model failed: {0}")]
     TaskFailed(String),
@@ -140,7 +149,7 @@ impl ApiError {
             | NotServed(_) => StatusCode::NOT_FOUND,
             AdminDisabled => StatusCode::FORBIDDEN,
             Unauthorized | InvalidApiKey => StatusCode::UNAUTHORIZED,
-            TooManyInputs { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            TooManyInputs { .. } | InputTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             TaskFailed(_) => StatusCode::FAILED_DEPENDENCY,
             WaitTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotRevocable(_) => StatusCode::CONFLICT,
@@ -181,6 +190,7 @@ impl ApiError {
         "broker_unavailable",
         "invalid_api_key",
         "too_many_inputs",
+        "input_too_long",
         "task_failed",
         "timeout",
         "not_served",
@@ -214,6 +224,7 @@ impl ApiError {
             BrokerUnavailable(_) => "broker_unavailable",
             InvalidApiKey => "invalid_api_key",
             TooManyInputs { .. } => "too_many_inputs",
+            InputTooLong { .. } => "input_too_long",
             TaskFailed(_) => "task_failed",
             WaitTimeout(_) => "timeout",
             NotServed(_) => "not_served",
@@ -304,6 +315,7 @@ mod tests {
             ApiError::BrokerUnavailable(s()),
             ApiError::InvalidApiKey,
             ApiError::TooManyInputs { given: 2, max: 1 },
+            ApiError::InputTooLong { given: 2, max: 1 },
             ApiError::TaskFailed(s()),
             ApiError::WaitTimeout(1.0),
             ApiError::NotServed(s()),

@@ -1,6 +1,7 @@
 //! The HTTP API (warp): route filters, shared helpers and the root rejection handler.
 
 pub mod admin;
+pub mod body;
 pub mod call;
 pub mod health;
 pub mod models;
@@ -42,6 +43,20 @@ pub fn routes(
         .unify()
         .or(tasks::revoke(state.clone()))
         .unify();
+    // The OpenAI and TEI routes, boxed: one type fewer in the chain below, whose depth
+    // otherwise passes the compiler's recursion limit where it is instantiated.
+    let client_routes = openai::embeddings(state.clone())
+        .or(tei::embed(state.clone()))
+        .unify()
+        .or(tei::rerank(state.clone()))
+        .unify()
+        .or(tei::predict(state.clone()))
+        .unify()
+        .or(tei::info(state.clone()))
+        .unify()
+        .or(tei::root(state.clone()))
+        .unify()
+        .boxed();
     let keys = state.clone();
     warp::path::full()
         .and(warp::header::optional::<String>("authorization"))
@@ -62,15 +77,7 @@ pub fn routes(
         .and(task_routes)
         .or(models::list(state.clone()))
         .unify()
-        .or(openai::embeddings(state.clone()))
-        .unify()
-        .or(tei::embed(state.clone()))
-        .unify()
-        .or(tei::rerank(state.clone()))
-        .unify()
-        .or(tei::predict(state.clone()))
-        .unify()
-        .or(tei::info(state.clone()))
+        .or(client_routes)
         .unify()
         .or(health::live())
         .unify()
@@ -193,6 +200,7 @@ pub const ROUTES: &[Route] = &[
     Route::new::<tei::__path_rerank>("POST", "/rerank", "tei"),
     Route::new::<tei::__path_predict>("POST", "/predict", "tei"),
     Route::new::<tei::__path_info>("GET", "/info", "tei"),
+    Route::new::<tei::__path_root>("POST", "/", "tei"),
 ];
 
 fn template_matches(template: &str, path: &str) -> bool {

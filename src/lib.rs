@@ -46,9 +46,9 @@
 //!   on candle-transformers; BERT on candle for CUDA), the heads, model manifests, the
 //!   spam classifier, head training.
 //! - [`http`]: warp routes (tasks, `/v1/models`, health, admin; OpenAI's
-//!   `/v1/embeddings` and TEI's `/embed`, `/rerank`, `/predict`, `/info` as synchronous
-//!   calls over the task backend, `http::call`), JSON errors, API keys, the rejection
-//!   handler.
+//!   `/v1/embeddings` and TEI's `/embed`, `/rerank`, `/predict`, `/`, `/info` as
+//!   synchronous calls over the task backend, `http::call`; their bodies read as JSON
+//!   means them, `http::body`), JSON errors, API keys, the rejection handler.
 //! - [`error`]: the API error table (status and code per error).
 //! - [`metrics`]: every Prometheus metric name, its help, buckets and helpers.
 #![warn(missing_docs)]

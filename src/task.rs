@@ -308,6 +308,16 @@ pub trait TaskFactory: Send + Sync {
         None
     }
 
+    /// The tokens of `input`'s longest sequence before truncation, and the most the
+    /// model reads (its maximum input length), for a caller that refuses a long input
+    /// rather than truncate it (TEI's `truncate: false`). `None` (the default): the task
+    /// reads no tokens, or `input` is not one it accepts (its validation says why). It
+    /// tokenizes the input once more, without truncation: only that caller pays for it.
+    fn length_before_truncation(&self, input: &Value) -> Option<(usize, usize)> {
+        let _ = input;
+        None
+    }
+
     /// Builds one worker's instance for the worker described by `ctx`.
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError>;
 

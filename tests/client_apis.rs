@@ -683,3 +683,298 @@ except openai.AuthenticationError as e:
     assert_eq!(r.status(), 200);
     s.shutdown().await;
 }
+
+/// The `max_length` `/v1/models` reports for `task`.
+async fn max_length(s: &Server, task: &str) -> u64 {
+    let models = s.get("/v1/models").await;
+    models.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["task"] == task)
+        .unwrap_or_else(|| panic!("{task} not in {}", models.body))["model"]["max_length"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `n` words of one token each in the tiny models' WordPiece vocabulary: `n` tokens,
+/// plus the special tokens.
+fn words(n: usize) -> String {
+    vec!["a"; n].join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tei_truncates_or_refuses_long_inputs_as_asked() {
+    let s = start(&config(
+        "max_wait_seconds = 30.0",
+        "concurrency = 1\nmax_batch_size = 8",
+        &[
+            ("l.embed", "embeddings", "bert-embed"),
+            ("l.rerank", "reranker", "bert-rerank"),
+            ("l.cls", "text_classifier", "bert-cls"),
+        ],
+        "",
+    ))
+    .await;
+    let submitted = |m: &prometheus_parse::Scrape, task: &str| {
+        sample(m, "celeriac_tasks_submitted_total", &[("task", task)])
+    };
+    let refused = |r: &Resp, given: u64, max: u64| {
+        assert_eq!(r.status, 413, "{}", r.body);
+        assert_eq!(r.body["error_type"], "validation", "{}", r.body);
+        assert_eq!(
+            r.body["error"],
+            format!(
+                "Input validation error: `inputs` must have less than {max} tokens. Given: {given}"
+            ),
+        );
+    };
+    let (embed_max, rerank_max, cls_max) = (
+        max_length(&s, "l.embed").await,
+        max_length(&s, "l.rerank").await,
+        max_length(&s, "l.cls").await,
+    );
+    let long = words(200);
+    assert!(embed_max < 200 && rerank_max < 200 && cls_max < 200);
+
+    // /embed: truncated by default and with `truncate: true`, to the task's own answer
+    // for the input (which truncates); refused with `truncate: false`, before anything
+    // is queued, with the real count (200 words and [CLS], [SEP]).
+    let theirs = task_answer(&s, "l.embed", json!({ "text": long })).await;
+    assert_eq!(theirs["tokens"], embed_max);
+    for truncate in [json!(null), json!(true)] {
+        let r = s
+            .post(
+                "/embed",
+                &json!({"inputs": [long], "normalize": false, "truncate": truncate}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(floats(&r.body[0]), floats(&theirs["embedding"]));
+    }
+    let before = submitted(&s.scrape().await, "l.embed");
+    let r = s
+        .post(
+            "/embed",
+            &json!({"inputs": ["short", long], "truncate": false}),
+        )
+        .await;
+    refused(&r, 202, embed_max);
+    assert_eq!(submitted(&s.scrape().await, "l.embed"), before);
+    // An input of exactly the maximum passes; one token more does not.
+    let fits = words(embed_max as usize - 2);
+    let r = s
+        .post("/embed", &json!({"inputs": fits, "truncate": false}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let over = words(embed_max as usize - 1);
+    let r = s
+        .post("/embed", &json!({"inputs": over, "truncate": false}))
+        .await;
+    refused(&r, embed_max + 1, embed_max);
+
+    // /rerank: each (query, text) pair counts, [CLS] q [SEP] text [SEP].
+    let r = s
+        .post(
+            "/rerank",
+            &json!({"query": "a", "texts": ["b", long], "truncate": false}),
+        )
+        .await;
+    refused(&r, 1 + 200 + 3, rerank_max);
+    let r = s
+        .post("/rerank", &json!({"query": "a", "texts": ["b", long]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.as_array().unwrap().len(), 2);
+
+    // /predict: a text, a pair; truncation by default.
+    let r = s
+        .post("/predict", &json!({"inputs": long, "truncate": false}))
+        .await;
+    refused(&r, 202, cls_max);
+    let r = s
+        .post(
+            "/predict",
+            &json!({"inputs": [["b"], ["a", long]], "truncate": false}),
+        )
+        .await;
+    refused(&r, 1 + 200 + 3, cls_max);
+    let r = s.post("/predict", &json!({"inputs": long})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // `truncate` must be a boolean, in TEI's shape.
+    let r = s
+        .post("/embed", &json!({"inputs": "a", "truncate": "no"}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["error_type"], "validation", "{}", r.body);
+
+    // Several kinds here and no `api.root`: `POST /` says which setting to set.
+    let r = s.post("/", &json!({"inputs": "a"})).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.body["error_type"], "not_served", "{}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("api.root"),
+        "{}",
+        r.body
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_truncate_off_refuses_what_the_request_does_not_allow() {
+    // One kind: `POST /` answers as /embed; `api.auto_truncate = false` refuses long
+    // inputs unless the request says `truncate: true`.
+    let s = start(&config(
+        "max_wait_seconds = 30.0",
+        "concurrency = 1",
+        &[("o.embed", "embeddings", "bert-embed")],
+        "[api]\nauto_truncate = false\n",
+    ))
+    .await;
+    let long = words(200);
+    let max = max_length(&s, "o.embed").await;
+    for path in ["/embed", "/"] {
+        let r = s.post(path, &json!({ "inputs": long })).await;
+        assert_eq!(r.status, 413, "{path}: {}", r.body);
+        assert_eq!(r.body["error_type"], "validation");
+        let r = s
+            .post(path, &json!({"inputs": long, "truncate": true}))
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let info = s.get("/info").await;
+    assert_eq!(info.body["auto_truncate"], false, "{}", info.body);
+    assert_eq!(info.body["max_input_length"], max);
+    // `POST /` is /embed here: the same answer, and /embed's errors.
+    let texts = json!(["a first text", "a second"]);
+    let root = s.post("/", &json!({ "inputs": texts })).await;
+    let embed = s.post("/embed", &json!({ "inputs": texts })).await;
+    assert_eq!(root.status, 200, "{}", root.body);
+    assert_eq!(root.body, embed.body);
+    let r = s.post("/", &json!({"query": "q", "texts": ["a"]})).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["error_type"], "validation", "{}", r.body);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_root_names_the_route_of_post_root() {
+    let s = start(&config(
+        "max_wait_seconds = 30.0",
+        "concurrency = 1",
+        &[
+            ("r.embed", "embeddings", "bert-embed"),
+            ("r.cls", "text_classifier", "bert-cls"),
+        ],
+        "[api]\nroot = \"predict\"\n",
+    ))
+    .await;
+    // Three texts: a list of three (two strings would be one pair, as TEI reads them).
+    let body = json!({"inputs": ["a first text", "a second", "a third"], "raw_scores": true});
+    let root = s.post("/", &body).await;
+    let predict = s.post("/predict", &body).await;
+    assert_eq!(root.status, 200, "{}", root.body);
+    assert_eq!(root.body, predict.body);
+    assert_eq!(root.body.as_array().unwrap().len(), 3);
+    // /info describes the model `POST /` answers with.
+    let info = s.get("/info").await;
+    assert_eq!(info.body["task"], "r.cls", "{}", info.body);
+    assert!(info.body["model_type"]["classifier"].is_object());
+    // GET / is not a route; POST / is.
+    let r = s.get("/").await;
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(r.headers["allow"], "POST");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_numbers_may_come_as_floats_and_nested_objects_must_be_objects() {
+    let s = start(&config(
+        "max_wait_seconds = 30.0",
+        "concurrency = 1",
+        &[
+            ("w.embed", "embeddings", "bert-embed"),
+            ("w.cls", "text_classifier", "bert-cls"),
+        ],
+        "",
+    ))
+    .await;
+    // `dimensions` 8.0 is 8, in both APIs; token ids 5.0 are 5.
+    let r = s
+        .post("/embed", &json!({"inputs": "a", "dimensions": 8.0}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body[0].as_array().unwrap().len(), 8);
+    let r = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": "a", "model": "w.embed", "dimensions": 8.0}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    let ints = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": [[5, 6, 7]], "model": "w.embed"}),
+        )
+        .await;
+    let floats_ = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": [[5.0, 6.0, 7.0]], "model": "w.embed"}),
+        )
+        .await;
+    assert_eq!(ints.status, 200, "{}", ints.body);
+    assert_eq!(ints.body["data"], floats_.body["data"]);
+    let r = s
+        .post(
+            "/predict",
+            &json!({"inputs": "a", "parameters": {"top_k": 1.0}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+
+    // 7.5 is no whole number: TEI's 422, OpenAI's 400, each naming the value.
+    let r = s
+        .post("/embed", &json!({"inputs": "a", "dimensions": 7.5}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["error_type"], "validation");
+    assert!(
+        r.body["error"].as_str().unwrap().contains("7.5"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": "a", "model": "w.embed", "dimensions": 7.5}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "invalid_body");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("7.5"),
+        "{}",
+        r.body
+    );
+
+    // `parameters` must be an object: a string, a list or a number is refused.
+    for bad in [json!("softmax"), json!(["softmax", 1]), json!(3)] {
+        let r = s
+            .post("/predict", &json!({"inputs": "a", "parameters": bad}))
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+        assert_eq!(r.body["error_type"], "validation", "{}", r.body);
+    }
+    // A body must be an object, not the fields in a list.
+    let r = s.post("/embed", &json!(["a", true])).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = s.post("/v1/embeddings", &json!(["a", "w.embed"])).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "invalid_body");
+    s.shutdown().await;
+}

@@ -213,7 +213,7 @@ fn request_body(method: &str, template: &str) -> Option<Value> {
     match (method, template) {
         ("POST", t) if t.ends_with("/batch") => Some(json!({"inputs": [1]})),
         ("POST", "/v1/embeddings") => Some(json!({"input": "hi", "model": "debug.echo"})),
-        ("POST", "/embed" | "/predict") => Some(json!({"inputs": "hi"})),
+        ("POST", "/embed" | "/predict" | "/") => Some(json!({"inputs": "hi"})),
         ("POST", "/rerank") => Some(json!({"query": "q", "texts": ["a"]})),
         ("POST", _) => Some(json!({})),
         ("PUT", _) => Some(json!({"concurrency": 1})),

@@ -11,11 +11,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, Type};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
+use super::body::{optional_count, parse_object, whole_value};
 use super::call;
-use super::tasks::parse_json;
 use super::{Reply, api_error, api_key, json_body, json_reply, with_state};
 use crate::config::ApiRoute;
 use crate::error::ApiError;
@@ -29,7 +31,7 @@ pub(super) struct EmbeddingsRequest {
     /// A string, a list of strings, a list of token ids, or a list of lists of token
     /// ids (ids of the task's own vocabulary: decoded, then tokenized again); at most
     /// 1024 inputs.
-    #[schema(value_type = Value)]
+    #[schema(schema_with = input_schema)]
     input: Value,
     /// A task name. A name that is no `embeddings` task is answered by the task that
     /// `api.embed` names, or by the only `embeddings` task; the answer's `model` says
@@ -40,13 +42,43 @@ pub(super) struct EmbeddingsRequest {
     encoding_format: Option<EncodingFormat>,
     /// Keep the first this many values of each vector (renormalised when the task's
     /// vectors are unit length); at most the model's width.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
     #[schema(minimum = 1)]
     dimensions: Option<usize>,
     /// Accepted and ignored.
     #[serde(default)]
     #[allow(dead_code)]
     user: Option<String>,
+}
+
+/// `input`'s shapes: a string, strings, token ids, or lists of token ids (1 to 1024 of
+/// them). What the task then refuses (a blank text, an id outside its vocabulary) the
+/// document cannot state.
+fn input_schema() -> AnyOfBuilder {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let ids = || {
+        ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(utoipa::Number::UInt(0))),
+            )
+            .min_items(Some(1))
+    };
+    let list = |items: RefOr<Schema>| {
+        ArrayBuilder::new()
+            .items(items)
+            .min_items(Some(1))
+            .max_items(Some(MAX_ITEMS))
+    };
+    AnyOfBuilder::new()
+        .item(text())
+        .item(list(text().into()))
+        .item(ids())
+        .item(list(ids().into()))
+        .description(Some(
+            "A string, a list of strings, a list of token ids, or a list of lists of token ids.",
+        ))
 }
 
 /// How vectors are sent.
@@ -165,7 +197,7 @@ pub fn embeddings(
 }
 
 async fn handle(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
-    let req: EmbeddingsRequest = parse_json(&body)?;
+    let req: EmbeddingsRequest = parse_object(&body)?;
     let task = model_task(&state, &req.model)?;
     let texts = texts(&state, &task, &req.input)?;
     let describe = state
@@ -187,9 +219,10 @@ async fn handle(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
     let results = call::run(&state, &task, inputs).await?;
     let mut tokens = 0;
     let mut data = Vec::with_capacity(results.len());
-    for (index, r) in results.into_iter().enumerate() {
+    for (index, mut r) in results.into_iter().enumerate() {
         tokens += r["tokens"].as_u64().unwrap_or(0);
-        let vector = r.get("embedding").cloned().unwrap_or(Value::Null);
+        // Moved out of the task's answer, not copied.
+        let vector = r.get_mut("embedding").map_or(Value::Null, Value::take);
         let embedding = match (req.dimensions, req.encoding_format) {
             (None, None | Some(EncodingFormat::Float)) => vector,
             (dims, format) => {
@@ -255,7 +288,7 @@ fn texts(state: &AppState, task: &str, input: &Value) -> Result<Vec<String>, Api
     let ids = |v: &Value| -> Option<Vec<u32>> {
         v.as_array()?
             .iter()
-            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+            .map(|x| whole_value(x).and_then(|x| u32::try_from(x).ok()))
             .collect()
     };
     let decode = |ids: Vec<u32>, i: usize| -> Result<String, ApiError> {

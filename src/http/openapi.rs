@@ -18,8 +18,8 @@ use super::openai::{
 };
 use super::tasks::{Accepted, BatchAccepted, BatchRequest, TaskInput};
 use super::tei::{
-    EmbedRequest, Info, PredictParameters, PredictRequest, Prediction, Rank, RerankRequest,
-    TeiError,
+    EmbedRequest, Info, PredictAnswer, PredictParameters, PredictRequest, Prediction, Rank,
+    RerankRequest, RootAnswer, RootRequest, TeiError,
 };
 use crate::error::ErrorBody;
 use crate::store::{TaskState, TaskView};
@@ -76,6 +76,9 @@ use crate::store::{TaskState, TaskView};
             Rank,
             Prediction,
             Info,
+            PredictAnswer,
+            RootRequest,
+            RootAnswer,
             TeiError,
         ),
         responses(

@@ -1,23 +1,28 @@
 //! Hugging Face text-embeddings-inference's routes: `POST /embed` (an `embeddings`
 //! task), `POST /rerank` (a `reranker` task), `POST /predict` (a `text_classifier`
-//! task) and `GET /info`, with TEI's answer shapes, its error shape `{"error",
-//! "error_type"}` and its statuses (413 too many inputs, 422 validation, 424 a model
-//! error, 429 overloaded). Each input is one task; a request's inputs are one batch
-//! submit ([`super::call`]). Which task answers a route: `[api]`, else the only task of
-//! its kind.
+//! task), `POST /` (one of the three, by the kind served) and `GET /info`, with TEI's
+//! answer shapes, its error shape `{"error", "error_type"}` and its statuses (413 too
+//! many inputs or an input too long, 422 validation, 424 a model error, 429
+//! overloaded). Each input is one task; a request's inputs are one batch submit
+//! ([`super::call`]). Which task answers a route: `[api]`, else the only task of its
+//! kind.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use utoipa::ToSchema;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, Schema};
+use utoipa::openapi::{Content, Ref, RefOr};
+use utoipa::{IntoResponses, PartialSchema, ToSchema};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
+use super::body::{optional_count, optional_object, parse_object};
 use super::openai::{floats, normalize, shorten};
-use super::tasks::parse_json;
 use super::{Reply, api_error, api_key, call, json_body, json_reply, with_state};
 use crate::config::ApiRoute;
 use crate::error::ApiError;
@@ -36,10 +41,9 @@ pub(super) struct EmbedRequest {
     /// it makes them (unit length when its checkpoint normalises).
     #[serde(default = "yes")]
     normalize: bool,
-    /// Accepted for TEI's clients: inputs are always truncated at the task's
-    /// `max_length`.
+    /// Truncate an input over the model's maximum input length (`true`), or refuse it
+    /// with 413 (`false`). Absent: `api.auto_truncate` (default true).
     #[serde(default)]
-    #[allow(dead_code)]
     truncate: Option<bool>,
     /// `right` only (where truncation cuts).
     #[serde(default)]
@@ -48,7 +52,7 @@ pub(super) struct EmbedRequest {
     #[serde(default)]
     prompt_name: Option<String>,
     /// Keep the first this many values of each vector.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
     #[schema(minimum = 1)]
     dimensions: Option<usize>,
     /// `float` only.
@@ -74,9 +78,9 @@ pub(super) struct RerankRequest {
     /// Send each document's text with its score.
     #[serde(default)]
     return_text: bool,
-    /// Accepted for TEI's clients: inputs are always truncated.
+    /// Truncate a (query, text) pair over the model's maximum input length (`true`),
+    /// or refuse it with 413 (`false`). Absent: `api.auto_truncate` (default true).
     #[serde(default)]
-    #[allow(dead_code)]
     truncate: Option<bool>,
     /// `right` only.
     #[serde(default)]
@@ -94,15 +98,15 @@ pub(super) struct PredictRequest {
     /// Send the logits instead of the probabilities.
     #[serde(default)]
     raw_scores: bool,
-    /// Accepted for TEI's clients: inputs are always truncated.
+    /// Truncate an input over the model's maximum input length (`true`), or refuse it
+    /// with 413 (`false`). Absent: `api.auto_truncate` (default true).
     #[serde(default)]
-    #[allow(dead_code)]
     truncate: Option<bool>,
     /// `right` only.
     #[serde(default)]
     truncation_direction: Option<String>,
     /// What `huggingface_hub`'s `text_classification` sends.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     parameters: Option<PredictParameters>,
 }
 
@@ -114,7 +118,7 @@ pub(super) struct PredictParameters {
     #[serde(default)]
     function_to_apply: Option<String>,
     /// Send only the best this many labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
     top_k: Option<usize>,
 }
 
@@ -141,8 +145,9 @@ pub(super) struct Prediction {
     score: f32,
 }
 
-/// What `GET /info` says about the model of this server's first served route (`/embed`,
-/// then `/rerank`, then `/predict`), in TEI's shape.
+/// What `GET /info` says about the model of the route `POST /` answers as (`api.root`),
+/// else of this server's first served route (`/embed`, then `/rerank`, then
+/// `/predict`), in TEI's shape.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Info {
@@ -158,7 +163,7 @@ pub(super) struct Info {
     model_type: Value,
     /// The task's pool's `queue_capacity`.
     max_concurrent_requests: usize,
-    /// Tokens per input; longer inputs are truncated.
+    /// Tokens per input; longer inputs are truncated, or refused with `truncate: false`.
     max_input_length: usize,
     /// The pool's `max_batch_tokens` (0: no limit).
     max_batch_tokens: usize,
@@ -166,7 +171,8 @@ pub(super) struct Info {
     max_batch_requests: usize,
     /// Most inputs in one request.
     max_client_batch_size: usize,
-    /// Always true: inputs are truncated at `max_input_length`.
+    /// What a request without `truncate` gets (`api.auto_truncate`): true, inputs are
+    /// truncated at `max_input_length`; false, longer ones are refused (413).
     auto_truncate: bool,
     /// celeriac's version.
     version: &'static str,
@@ -184,6 +190,114 @@ pub(super) struct TeiError {
     /// `validation`, `backend`, `overloaded`, `unhealthy`, or one of celeriac's error
     /// codes.
     error_type: &'static str,
+}
+
+/// The body of `POST /`: that of the route it answers as (`anyOf` the three). A schema
+/// only: the route, not the body, decides how the body is read.
+pub(super) struct RootRequest;
+
+impl PartialSchema for RootRequest {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name(EmbedRequest::name()))
+            .item(Ref::from_schema_name(RerankRequest::name()))
+            .item(Ref::from_schema_name(PredictRequest::name()))
+            .description(Some(
+                "The body of `/embed`, `/rerank` or `/predict`: the route `POST /` answers as.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for RootRequest {}
+
+/// The answer of `POST /predict`: for one text or pair, a list of predictions; for a
+/// list of them, one such list per item.
+pub(super) struct PredictAnswer;
+
+impl PartialSchema for PredictAnswer {
+    fn schema() -> RefOr<Schema> {
+        let one = || ArrayBuilder::new().items(Ref::from_schema_name(Prediction::name()));
+        AnyOfBuilder::new()
+            .item(one())
+            .item(ArrayBuilder::new().items(one()))
+            .into()
+    }
+}
+
+impl ToSchema for PredictAnswer {}
+
+/// The answer of `POST /`: that of the route it answers as. A schema only.
+pub(super) struct RootAnswer;
+
+impl PartialSchema for RootAnswer {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(Vec::<Vec<f32>>::schema())
+            .item(ArrayBuilder::new().items(Ref::from_schema_name(Rank::name())))
+            .item(Ref::from_schema_name(PredictAnswer::name()))
+            .into()
+    }
+}
+
+impl ToSchema for RootAnswer {}
+
+/// The error answers every TEI route with a body shares (`POST /embed`, `/rerank`,
+/// `/predict`, `/`), each a [`TeiError`]: listed once, named in each route's
+/// `responses(...)`.
+pub(super) struct TeiErrors;
+
+/// [`TeiErrors`]: status and description.
+const TEI_ERRORS: &[(&str, &str)] = &[
+    ("400", "`invalid_json`, `unsupported_content_type`."),
+    ("401", "`invalid_api_key`."),
+    (
+        "404",
+        "`not_served`: no task answers this route (the message says which setting to \
+         change); `worker_node`.",
+    ),
+    ("411", "`length_required`."),
+    (
+        "413",
+        "`validation`: more than 1024 inputs, an input over the model's maximum input \
+         length with `truncate: false`, or a body over `server.body_limit_bytes`.",
+    ),
+    (
+        "422",
+        "`validation`: a bad field (the wrong type, an unknown field, `7.5` for a whole \
+         number), or an input the task refuses.",
+    ),
+    ("424", "`backend`: the model failed."),
+    (
+        "429",
+        "`overloaded`: the pool's queue has no room for every input.",
+    ),
+    (
+        "503",
+        "`unhealthy`: shutting down, no live worker, or the broker is unreachable.",
+    ),
+    (
+        "504",
+        "`timeout`: not every answer was ready within `server.max_wait_seconds`.",
+    ),
+];
+
+impl IntoResponses for TeiErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        TEI_ERRORS
+            .iter()
+            .map(|(status, description)| {
+                let response = ResponseBuilder::new()
+                    .description(*description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name(TeiError::name()))),
+                    )
+                    .build();
+                (status.to_string(), response.into())
+            })
+            .collect()
+    }
 }
 
 /// Wraps a route's handler: the API key, then the handler; every rejection after the
@@ -231,16 +345,7 @@ where
     request_body(content = EmbedRequest, example = json!({"inputs": ["a first text", "a second"]})),
     responses(
         (status = 200, description = "One vector per input, in input order.", body = Vec<Vec<f32>>),
-        (status = 400, description = "`invalid_json`, `unsupported_content_type`.", body = TeiError),
-        (status = 401, description = "`invalid_api_key`.", body = TeiError),
-        (status = 404, description = "`not_served`: no task answers this route (the message says which setting to change); `worker_node`.", body = TeiError),
-        (status = 411, description = "`length_required`.", body = TeiError),
-        (status = 413, description = "More than 1024 inputs, or a body over `server.body_limit_bytes`.", body = TeiError),
-        (status = 422, description = "`validation`: a bad field, or an input the task refuses.", body = TeiError),
-        (status = 424, description = "`backend`: the model failed.", body = TeiError),
-        (status = 429, description = "`overloaded`: the pool's queue has no room for every input.", body = TeiError),
-        (status = 503, description = "`unhealthy`: shutting down, no live worker, or the broker is unreachable.", body = TeiError),
-        (status = 504, description = "`timeout`: not every answer was ready within `server.max_wait_seconds`.", body = TeiError),
+        TeiErrors,
     ),
 )]
 pub fn embed(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
@@ -261,16 +366,7 @@ pub fn embed(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Re
     request_body(content = RerankRequest, example = json!({"query": "what is celeriac?", "texts": ["a root vegetable", "a city"]})),
     responses(
         (status = 200, description = "Every document's score, best first.", body = Vec<Rank>),
-        (status = 400, description = "`invalid_json`, `unsupported_content_type`.", body = TeiError),
-        (status = 401, description = "`invalid_api_key`.", body = TeiError),
-        (status = 404, description = "`not_served`, `worker_node`.", body = TeiError),
-        (status = 411, description = "`length_required`.", body = TeiError),
-        (status = 413, description = "More than 1024 texts, or a body over `server.body_limit_bytes`.", body = TeiError),
-        (status = 422, description = "`validation`.", body = TeiError),
-        (status = 424, description = "`backend`: the model failed.", body = TeiError),
-        (status = 429, description = "`overloaded`.", body = TeiError),
-        (status = 503, description = "`unhealthy`.", body = TeiError),
-        (status = 504, description = "`timeout`.", body = TeiError),
+        TeiErrors,
     ),
 )]
 pub fn rerank(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
@@ -291,17 +387,8 @@ pub fn rerank(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = R
                    `Authorization: Bearer KEY`.",
     request_body(content = PredictRequest, example = json!({"inputs": "I like you."})),
     responses(
-        (status = 200, description = "For one text or pair, every label's score, best first; for a list, one such list per item.", body = Vec<Prediction>),
-        (status = 400, description = "`invalid_json`, `unsupported_content_type`.", body = TeiError),
-        (status = 401, description = "`invalid_api_key`.", body = TeiError),
-        (status = 404, description = "`not_served`, `worker_node`.", body = TeiError),
-        (status = 411, description = "`length_required`.", body = TeiError),
-        (status = 413, description = "More than 1024 inputs, or a body over `server.body_limit_bytes`.", body = TeiError),
-        (status = 422, description = "`validation`.", body = TeiError),
-        (status = 424, description = "`backend`: the model failed.", body = TeiError),
-        (status = 429, description = "`overloaded`.", body = TeiError),
-        (status = 503, description = "`unhealthy`.", body = TeiError),
-        (status = 504, description = "`timeout`.", body = TeiError),
+        (status = 200, description = "For one text or pair, every label's score, best first; for a list, one such list per item.", body = PredictAnswer),
+        TeiErrors,
     ),
 )]
 pub fn predict(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
@@ -311,14 +398,37 @@ pub fn predict(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = 
     ))
 }
 
+/// `POST /`
+#[utoipa::path(
+    post,
+    path = "/",
+    operation_id = "teiRoot",
+    summary = "TEI: the route of the served model's kind",
+    description = "As TEI's root route: answered as `/embed`, `/rerank` or `/predict`, the one of \
+                   the three that has a task on this node (`api.root` names it when several \
+                   do), with that route's body, answer and errors. With `server.api_keys`, \
+                   needs `Authorization: Bearer KEY`.",
+    request_body(content = RootRequest, example = json!({"inputs": "I like you."})),
+    responses(
+        (status = 200, description = "The answer of the route it answers as.", body = RootAnswer),
+        TeiErrors,
+    ),
+)]
+pub fn root(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    tei_route!(state, warp::path::end(), warp::post(), |s| with_body(
+        s,
+        root_handler
+    ))
+}
+
 /// `GET /info`
 #[utoipa::path(
     get,
     path = "/info",
     operation_id = "teiInfo",
     summary = "TEI: the served model",
-    description = "The model of the first route this server answers: `/embed`, else \
-                   `/rerank`, else `/predict`.",
+    description = "The model of the route `POST /` answers as (`api.root`), else of the first \
+                   route this server answers: `/embed`, else `/rerank`, else `/predict`.",
     responses(
         (status = 200, description = "The model and the limits it is served with.", body = Info),
         (status = 401, description = "`invalid_api_key`.", body = TeiError),
@@ -334,6 +444,88 @@ pub fn info(state: Arc<AppState>) -> impl Filter<Extract = (Reply,), Error = Rej
     .and_then(|state: Arc<AppState>| async move {
         info_answer(&state).map_err(warp::reject::custom)
     }))
+}
+
+/// The route `POST /` answers as: `api.root`, else the only one of `/embed`, `/rerank`
+/// and `/predict` whose kind has a task here (that route then says which task answers,
+/// or why none does).
+fn root_route(state: &AppState) -> Result<ApiRoute, ApiError> {
+    if state.role == crate::state::Role::Worker {
+        return Err(ApiError::WorkerNode);
+    }
+    if let Some(route) = state.config.api.root {
+        return Ok(route);
+    }
+    let served: Vec<ApiRoute> = [ApiRoute::Embed, ApiRoute::Rerank, ApiRoute::Predict]
+        .into_iter()
+        .filter(|&r| state.config.tasks.values().any(|t| t.kind == r.kind()))
+        .collect();
+    match served.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(ApiError::NotServed(
+            "`POST /` answers as /embed, /rerank or /predict, and none of them has a task \
+             here (no task of kind `embeddings`, `reranker` or `text_classifier`)"
+                .into(),
+        )),
+        several => Err(ApiError::NotServed(format!(
+            "this node serves several kinds ({}): name the route `POST /` answers as in \
+             `api.root`",
+            several
+                .iter()
+                .map(|r| r.path())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+async fn root_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
+    match root_route(&state)? {
+        ApiRoute::Embed => embed_handler(body, state).await,
+        ApiRoute::Rerank => rerank_handler(body, state).await,
+        ApiRoute::Predict => predict_handler(body, state).await,
+    }
+}
+
+/// Refuses, when the request may not truncate (`truncate: false`, or no `truncate` and
+/// `api.auto_truncate = false`), the first input with a sequence longer than the task's
+/// model reads: 413, in TEI's words. Otherwise nothing is counted here, and long inputs
+/// are truncated when the task tokenizes them at submit.
+async fn check_length(
+    state: &AppState,
+    task: &str,
+    truncate: Option<bool>,
+    inputs: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    if truncate.unwrap_or(state.config.api.auto_truncate) {
+        return Ok(inputs);
+    }
+    let factory = state
+        .registry
+        .get(task)
+        .map(|r| r.factory.clone())
+        .ok_or_else(|| {
+            ApiError::InvalidValue(format!(
+                "`truncate: false` needs the tokenizer of task `{task}`, which this node does \
+                 not load; send `truncate: true`"
+            ))
+        })?;
+    // Tokenizing is CPU work: off the runtime's threads, as submit prepares a batch.
+    tokio::task::spawn_blocking(move || {
+        let over = inputs
+            .iter()
+            .filter_map(|i| factory.length_before_truncation(i))
+            .find(|(given, max)| given > max);
+        match over {
+            Some((given, max)) => Err(ApiError::InputTooLong { given, max }),
+            None => Ok(inputs),
+        }
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!("counting the tokens of a request's inputs failed: {e}");
+        ApiError::Internal
+    })?
 }
 
 /// Checks the fields every TEI route accepts but celeriac cannot honour otherwise.
@@ -386,7 +578,7 @@ fn describe(state: &AppState, task: &str) -> Value {
 }
 
 async fn embed_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
-    let req: EmbedRequest = parse_json(&body)?;
+    let req: EmbedRequest = parse_object(&body)?;
     check_truncation(req.truncation_direction.as_deref())?;
     if let Some(p) = &req.prompt_name {
         return Err(ApiError::InvalidValue(format!(
@@ -411,11 +603,12 @@ async fn embed_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiEr
     }
     let unit = model["normalize"].as_bool() == Some(true);
     let inputs = texts.into_iter().map(|t| json!({ "text": t })).collect();
+    let inputs = check_length(&state, &task, req.truncate, inputs).await?;
     let results = call::run(&state, &task, inputs).await?;
     let vectors: Vec<Value> = results
         .into_iter()
-        .map(|r| {
-            let v = r.get("embedding").cloned().unwrap_or(Value::Null);
+        .map(|mut r| {
+            let v = r.get_mut("embedding").map_or(Value::Null, Value::take);
             // A unit vector the task made is sent as it is (the same numbers as
             // /v1/tasks); any other is shortened and normalised as asked.
             if req.dimensions.is_none() && (unit || !req.normalize) {
@@ -432,12 +625,13 @@ async fn embed_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiEr
 }
 
 async fn rerank_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
-    let req: RerankRequest = parse_json(&body)?;
+    let req: RerankRequest = parse_object(&body)?;
     check_truncation(req.truncation_direction.as_deref())?;
     let task = call::task_for(&state, ApiRoute::Rerank)?;
     count(req.texts.len(), "texts")?;
     let input = json!({"query": req.query, "documents": req.texts, "raw_scores": req.raw_scores});
-    let result = call::run(&state, &task, vec![input])
+    let inputs = check_length(&state, &task, req.truncate, vec![input]).await?;
+    let result = call::run(&state, &task, inputs)
         .await?
         .pop()
         .unwrap_or(Value::Null);
@@ -493,7 +687,7 @@ fn sequences(inputs: &Value) -> Result<(Vec<Sequence>, bool), ApiError> {
 }
 
 async fn predict_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, ApiError> {
-    let req: PredictRequest = parse_json(&body)?;
+    let req: PredictRequest = parse_object(&body)?;
     check_truncation(req.truncation_direction.as_deref())?;
     let task = call::task_for(&state, ApiRoute::Predict)?;
     let (items, batch) = sequences(&req.inputs)?;
@@ -523,6 +717,7 @@ async fn predict_handler(body: Bytes, state: Arc<AppState>) -> Result<Reply, Api
             Value::Object(input)
         })
         .collect();
+    let inputs = check_length(&state, &task, req.truncate, inputs).await?;
     let results = call::run(&state, &task, inputs).await?;
     let answers: Vec<Vec<Prediction>> = results
         .iter()
@@ -579,7 +774,11 @@ fn predictions(answer: &Value, function: Option<&str>, top_k: Option<usize>) -> 
 fn info_answer(state: &AppState) -> Result<Reply, ApiError> {
     let mut why = None;
     let mut found = None;
-    for route in [ApiRoute::Embed, ApiRoute::Rerank, ApiRoute::Predict] {
+    let routes = match state.config.api.root {
+        Some(root) => vec![root],
+        None => vec![ApiRoute::Embed, ApiRoute::Rerank, ApiRoute::Predict],
+    };
+    for route in routes {
         match call::task_for(state, route) {
             Ok(task) => {
                 found = Some((route, task));
@@ -633,7 +832,7 @@ fn info_answer(state: &AppState) -> Result<Reply, ApiError> {
         max_batch_tokens: pool.map_or(0, |p| p.config.max_batch_tokens),
         max_batch_requests: pool.map_or(1, |p| p.config.max_batch_size),
         max_client_batch_size: MAX_ITEMS,
-        auto_truncate: true,
+        auto_truncate: state.config.api.auto_truncate,
         version: env!("CARGO_PKG_VERSION"),
         task,
     };
@@ -642,7 +841,12 @@ fn info_answer(state: &AppState) -> Result<Reply, ApiError> {
 
 /// `err` in TEI's shape and statuses, with our headers, counted.
 fn error_reply(err: &ApiError) -> Reply {
-    let status = err.status();
+    let status = match err {
+        // A body that is JSON but not the route's shape: 422, as TEI (axum's `Json`)
+        // answers it.
+        ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => err.status(),
+    };
     let error_type = match status.as_u16() {
         413 | 422 => "validation",
         424 => "backend",

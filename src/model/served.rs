@@ -104,6 +104,14 @@ pub fn tokenizer_for(ck: &Checkpoint, max_length: usize) -> Result<Tokenizer, Mo
     Ok(t)
 }
 
+/// `tokenizer` without truncation: counts an input's tokens before it is cut, for a
+/// caller that refuses a long input rather than truncate it (TEI's `truncate: false`).
+pub fn untruncated(tokenizer: &Tokenizer) -> Result<Tokenizer, ModelError> {
+    let mut t = tokenizer.clone();
+    t.with_truncation(None).map_err(runtime)?;
+    Ok(t)
+}
+
 impl ServedModel {
     /// Loads `ck` with the head `kind` needs onto `device`. `source` is how the task
     /// named it.

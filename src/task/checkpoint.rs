@@ -115,6 +115,8 @@ pub struct CheckpointFactory<K: Kind> {
     cpu: Mutex<Option<Arc<ServedModel>>>,
     /// The checkpoint's tokenizer truncating at the model's maximum, for submit.
     tokenizer: tokenizers::Tokenizer,
+    /// The same without truncation, to count what truncation would cut.
+    untruncated: tokenizers::Tokenizer,
     /// What it serves, for `/v1/models`.
     info: ModelInfo,
     kind: std::marker::PhantomData<K>,
@@ -190,6 +192,7 @@ pub fn factory<K: Kind>(
     );
     let tokenizer =
         served::tokenizer_for(&ck, loaded.info.max_length).map_err(|e| err(e.to_string()))?;
+    let untruncated = served::untruncated(&tokenizer).map_err(|e| err(e.to_string()))?;
     let info = loaded.info.clone();
     let cpu = (device == DeviceSpec::Cpu).then(|| Arc::new(loaded));
     Ok(Arc::new(CheckpointFactory::<K> {
@@ -200,6 +203,7 @@ pub fn factory<K: Kind>(
         overrides,
         cpu: Mutex::new(cpu),
         tokenizer,
+        untruncated,
         info,
         kind: std::marker::PhantomData,
     }))
@@ -264,6 +268,14 @@ impl<K: Kind> TaskFactory for CheckpointFactory<K> {
             tokens: encodings.iter().map(Encoding::len).sum(),
             data: Arc::new(encodings),
         })
+    }
+
+    fn length_before_truncation(&self, input: &Value) -> Option<(usize, usize)> {
+        let mut longest = 0;
+        for (t, p) in K::texts(input).ok()? {
+            longest = longest.max(served::encode(&self.untruncated, t, p).ok()?.len());
+        }
+        Some((longest, self.info.max_length))
     }
 
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {

@@ -43,6 +43,8 @@ struct ClassifierFactory {
     cpu: Mutex<Option<Arc<TextClassifier>>>,
     /// The model's tokenizer, for [`TaskFactory::prepare`] at submit time.
     tokenizer: tokenizers::Tokenizer,
+    /// The same without truncation, to count what truncation would cut.
+    untruncated: tokenizers::Tokenizer,
 }
 
 /// Builds the factory; checks the manifest and that the weights are present, so a
@@ -91,8 +93,11 @@ pub fn factory(
     }
     let tokenizer =
         crate::model::load_tokenizer(&dir, &manifest).map_err(|e| err(e.to_string()))?;
+    let untruncated =
+        crate::model::served::untruncated(&tokenizer).map_err(|e| err(e.to_string()))?;
     Ok(Arc::new(ClassifierFactory {
         tokenizer,
+        untruncated,
         task: name.to_string(),
         dir,
         manifest,
@@ -103,6 +108,13 @@ pub fn factory(
 }
 
 impl ClassifierFactory {
+    /// The most tokens the model reads: where its tokenizer truncates.
+    fn max_length(&self) -> usize {
+        self.tokenizer
+            .get_truncation()
+            .map_or(self.manifest.max_length, |t| t.max_length)
+    }
+
     /// The model for a worker on `device`. CPU workers share one copy of the weights.
     /// Each CUDA worker gets its own copy on its own stream with its own cuBLAS handle
     /// (device memory is plentiful: 45 MiB in f16 for MiniLM), so the workers of a GPU
@@ -196,6 +208,12 @@ impl TaskFactory for ClassifierFactory {
         })
     }
 
+    fn length_before_truncation(&self, input: &Value) -> Option<(usize, usize)> {
+        let text = text_of(input, self.manifest.max_chars).ok()?;
+        let given = self.untruncated.encode(text, true).ok()?.len();
+        Some((given, self.max_length()))
+    }
+
     fn build(&self, ctx: &WorkerContext) -> Result<Box<dyn Task>, LoadError> {
         let model = self.model_for(ctx.device)?;
         let threads = ctx.intra_op_pool(&self.task)?;
@@ -231,7 +249,7 @@ impl TaskFactory for ClassifierFactory {
             "architecture": "encoder + model.toml head (mean pooling, linear, softmax)",
             "labels": self.manifest.labels,
             "multi_label": false,
-            "max_length": self.tokenizer.get_truncation().map_or(self.manifest.max_length, |t| t.max_length),
+            "max_length": self.max_length(),
             "precision": precision,
             "kernels": kernels,
             "kernel": match kernels {
