@@ -1,7 +1,7 @@
 //! Operating the pool against a real server: auth, resize under load, autoscale, and
 //! `/metrics` read with an independent Prometheus parser.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The task API against a real server on a port: every state and every error.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Dynamic batching against a real server: results and order are preserved, and the
 //! pool actor respects `max_batch_size`, `max_batch_delay_ms` and revocation.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! tasks, SIGTERM, a Redis restart, and the real Python `celery` client in both
 //! directions. `scripts/test-deps.sh` installs redis-server and the Python packages.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -910,6 +910,7 @@ async fn a_mixed_fleet_python_and_celeriac_workers_on_one_redis() {
 /// Redis, and a child that aborts fails its task there as a lost worker's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processes_pool_serves_from_the_broker() {
+    let _children = common::PROCESS_POOLS.lock().await;
     let redis = Redis::start();
     let extra = format!(
         "{}[tasks.\"debug.abort\"]\nkind = \"debug.abort\"\npool = \"procq\"\n",

@@ -3,7 +3,7 @@
 //! `Broker` calls them, checked by their answer and by what they left in Redis.
 //! `scripts/test-deps.sh` installs redis-server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! with `openssl`), the same URL in the Python Celery client, a wrong CA, and a Unix
 //! socket with Celery's `virtual_host`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! come in each API's shape and status; a request that goes away leaves no queued
 //! work; API keys guard the task and client routes and nothing else.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

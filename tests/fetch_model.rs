@@ -8,7 +8,7 @@
 //! `GET /ORG/NAME/resolve/REV/FILE` serves a file with `X-Repo-Commit`, an `ETag` and
 //! byte ranges (`Range: bytes=0-0` first, for the size); unknown repositories are 404.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! `openai` client's vectors, `/embed`'s and base64's equal PyTorch's reference vectors
 //! (`../shared/reference/minilm_embeddings.jsonl`), and `/info` states the length.
 
-mod common;
+use crate::common;
 
 use common::broker::{run_python, scratch};
 use common::{shared_dir, start};

@@ -2,7 +2,7 @@
 //! served task over HTTP. Needs the real weights (`scripts/fetch-model.sh`, which the
 //! test command runs first).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! shape, every route the server has is documented (and nothing else), and every error
 //! code the server sends is in the document.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -5,16 +5,15 @@
 //! The tests count this process's `celeriac child` processes in /proc, so they run one
 //! at a time (`SERIAL`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use common::{Server, debug_config_in, start, wait_until, with_admin_token};
 use serde_json::{Value, json};
 
-static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+use common::PROCESS_POOLS as SERIAL;
 
 const TOKEN: &str = "pr0cesses";
 
@@ -424,14 +423,14 @@ async fn max_memory_per_child_recycles_a_child_past_the_limit() {
 async fn resize_and_drain_start_and_stop_children() {
     let _serial = SERIAL.lock().await;
     let s = start(&config(
-        "resize",
+        "presize",
         "concurrency = 1\nmax_concurrency = 4",
         "",
     ))
     .await;
     assert!(children_are(1).await);
     let r = s
-        .admin_put("resize", TOKEN, &json!({"concurrency": 4}))
+        .admin_put("presize", TOKEN, &json!({"concurrency": 4}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["kind"], "processes");
@@ -447,7 +446,7 @@ async fn resize_and_drain_start_and_stop_children() {
     };
     assert!(s.wait_started(&ids[0]).await);
     let r = s
-        .admin_put("resize", TOKEN, &json!({"concurrency": 2}))
+        .admin_put("presize", TOKEN, &json!({"concurrency": 2}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     for id in &ids {

@@ -3,7 +3,7 @@
 //! positional arguments) and reads `AsyncResult`, through the real uvicorn, the real
 //! Python `celery` client and a real `redis-server`.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

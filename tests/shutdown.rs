@@ -1,6 +1,6 @@
 //! SIGTERM against the real binary: queued tasks finish before the process exits 0.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

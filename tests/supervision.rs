@@ -1,7 +1,7 @@
 //! Supervision against a real server: poison tasks, lost workers, retries, time limits,
 //! failed starts with back-off and budget.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,6 +16,11 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Held by every test that starts a `processes` pool in this process, one at a time:
+/// tests/processes.rs counts the `celeriac child` processes of this process.
+pub static PROCESS_POOLS: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
 /// A running server.
 pub struct Server {
     pub url: String,
@@ -185,16 +190,7 @@ impl Server {
 
     /// Scrapes `/metrics` and parses it with an independent Prometheus parser.
     pub async fn scrape(&self) -> prometheus_parse::Scrape {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+        scrape_at(&self.client, &self.url).await
     }
 
     /// Stops the server as SIGTERM would and waits (at most 60 s) for it to drain and
@@ -211,6 +207,19 @@ impl Server {
 
 /// An HTTP client whose every request gives up after 120 s, so a server that stops
 /// answering fails the test instead of hanging it.
+/// `GET {url}/metrics`, parsed.
+pub async fn scrape_at(client: &reqwest::Client, url: &str) -> prometheus_parse::Scrape {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
