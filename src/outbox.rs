@@ -12,7 +12,7 @@
 //! the node that takes it next owns its result.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +49,9 @@ pub struct Outbox {
     store: Arc<TaskStore>,
     /// The tasks held, with their inputs.
     held: Mutex<HashMap<TaskId, Option<Arc<Value>>>>,
+    /// Set by the first [`Outbox::take`]: until then (always, on a node without a
+    /// broker) the store's changes pass without taking the `held` lock.
+    used: AtomicBool,
     writer: OnceLock<Writer>,
 }
 
@@ -58,6 +61,7 @@ impl Outbox {
         let outbox = Arc::new(Outbox {
             store: store.clone(),
             held: Mutex::new(HashMap::new()),
+            used: AtomicBool::new(false),
             writer: OnceLock::new(),
         });
         let weak = Arc::downgrade(&outbox);
@@ -79,6 +83,11 @@ impl Outbox {
     /// are sent in the order of its changes): sends the view of a task held, and lets
     /// go of it once final.
     fn changed(&self, id: &TaskId, state: TaskState, view: &dyn Fn() -> TaskView) {
+        // Set before the task's record exists (`take`), and read under that record's
+        // lock: a task held is never missed.
+        if !self.used.load(Ordering::Acquire) {
+            return;
+        }
         {
             let mut held = self.held.lock();
             if state.is_final() {
@@ -109,6 +118,7 @@ impl Outbox {
         submitted_at: SystemTime,
         retries: u32,
     ) {
+        self.used.store(true, Ordering::Release);
         self.held.lock().insert(id, None);
         self.store
             .insert_with_id(id, task, pool, submitted_at, retries, Duration::ZERO);
