@@ -284,16 +284,11 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::FetchModel { model, quiet } => {
-            let spec = model.strip_prefix("hf:").unwrap_or(&model).to_string();
+            let spec = format!("hf:{}", model.strip_prefix("hf:").unwrap_or(&model));
             let fetched =
-                tokio::task::spawn_blocking(move || celeriac::model::fetch::fetch(&spec, !quiet))
+                tokio::task::spawn_blocking(move || celeriac::model::fetch::fetch(&model, !quiet))
                     .await??;
             println!("{}", fetched.snapshot.display());
-            let spec = if model.starts_with("hf:") {
-                model.clone()
-            } else {
-                format!("hf:{model}")
-            };
             match &fetched.offline {
                 Some(why) => eprintln!(
                     "{why}\n{spec} is already in the cache at {} ({} files); serve it with model = \"{spec}\"",

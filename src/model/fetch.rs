@@ -49,7 +49,7 @@ pub fn wanted(name: &str) -> bool {
         .any(|ext| file.ends_with(ext))
 }
 
-/// Downloads `spec` (`ORG/NAME[@REVISION]`, without the `hf:`) into the hub cache; see
+/// Downloads `spec` (`ORG/NAME[@REVISION]`, with or without the `hf:`) into the hub cache; see
 /// the module doc. `progress` shows a progress bar per file on stderr.
 pub fn fetch(spec: &str, progress: bool) -> anyhow::Result<Fetched> {
     let spec = spec.strip_prefix("hf:").unwrap_or(spec);
@@ -108,8 +108,10 @@ pub fn fetch(spec: &str, progress: bool) -> anyhow::Result<Fetched> {
             snapshot = path.parent().map(Path::to_path_buf);
         }
     }
+    let snapshot =
+        snapshot.ok_or_else(|| anyhow::anyhow!("hf:{spec}: config.json has no snapshot folder"))?;
     Ok(Fetched {
-        snapshot: snapshot.expect("config.json was fetched"),
+        snapshot,
         files,
         skipped,
         offline: None,
