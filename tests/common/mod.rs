@@ -205,8 +205,6 @@ impl Server {
     }
 }
 
-/// An HTTP client whose every request gives up after 120 s, so a server that stops
-/// answering fails the test instead of hanging it.
 /// `GET {url}/metrics`, parsed.
 pub async fn scrape_at(client: &reqwest::Client, url: &str) -> prometheus_parse::Scrape {
     let text = client
@@ -220,6 +218,8 @@ pub async fn scrape_at(client: &reqwest::Client, url: &str) -> prometheus_parse:
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
+/// An HTTP client whose every request gives up after 120 s, so a server that stops
+/// answering fails the test instead of hanging it.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
