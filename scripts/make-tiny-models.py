@@ -277,6 +277,24 @@ def main():
     modern_tok = PreTrainedTokenizerFast(tokenizer_object=bp_m, unk_token="[UNK]", pad_token="[PAD]",
                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
+    def deberta(**kw):
+        """DeBERTa-v2 with relative attention, on the DeBERTa Unigram tokenizer."""
+        return transformers.DebertaV2Config(
+            vocab_size=ug_d.get_vocab_size(), pad_token_id=ug_d_ids["[PAD]"],
+            max_position_embeddings=128, type_vocab_size=0, relative_attention=True,
+            position_biased_input=False, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+            share_att_key=True, position_buckets=32, max_relative_positions=-1, **kw)
+
+    def modernbert(**kw):
+        """ModernBERT with local attention, on the ModernBERT BPE tokenizer."""
+        return transformers.ModernBertConfig(
+            vocab_size=bp_m.get_vocab_size(), pad_token_id=bp_m_ids["[PAD]"],
+            cls_token_id=bp_m_ids["[CLS]"], sep_token_id=bp_m_ids["[SEP]"],
+            bos_token_id=bp_m_ids["[CLS]"], eos_token_id=bp_m_ids["[SEP]"],
+            max_position_embeddings=128, local_attention=16, **kw)
+
+    # The candle-transformers token classifiers are smaller still (see below).
+    smaller = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24)
     three = {0: "negative", 1: "neutral", 2: "positive"}
     ner_labels = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "MISC"}
     T = transformers
@@ -304,21 +322,13 @@ def main():
                             max_position_embeddings=130, type_vocab_size=1, id2label=three, **small),
          xlmr_tok, "text_classifier", 0.3),
         ("deberta-cls", T.DebertaV2ForSequenceClassification,
-         T.DebertaV2Config(vocab_size=ug_d.get_vocab_size(), pad_token_id=ug_d_ids["[PAD]"],
-                           max_position_embeddings=128, type_vocab_size=0, relative_attention=True,
-                           position_biased_input=False, pos_att_type=["p2c", "c2p"],
-                           norm_rel_ebd="layer_norm", share_att_key=True, position_buckets=32,
-                           max_relative_positions=-1, pooler_hidden_size=32, pooler_dropout=0.0,
-                           pooler_hidden_act="gelu", id2label=three, **small),
+         deberta(pooler_hidden_size=32, pooler_dropout=0.0, pooler_hidden_act="gelu",
+                 id2label=three, **small),
          deberta_tok, "text_classifier", 0.3),
         ("modernbert-cls", T.ModernBertForSequenceClassification,
-         T.ModernBertConfig(vocab_size=bp_m.get_vocab_size(), pad_token_id=bp_m_ids["[PAD]"],
-                            cls_token_id=bp_m_ids["[CLS]"], sep_token_id=bp_m_ids["[SEP]"],
-                            bos_token_id=bp_m_ids["[CLS]"], eos_token_id=bp_m_ids["[SEP]"],
-                            max_position_embeddings=128, hidden_size=32, num_hidden_layers=3,
-                            num_attention_heads=4, intermediate_size=48,
-                            global_attn_every_n_layers=3, local_attention=16,
-                            classifier_pooling="mean", id2label=three),
+         modernbert(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                    intermediate_size=48, global_attn_every_n_layers=3,
+                    classifier_pooling="mean", id2label=three),
          modern_tok, "text_classifier", 0.3),
         ("bert-embed", T.BertModel,
          T.BertConfig(vocab_size=wp_vocab, pad_token_id=wp_pad, max_position_embeddings=128,
@@ -347,20 +357,10 @@ def main():
         # and sharing their classifiers' tokenizer files (symlinks), to keep the test data
         # under 2 MiB.
         ("deberta-ner", T.DebertaV2ForTokenClassification,
-         T.DebertaV2Config(vocab_size=ug_d.get_vocab_size(), pad_token_id=ug_d_ids["[PAD]"],
-                           max_position_embeddings=128, type_vocab_size=0, relative_attention=True,
-                           position_biased_input=False, pos_att_type=["p2c", "c2p"],
-                           norm_rel_ebd="layer_norm", share_att_key=True, position_buckets=32,
-                           max_relative_positions=-1, id2label=ner_labels, hidden_size=16,
-                           num_hidden_layers=2, num_attention_heads=2, intermediate_size=24),
+         deberta(id2label=ner_labels, **smaller),
          deberta_tok, "token_classifier", 0.3),
         ("modernbert-ner", T.ModernBertForTokenClassification,
-         T.ModernBertConfig(vocab_size=bp_m.get_vocab_size(), pad_token_id=bp_m_ids["[PAD]"],
-                            cls_token_id=bp_m_ids["[CLS]"], sep_token_id=bp_m_ids["[SEP]"],
-                            bos_token_id=bp_m_ids["[CLS]"], eos_token_id=bp_m_ids["[SEP]"],
-                            max_position_embeddings=128, hidden_size=16, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=24,
-                            global_attn_every_n_layers=2, local_attention=16, id2label=ner_labels),
+         modernbert(global_attn_every_n_layers=2, id2label=ner_labels, **smaller),
          modern_tok, "token_classifier", 0.3),
     ]
     shares = {"deberta-ner": "deberta-cls", "modernbert-ner": "modernbert-cls"}
