@@ -2,6 +2,7 @@
 //! HTTP on a bound listener, and drains on shutdown.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,15 +30,27 @@ pub struct App {
     consumers: Option<Consumers>,
 }
 
+/// A boxed future. `App`'s entry points return one, so that the code under them (the
+/// actor tree, the server, warp's filters) is compiled once, in this crate: a caller
+/// that awaited an `async fn` of ours would compile all of it again for its own
+/// binary (the `celeriac` binary did, in a minute of every clean build, and so did
+/// each test binary).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
 impl App {
     /// Validates the config, loads every task and starts the actor tree. Loading
     /// errors name the task and the model or setting.
-    pub async fn start(config: Config) -> anyhow::Result<App> {
-        Self::start_as(config, Role::Serve).await
+    pub fn start(config: Config) -> BoxFuture<anyhow::Result<App>> {
+        Self::start_as(config, Role::Serve)
     }
 
     /// [`App::start`] for a given role. A `worker` needs a broker.
-    pub async fn start_as(config: Config, role: Role) -> anyhow::Result<App> {
+    #[inline(never)]
+    pub fn start_as(config: Config, role: Role) -> BoxFuture<anyhow::Result<App>> {
+        Box::pin(Self::starting(config, role))
+    }
+
+    async fn starting(config: Config, role: Role) -> anyhow::Result<App> {
         config.validate()?;
         if role == Role::Worker && config.broker.url.is_none() {
             anyhow::bail!(
@@ -144,10 +157,27 @@ impl App {
     /// Serves HTTP on `listener` until `shutdown` completes, then drains: new submits
     /// get 503, queued and running tasks get up to `server.drain_timeout_seconds` to
     /// finish, then the server and the actor tree stop.
-    pub async fn serve(
-        mut self,
+    pub fn serve(
+        self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> BoxFuture<anyhow::Result<()>> {
+        self.serve_boxed(listener, Box::pin(shutdown))
+    }
+
+    #[inline(never)]
+    fn serve_boxed(
+        self,
+        listener: TcpListener,
+        shutdown: BoxFuture<()>,
+    ) -> BoxFuture<anyhow::Result<()>> {
+        Box::pin(self.serving(listener, shutdown))
+    }
+
+    async fn serving(
+        mut self,
+        listener: TcpListener,
+        shutdown: BoxFuture<()>,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let sweeper = {
@@ -231,26 +261,4 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Starts celeriac from `config` and serves on `listener` until `shutdown`.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_as(config, Role::Serve, listener, shutdown).await
-}
-
-/// [`run`] in a given role.
-pub async fn run_as(
-    config: Config,
-    role: Role,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    App::start_as(config, role)
-        .await?
-        .serve(listener, shutdown)
-        .await
 }
