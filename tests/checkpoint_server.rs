@@ -3,11 +3,13 @@
 //! as `hf:ORG/NAME` from a Hugging Face cache laid out here, answers checked against
 //! PyTorch's (expected.json), `GET /v1/models`, and bad input refused with 422.
 //!
-//! One test in its own binary: it sets `HF_HUB_CACHE` before any thread starts.
-
-mod common;
+//! The server is the celeriac binary, started with `HF_HUB_CACHE` in its environment,
+//! as a user would point it at their cache (this process's environment stays as it is).
 
 use std::path::Path;
+use std::time::Duration;
+
+use crate::common;
 
 use serde_json::{Value, json};
 
@@ -74,23 +76,8 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn every_kind_and_architecture_through_the_server() {
-    let root = std::env::temp_dir().join(format!("celeriac-hub-server-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    hub_cache(&root);
-    // SAFETY: no other thread runs yet (the runtime is built below), and this binary
-    // has this one test.
-    unsafe { std::env::set_var("HF_HUB_CACHE", &root) };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
-    std::fs::remove_dir_all(&root).unwrap();
-}
-
-async fn run() {
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_and_architecture_through_the_server() {
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(&tiny("expected.json"))).unwrap())
             .unwrap();
@@ -100,7 +87,17 @@ async fn run() {
         .iter()
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
-    let s = common::start(&config()).await;
+    let root = common::broker::scratch("checkpoint-server").join("hub");
+    let _ = std::fs::remove_dir_all(&root);
+    hub_cache(&root);
+    let node = common::Node::spawn_with_env(
+        "serve",
+        &config(),
+        "checkpoint-server",
+        &[("HF_HUB_CACHE", root.to_str().unwrap())],
+    );
+    node.wait_ready(120).await;
+    let s = node.api();
 
     // Discovery.
     let models = s.get("/v1/models").await;
@@ -265,5 +262,15 @@ async fn run() {
             r.body
         );
     }
-    s.shutdown().await;
+    // SIGTERM drains and exits cleanly.
+    node.signal("-TERM");
+    let (status, _node) = tokio::task::spawn_blocking(move || {
+        let mut node = node;
+        let status = common::wait_child(&mut node.child, Duration::from_secs(60));
+        (status, node)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "the node exited with {status}");
+    std::fs::remove_dir_all(&root).unwrap();
 }

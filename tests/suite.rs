@@ -1,6 +1,6 @@
-//! The integration tests, one binary: every file in `tests/` is a module of it (except
-//! `checkpoint_server.rs`, which sets an environment variable and so has a process of its
-//! own). Run one file's tests with `cargo test --release --test suite -- broker::`.
+//! The integration tests, one binary: every file in `tests/` is a module of it (a test
+//! that needs its own environment variables starts the real binary with them). Run one
+//! file's tests with `cargo test --release --test suite -- broker::`.
 //!
 //! Tests of different files share this process: the Prometheus recorder is one per
 //! process, so a test that reads a metric filters by a pool or task name no other test
@@ -12,6 +12,7 @@ mod batching;
 mod broker;
 mod broker_scripts;
 mod broker_urls;
+mod checkpoint_server;
 mod checkpoints;
 mod client_apis;
 mod common;

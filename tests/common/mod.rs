@@ -21,13 +21,26 @@ use tokio::task::JoinHandle;
 pub static PROCESS_POOLS: std::sync::LazyLock<tokio::sync::Mutex<()>> =
     std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
 
-/// A running server.
+/// A running server in this process; its HTTP helpers are [`Api`]'s (`Deref`).
 pub struct Server {
-    pub url: String,
-    pub client: reqwest::Client,
+    pub api: Api,
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A served celeriac's URL and a client for it: the HTTP helpers of [`Server`] and
+/// [`Node`].
+pub struct Api {
+    pub url: String,
+    pub client: reqwest::Client,
 }
 
 /// Parses `toml` (relative model paths resolve against the repository root), serves it
@@ -57,8 +70,10 @@ pub async fn start_cold(toml: &str) -> Server {
         let _ = stopped.await;
     }));
     Server {
-        url,
-        client: client(),
+        api: Api {
+            url,
+            client: client(),
+        },
         state,
         stop: Some(stop),
         handle,
@@ -104,7 +119,7 @@ impl Resp {
     }
 }
 
-impl Server {
+impl Api {
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
         let r = self
             .client
@@ -192,7 +207,9 @@ impl Server {
     pub async fn scrape(&self) -> prometheus_parse::Scrape {
         scrape_at(&self.client, &self.url).await
     }
+}
 
+impl Server {
     /// Stops the server as SIGTERM would and waits (at most 60 s) for it to drain and
     /// exit.
     pub async fn shutdown(mut self) {
@@ -429,6 +446,11 @@ pub struct Node {
 
 impl Node {
     pub fn spawn(role: &str, config: &str, name: &str) -> Node {
+        Node::spawn_with_env(role, config, name, &[])
+    }
+
+    /// [`Node::spawn`] with `env` added to the child's environment.
+    pub fn spawn_with_env(role: &str, config: &str, name: &str, env: &[(&str, &str)]) -> Node {
         let path = broker::scratch(name).join("config.toml");
         std::fs::write(&path, config).unwrap();
         let port = broker::free_port();
@@ -437,6 +459,7 @@ impl Node {
             .arg(&path)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env_remove("CELERIAC_BROKER_URL")
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -445,6 +468,14 @@ impl Node {
         Node {
             child,
             url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// An [`Api`] for this node.
+    pub fn api(&self) -> Api {
+        Api {
+            url: self.url.clone(),
+            client: client(),
         }
     }
 
