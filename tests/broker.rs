@@ -216,14 +216,7 @@ async fn sigterm_puts_back_what_a_worker_cannot_finish() {
     for id in &long {
         assert!(wait_state(&b, id, TaskState::Started, 10).await);
     }
-    w1.signal("-TERM");
-    let (status, _w1) = tokio::task::spawn_blocking(move || {
-        let mut w1 = w1;
-        let s = common::wait_child(&mut w1.child, Duration::from_secs(30));
-        (s, w1)
-    })
-    .await
-    .unwrap();
+    let status = w1.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
     // Back in the queue at once (not after the visibility timeout), nothing in flight.
     assert_eq!(redis.int(&["LLEN", "term"]).await, 2);

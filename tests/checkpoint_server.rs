@@ -263,14 +263,7 @@ async fn every_kind_and_architecture_through_the_server() {
         );
     }
     // SIGTERM drains and exits cleanly.
-    node.signal("-TERM");
-    let (status, _node) = tokio::task::spawn_blocking(move || {
-        let mut node = node;
-        let status = common::wait_child(&mut node.child, Duration::from_secs(60));
-        (status, node)
-    })
-    .await
-    .unwrap();
+    let status = node.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "the node exited with {status}");
     std::fs::remove_dir_all(&root).unwrap();
 }

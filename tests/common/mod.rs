@@ -489,6 +489,18 @@ impl Node {
         assert!(ok);
     }
 
+    /// Sends SIGTERM and waits (at most `limit`) for the node to drain and exit; past
+    /// the limit it is killed and the test fails.
+    pub async fn terminate(self, limit: Duration) -> ExitStatus {
+        self.signal("-TERM");
+        tokio::task::spawn_blocking(move || {
+            let mut node = self;
+            wait_child(&mut node.child, limit)
+        })
+        .await
+        .unwrap()
+    }
+
     /// Waits (at most `secs`) until `/health/ready` answers 200.
     pub async fn wait_ready(&self, secs: u64) {
         let client = client();
