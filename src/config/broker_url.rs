@@ -71,6 +71,117 @@ pub struct BrokerUrl {
     pub shown: String,
 }
 
+/// `redis://` and `rediss://` (`tls`): Celery's `ssl_*` options come out of the query
+/// into [`Tls`]; the rest stays for redis-rs.
+fn tcp(
+    mut parsed: Url,
+    tls: bool,
+    pairs: Vec<(String, String)>,
+    bad: &dyn Fn(String) -> UrlError,
+) -> Result<(Target, Option<Tls>), UrlError> {
+    let mut tls = tls.then_some(Tls {
+        cert_reqs: CertReqs::Required,
+        ca_certs: None,
+        certfile: None,
+        keyfile: None,
+    });
+    let mut rest = Vec::new();
+    for (k, v) in pairs {
+        if !k.starts_with("ssl_") {
+            rest.push((k, v));
+            continue;
+        }
+        let Some(t) = tls.as_mut() else {
+            return Err(bad(format!(
+                "`{k}` is a TLS option: use a rediss:// URL for TLS"
+            )));
+        };
+        let path = || {
+            if v.is_empty() {
+                Err(bad(format!("`{k}` needs a file path")))
+            } else {
+                Ok(Some(PathBuf::from(&v)))
+            }
+        };
+        match k.as_str() {
+            "ssl_cert_reqs" => t.cert_reqs = cert_reqs(&v).map_err(bad)?,
+            "ssl_ca_certs" => t.ca_certs = path()?,
+            "ssl_certfile" => t.certfile = path()?,
+            "ssl_keyfile" => t.keyfile = path()?,
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{k}`; celeriac reads ssl_cert_reqs, ssl_ca_certs, ssl_certfile and ssl_keyfile"
+                )));
+            }
+        }
+    }
+    if let Some(t) = &tls
+        && t.keyfile.is_some()
+        && t.certfile.is_none()
+    {
+        return Err(bad("`ssl_keyfile` needs `ssl_certfile`".into()));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad(format!("no host; use {SCHEMES}")));
+    }
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    if tls.as_ref().is_some_and(|t| t.cert_reqs == CertReqs::None) {
+        // redis-rs's spelling of "do not verify".
+        parsed.set_fragment(Some("insecure"));
+    }
+    Ok((Target::Tcp(parsed.into()), tls))
+}
+
+/// `redis+socket:///PATH` and its spellings: kombu's `virtual_host`, password and
+/// username from the query or the URL.
+fn socket(
+    parsed: &Url,
+    scheme: &str,
+    pairs: Vec<(String, String)>,
+    bad: &dyn Fn(String) -> UrlError,
+) -> Result<Target, UrlError> {
+    let path = percent_decode(parsed.path());
+    if path.is_empty() || path == "/" {
+        return Err(bad(format!(
+            "no socket path; use {scheme}:///path/to/redis.sock"
+        )));
+    }
+    let (mut db, mut user, mut password) = (0, None, None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "virtual_host" | "db" => {
+                db = v
+                    .trim_start_matches('/')
+                    .parse()
+                    .map_err(|_| bad(format!("`{k}={v}` is not a database number")))?;
+            }
+            "password" | "pass" => password = Some(v),
+            "username" | "user" => user = Some(v),
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{k}` for a Unix socket; celeriac reads virtual_host (or db), password and username"
+                )));
+            }
+        }
+    }
+    if !parsed.username().is_empty() {
+        user = Some(percent_decode(parsed.username()));
+    }
+    if let Some(p) = parsed.password() {
+        password = Some(percent_decode(p));
+    }
+    Ok(Target::Socket {
+        path: PathBuf::from(path),
+        db,
+        user,
+        password,
+    })
+}
+
 const SCHEMES: &str = "redis://HOST:PORT/DB, rediss://HOST:PORT/DB?ssl_cert_reqs=required&ssl_ca_certs=PATH, or redis+socket:///PATH";
 
 impl BrokerUrl {
@@ -78,121 +189,24 @@ impl BrokerUrl {
     pub fn parse(url: &str) -> Result<BrokerUrl, UrlError> {
         let shown = redact(url);
         let bad = |why: String| UrlError(format!("`{shown}`: {why}"));
-        let mut parsed =
-            Url::parse(url).map_err(|e| bad(format!("not a URL ({e}); use {SCHEMES}")))?;
+        let parsed = Url::parse(url).map_err(|e| bad(format!("not a URL ({e}); use {SCHEMES}")))?;
         let scheme = parsed.scheme().to_string();
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        match scheme.as_str() {
-            "redis" | "rediss" => {
-                let mut tls = (scheme == "rediss").then_some(Tls {
-                    cert_reqs: CertReqs::Required,
-                    ca_certs: None,
-                    certfile: None,
-                    keyfile: None,
-                });
-                let mut rest = Vec::new();
-                for (k, v) in pairs {
-                    if !k.starts_with("ssl_") {
-                        rest.push((k, v));
-                        continue;
-                    }
-                    let Some(t) = tls.as_mut() else {
-                        return Err(bad(format!(
-                            "`{k}` is a TLS option: use a rediss:// URL for TLS"
-                        )));
-                    };
-                    let path = || {
-                        if v.is_empty() {
-                            Err(bad(format!("`{k}` needs a file path")))
-                        } else {
-                            Ok(Some(PathBuf::from(&v)))
-                        }
-                    };
-                    match k.as_str() {
-                        "ssl_cert_reqs" => t.cert_reqs = cert_reqs(&v).map_err(bad)?,
-                        "ssl_ca_certs" => t.ca_certs = path()?,
-                        "ssl_certfile" => t.certfile = path()?,
-                        "ssl_keyfile" => t.keyfile = path()?,
-                        _ => {
-                            return Err(bad(format!(
-                                "unknown option `{k}`; celeriac reads ssl_cert_reqs, ssl_ca_certs, ssl_certfile and ssl_keyfile"
-                            )));
-                        }
-                    }
-                }
-                if let Some(t) = &tls
-                    && t.keyfile.is_some()
-                    && t.certfile.is_none()
-                {
-                    return Err(bad("`ssl_keyfile` needs `ssl_certfile`".into()));
-                }
-                if parsed.host_str().is_none_or(str::is_empty) {
-                    return Err(bad(format!("no host; use {SCHEMES}")));
-                }
-                if rest.is_empty() {
-                    parsed.set_query(None);
-                } else {
-                    parsed.query_pairs_mut().clear().extend_pairs(rest);
-                }
-                if tls.as_ref().is_some_and(|t| t.cert_reqs == CertReqs::None) {
-                    // redis-rs's spelling of "do not verify".
-                    parsed.set_fragment(Some("insecure"));
-                }
-                Ok(BrokerUrl {
-                    target: Target::Tcp(parsed.into()),
-                    tls,
-                    shown,
-                })
-            }
+        let (target, tls) = match scheme.as_str() {
+            "redis" | "rediss" => tcp(parsed, scheme == "rediss", pairs, &bad)?,
             "unix" | "redis+unix" | "socket" | "redis+socket" => {
-                let path = percent_decode(parsed.path());
-                if path.is_empty() || path == "/" {
-                    return Err(bad(format!(
-                        "no socket path; use {scheme}:///path/to/redis.sock"
-                    )));
-                }
-                let (mut db, mut user, mut password) = (0, None, None);
-                for (k, v) in pairs {
-                    match k.as_str() {
-                        "virtual_host" | "db" => {
-                            db = v
-                                .trim_start_matches('/')
-                                .parse()
-                                .map_err(|_| bad(format!("`{k}={v}` is not a database number")))?;
-                        }
-                        "password" | "pass" => password = Some(v),
-                        "username" | "user" => user = Some(v),
-                        _ => {
-                            return Err(bad(format!(
-                                "unknown option `{k}` for a Unix socket; celeriac reads virtual_host (or db), password and username"
-                            )));
-                        }
-                    }
-                }
-                if !parsed.username().is_empty() {
-                    user = Some(percent_decode(parsed.username()));
-                }
-                if let Some(p) = parsed.password() {
-                    password = Some(percent_decode(p));
-                }
-                Ok(BrokerUrl {
-                    target: Target::Socket {
-                        path: PathBuf::from(path),
-                        db,
-                        user,
-                        password,
-                    },
-                    tls: None,
-                    shown,
-                })
+                (socket(&parsed, &scheme, pairs, &bad)?, None)
             }
-            other => Err(bad(format!(
-                "`{other}://` is not a Redis URL; use {SCHEMES}"
-            ))),
-        }
+            other => {
+                return Err(bad(format!(
+                    "`{other}://` is not a Redis URL; use {SCHEMES}"
+                )));
+            }
+        };
+        Ok(BrokerUrl { target, tls, shown })
     }
 
     /// A redis-rs client for this URL; reads the certificate files.
