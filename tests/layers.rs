@@ -1,7 +1,8 @@
 //! The crate's imports run one way: no module imports, directly or through others, a
 //! module that imports it. Read from the source (every `crate::…` and `super::…` path
 //! outside comments and test modules), file by file, so a cycle fails here with the
-//! files that form it, before it grows.
+//! files that form it, before it grows. And no function outside `src/model/` is longer
+//! than [`MAX_FN_LINES`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -238,4 +239,156 @@ fn the_scanner_sees_paths_and_groups() {
     assert!(got.contains(&"a::b::d::E".to_string()), "{got:?}");
     assert!(!got.iter().any(|p| p.starts_with('z')), "{got:?}");
     assert_eq!(paths_after(code, "super::"), ["f::g"]);
+}
+
+/// The longest a function may be outside `src/model/` (the kernels and encoder code keep
+/// long straight-line bodies): longer ones hide several jobs in one.
+const MAX_FN_LINES: usize = 120;
+
+/// `(first line, lines)` of every `fn` with a body in `code`: from its `fn` line to
+/// the line of its closing brace. Braces inside strings, raw strings, character
+/// literals and comments do not count.
+fn function_lengths(code: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let mut words = line.split_whitespace().peekable();
+        while let Some(w) = words.peek() {
+            if ["pub", "async", "const", "unsafe", "extern", "\"C\""].contains(w)
+                || w.starts_with("pub(")
+            {
+                words.next();
+            } else {
+                break;
+            }
+        }
+        if words.next() != Some("fn") {
+            continue;
+        }
+        if let Some(end) = body_end(&lines, start) {
+            out.push((start + 1, end - start + 1));
+        }
+    }
+    out
+}
+
+/// The line index of the brace that closes the body opened at or after line `start`;
+/// `None` for a declaration without a body.
+fn body_end(lines: &[&str], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut raw: Option<usize> = None; // inside r#"…"# with this many #s
+    let mut string = false;
+    let mut block_comment = 0usize;
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        let c: Vec<char> = line.chars().collect();
+        let mut j = 0;
+        while j < c.len() {
+            let rest = |k: usize| c.get(j + k).copied();
+            if block_comment > 0 {
+                if c[j] == '*' && rest(1) == Some('/') {
+                    block_comment -= 1;
+                    j += 1;
+                } else if c[j] == '/' && rest(1) == Some('*') {
+                    block_comment += 1;
+                    j += 1;
+                }
+            } else if let Some(hashes) = raw {
+                if c[j] == '"' && (1..=hashes).all(|k| rest(k) == Some('#')) {
+                    raw = None;
+                    j += hashes;
+                }
+            } else if string {
+                if c[j] == '\\' {
+                    j += 1;
+                } else if c[j] == '"' {
+                    string = false;
+                }
+            } else if c[j] == '/' && rest(1) == Some('/') {
+                break;
+            } else if c[j] == '/' && rest(1) == Some('*') {
+                block_comment = 1;
+                j += 1;
+            } else if c[j] == 'r' && (rest(1) == Some('"') || rest(1) == Some('#')) {
+                let hashes = (1..).take_while(|&k| rest(k) == Some('#')).count();
+                if rest(hashes + 1) == Some('"') && (j == 0 || !c[j - 1].is_alphanumeric()) {
+                    raw = Some(hashes);
+                    j += hashes + 1;
+                }
+            } else if c[j] == '"' {
+                string = true;
+            } else if c[j] == '\'' {
+                // A character literal ('{', '\'', '\u{7b}'), not a lifetime ('a).
+                if rest(1) == Some('\\') {
+                    j += (2..).find(|&k| rest(k) == Some('\'') || rest(k).is_none())?;
+                } else if rest(2) == Some('\'') {
+                    j += 2;
+                }
+            } else if c[j] == ';' && depth == 0 {
+                return None;
+            } else if c[j] == '{' {
+                depth += 1;
+            } else if c[j] == '}' {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            j += 1;
+        }
+    }
+    None
+}
+
+#[test]
+fn no_function_outside_the_model_is_longer_than_the_limit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut long = Vec::new();
+    let mut dirs = vec![root.clone()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if path != root.join("model") {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            files += 1;
+            let code = std::fs::read_to_string(&path).unwrap();
+            for (line, n) in function_lengths(&code) {
+                if n > MAX_FN_LINES {
+                    let rel = path.strip_prefix(&root).unwrap().display();
+                    long.push(format!("src/{rel}:{line}: {n} lines"));
+                }
+            }
+        }
+    }
+    assert!(files > 30, "read {files} files");
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_function_scanner_counts_bodies_not_braces_in_text() {
+    let code = r##"pub(crate) async fn a() {
+    let s = "}}}";
+    let r = r#"{"x": "}"}"#;
+    let c = '}';
+    // }
+    /* { */
+    let l: &'static str = "x";
+}
+fn decl();
+    fn b<'a>(x: &'a str) -> &'a str {
+        x
+    }
+"##;
+    assert_eq!(function_lengths(code), [(1, 8), (10, 3)]);
 }
