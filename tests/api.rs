@@ -88,6 +88,17 @@ async fn batch_submit_keeps_order() {
     s.post("/v1/tasks/debug.echo/batch", &json!({"input": [1]}))
         .await
         .assert_error(400, "invalid_body");
+    // A list is not the body's object, though a derived struct would read it as its
+    // fields in order (schemathesis found `[[false, true]]` accepted as two tasks).
+    let r = s
+        .post("/v1/tasks/debug.echo/batch", &json!([[{"i": 1}, {"i": 2}]]))
+        .await;
+    r.assert_error(400, "invalid_body");
+    assert!(
+        r.body["error"].as_str().unwrap().contains("JSON object"),
+        "{}",
+        r.body
+    );
     s.shutdown().await;
 }
 

@@ -1,4 +1,4 @@
-//! Request bodies of the client APIs (OpenAI, TEI) read as JSON means them, where a
+//! Request bodies (the task batch, OpenAI's and TEI's) read as JSON means them, where a
 //! derived `Deserialize` reads them otherwise: JSON has one number type, so a whole
 //! number may come as `7.0` (Python's `json.dumps(float)`, fuzzers); and a derived
 //! struct also reads a JSON array as its fields in order, which no client means.
@@ -8,11 +8,22 @@ use serde::de::{DeserializeOwned, Error};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
 
-use super::tasks::parse_json;
 use crate::error::ApiError;
 
 /// The largest whole number an `f64` holds exactly (2^53).
 const EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// Parses a JSON body into `T`: malformed JSON is a 400 `invalid_json`, JSON of the
+/// wrong shape a 400 `invalid_body`.
+pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::InvalidBody(e.to_string())
+        } else {
+            ApiError::InvalidJson(e.to_string())
+        }
+    })
+}
 
 /// Parses a body that must be a JSON object into `T`; an array or any other value is a
 /// 400 `invalid_body`, as a shape that does not fit.

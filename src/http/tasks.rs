@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
 
+use super::body::{parse_json, parse_object};
 use super::responses::{
     BadRequest, LengthRequired, PayloadTooLarge, QueueFull, TaskNotFound, Unavailable,
 };
@@ -185,16 +186,6 @@ pub(super) struct BatchAccepted {
     tasks: Vec<Accepted>,
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::InvalidBody(e.to_string())
-        } else {
-            ApiError::InvalidJson(e.to_string())
-        }
-    })
-}
-
 fn wait_duration(state: &AppState, wait: Option<f64>) -> Option<Duration> {
     wait.filter(|w| *w > 0.0)
         .map(|w| crate::config::secs(w.min(state.config.server.max_wait_seconds)))
@@ -244,7 +235,7 @@ async fn submit_batch_handler(
     body: Bytes,
     state: Arc<AppState>,
 ) -> Result<Reply, Rejection> {
-    let req: BatchRequest = parse_json(&body).map_err(reject)?;
+    let req: BatchRequest = parse_object(&body).map_err(reject)?;
     if req.inputs.is_empty() {
         return Err(reject(ApiError::InvalidBody(
             "`inputs` must hold at least one input".into(),
