@@ -105,7 +105,7 @@ impl App {
             let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
             store.on_final(move |f| crate::metrics::finished(&names[f.pool], f));
         }
-        let outbox = Outbox::new(store.clone());
+        let outbox = Outbox::new(store.clone(), broker.is_some());
         let (supervisor, supervisor_done) = Actor::spawn(
             None,
             Supervisor,

@@ -12,7 +12,7 @@
 //! the node that takes it next owns its result.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -49,21 +49,22 @@ pub struct Outbox {
     store: Arc<TaskStore>,
     /// The tasks held, with their inputs.
     held: Mutex<HashMap<TaskId, Option<Arc<Value>>>>,
-    /// Set by the first [`Outbox::take`]: until then (always, on a node without a
-    /// broker) the store's changes pass without taking the `held` lock.
-    used: AtomicBool,
     writer: OnceLock<Writer>,
 }
 
 impl Outbox {
-    /// An empty outbox over `store`, which tells it of every change from now on.
-    pub fn new(store: Arc<TaskStore>) -> Arc<Self> {
+    /// An empty outbox over `store`. With `broker`, the store tells it of every change
+    /// from now on; a node without a broker never holds a task, so its store's changes
+    /// do not pass through here at all.
+    pub fn new(store: Arc<TaskStore>, broker: bool) -> Arc<Self> {
         let outbox = Arc::new(Outbox {
             store: store.clone(),
             held: Mutex::new(HashMap::new()),
-            used: AtomicBool::new(false),
             writer: OnceLock::new(),
         });
+        if !broker {
+            return outbox;
+        }
         let weak = Arc::downgrade(&outbox);
         store.on_change(move |id, state, view| {
             if let Some(outbox) = weak.upgrade() {
@@ -83,11 +84,6 @@ impl Outbox {
     /// are sent in the order of its changes): sends the view of a task held, and lets
     /// go of it once final.
     fn changed(&self, id: &TaskId, state: TaskState, view: &dyn Fn() -> TaskView) {
-        // Set before the task's record exists (`take`), and read under that record's
-        // lock: a task held is never missed.
-        if !self.used.load(Ordering::Acquire) {
-            return;
-        }
         {
             let mut held = self.held.lock();
             if state.is_final() {
@@ -118,7 +114,6 @@ impl Outbox {
         submitted_at: SystemTime,
         retries: u32,
     ) {
-        self.used.store(true, Ordering::Release);
         self.held.lock().insert(id, None);
         self.store
             .insert_with_id(id, task, pool, submitted_at, retries, Duration::ZERO);
@@ -196,7 +191,7 @@ mod tests {
         tokio::sync::mpsc::UnboundedReceiver<TaskView>,
     ) {
         let store = Arc::new(TaskStore::new(Duration::from_secs(60)));
-        let outbox = Outbox::new(store.clone());
+        let outbox = Outbox::new(store.clone(), true);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         outbox.write_to(tx, Arc::new(AtomicUsize::new(0)));
         (store, outbox, rx)
