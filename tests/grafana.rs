@@ -284,7 +284,7 @@ async fn a_fresh_server_exports_every_metric_the_dashboard_uses() {
     );
     let node = common::Node::spawn("serve", &toml, "grafana-fresh");
     node.wait_ready(120).await;
-    let scrape = common::scrape_at(&common::client(), &node.url).await;
+    let scrape = node.api().scrape().await;
     let exported: BTreeSet<&str> = scrape.samples.iter().map(|x| x.metric.as_str()).collect();
     let dash = dashboard();
     let mut missing = BTreeSet::new();

@@ -7,42 +7,50 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Module path (`http::tasks`) → the source text that counts (no comments, no tests).
-fn sources() -> BTreeMap<String, String> {
+/// The `.rs` files under `src/`, as paths relative to it.
+fn rust_files() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-                continue;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path.strip_prefix(&root).unwrap().to_path_buf());
             }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let rel = path.strip_prefix(&root).unwrap().with_extension("");
-            let module = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("::");
-            if module == "lib" || module == "main" {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let text = match text.find("#[cfg(test)]") {
-                Some(i) => &text[..i],
-                None => &text,
-            };
-            let code: String = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            out.insert(module, code);
         }
+    }
+    out
+}
+
+/// Module path (`http::tasks`) → the source text that counts (no comments, no tests).
+fn sources() -> BTreeMap<String, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = BTreeMap::new();
+    for rel in rust_files() {
+        let path = root.join(&rel);
+        let rel = rel.with_extension("");
+        let module = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("::");
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = match text.find("#[cfg(test)]") {
+            Some(i) => &text[..i],
+            None => &text,
+        };
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.insert(module, code);
     }
     out
 }
@@ -342,31 +350,20 @@ fn body_end(lines: &[&str], start: usize) -> Option<usize> {
 #[test]
 fn no_function_outside_the_model_is_longer_than_the_limit() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files: Vec<_> = rust_files()
+        .into_iter()
+        .filter(|rel| !rel.starts_with("model"))
+        .collect();
     let mut long = Vec::new();
-    let mut dirs = vec![root.clone()];
-    let mut files = 0;
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                if path != root.join("model") {
-                    dirs.push(path);
-                }
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            files += 1;
-            let code = std::fs::read_to_string(&path).unwrap();
-            for (line, n) in function_lengths(&code) {
-                if n > MAX_FN_LINES {
-                    let rel = path.strip_prefix(&root).unwrap().display();
-                    long.push(format!("src/{rel}:{line}: {n} lines"));
-                }
+    for rel in &files {
+        let code = std::fs::read_to_string(root.join(rel)).unwrap();
+        for (line, n) in function_lengths(&code) {
+            if n > MAX_FN_LINES {
+                long.push(format!("src/{}:{line}: {n} lines", rel.display()));
             }
         }
     }
+    let files = files.len();
     assert!(files > 30, "read {files} files");
     assert!(
         long.is_empty(),

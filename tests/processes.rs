@@ -3,7 +3,7 @@
 //! drain, batching, and model answers equal to the `threads` kind's.
 //!
 //! The tests count this process's `celeriac child` processes in /proc, so they run one
-//! at a time (`SERIAL`).
+//! at a time (`common::PROCESS_POOLS`, which the broker's processes test holds too).
 
 use crate::common;
 
@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use common::{Server, debug_config_in, start, wait_until, with_admin_token};
 use serde_json::{Value, json};
-
-use common::PROCESS_POOLS as SERIAL;
 
 const TOKEN: &str = "pr0cesses";
 
@@ -113,7 +111,7 @@ async fn metric(s: &Server, name: &str, pool: &str, reason: Option<&str>) -> f64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborting_task_fails_alone_and_the_pool_recovers() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config("abort", "concurrency = 2", "")).await;
     assert!(children_are(2).await, "{:?}", children());
     let before = children();
@@ -155,7 +153,7 @@ async fn an_aborting_task_fails_alone_and_the_pool_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_task_is_retried_as_max_retries_says() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config("retry", "concurrency = 1\nmax_retries = 2", "")).await;
     let v = s
         .post("/v1/tasks/debug.abort?wait=10", &json!({}))
@@ -183,7 +181,7 @@ async fn an_aborted_task_is_retried_as_max_retries_says() {
 /// it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_killed_with_sigkill_costs_only_its_task() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config("oom", "concurrency = 1", "")).await;
     let pid = pid_of(&s).await;
     let id = s.submit("debug.sleep", json!({"ms": 30_000})).await;
@@ -211,7 +209,7 @@ async fn a_child_killed_with_sigkill_costs_only_its_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscale_grows_and_shrinks_children() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config("auto", "concurrency = 1\nmax_concurrency = 4", "")).await;
     let r = s
         .admin_put(
@@ -245,7 +243,7 @@ async fn autoscale_grows_and_shrinks_children() {
 /// child takes the next task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_limit_kills_the_child_and_frees_its_cpu() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config(
         "limit",
         "concurrency = 1\ntime_limit_seconds = 0.5",
@@ -302,7 +300,7 @@ async fn time_limit_kills_the_child_and_frees_its_cpu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tasks_per_child_recycles_between_tasks_and_loses_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config(
         "count",
         "concurrency = 1\nmax_tasks_per_child = 2\nmax_batch_size = 1",
@@ -363,7 +361,7 @@ async fn max_tasks_per_child_recycles_between_tasks_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_memory_per_child_recycles_a_child_past_the_limit() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config(
         "memory",
         "concurrency = 1\nmax_memory_per_child_mb = 200",
@@ -421,7 +419,7 @@ async fn max_memory_per_child_recycles_a_child_past_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resize_and_drain_start_and_stop_children() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config(
         "presize",
         "concurrency = 1\nmax_concurrency = 4",
@@ -471,7 +469,7 @@ async fn resize_and_drain_start_and_stop_children() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_go_to_one_child_and_answer_in_order() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(&config(
         "batch",
         "concurrency = 2\nmax_batch_size = 16\nmax_batch_delay_ms = 20.0",
@@ -511,7 +509,7 @@ async fn batches_go_to_one_child_and_answer_in_order() {
 /// The same model in a `threads` pool and a `processes` pool gives the same answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spam_predict_answers_equal_the_threads_kind() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let s = start(
         r#"
         [server]
@@ -624,7 +622,7 @@ async fn debug_abort_is_a_startup_error_outside_a_processes_pool() {
 /// (`PR_SET_PDEATHSIG`), even while they run a task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_children_die_with_a_server_killed_by_sigkill() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::PROCESS_POOLS.lock().await;
     let dir = std::env::temp_dir().join(format!("celeriac-sigkill-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("processes.toml");

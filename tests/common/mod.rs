@@ -205,7 +205,16 @@ impl Api {
 
     /// Scrapes `/metrics` and parses it with an independent Prometheus parser.
     pub async fn scrape(&self) -> prometheus_parse::Scrape {
-        scrape_at(&self.client, &self.url).await
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
 }
 
@@ -220,19 +229,6 @@ impl Server {
             .unwrap()
             .unwrap();
     }
-}
-
-/// `GET {url}/metrics`, parsed.
-pub async fn scrape_at(client: &reqwest::Client, url: &str) -> prometheus_parse::Scrape {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
 /// An HTTP client whose every request gives up after 120 s, so a server that stops
